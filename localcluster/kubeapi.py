@@ -1,0 +1,522 @@
+"""A Kubernetes API double over real HTTP, for the watcher and anything using `kubernetes`.
+
+No kube-apiserver can be installed on these machines. kmock (by the author of kopf) serves a
+Kubernetes-like HTTP API that the official client lists and watches over real HTTP, but on its
+own it lacks what a watcher depends on; this module adds that on top of kmock 0.8:
+
+* one global, growing metadata.resourceVersion stamped on every ADDED/MODIFIED/DELETED, uid and
+  creationTimestamp on create, the current resourceVersion on lists, typed list envelopes;
+* watches from a resourceVersion replay the retained history (no synthetic ADDED), while "" or
+  "0" start with synthetic ADDED events of the current state, as the apiserver does;
+* compact() and expire_next_watches() make watches from old versions end with a 410 ERROR event,
+  kick() ends every live watch (an apiserver restart), allowWatchBookmarks gives BOOKMARKs and
+  timeoutSeconds is honoured;
+* equality-based labelSelector and metadata.name/metadata.namespace/spec.nodeName fieldSelector;
+* PUT (replace_*, e.g. kubernetes.leaderelection's LeaseLock) with 409 on a stale
+  resourceVersion; kmock 0.8 has no PUT;
+* Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope.
+
+It is a double, not a cluster: no controllers run, so a Deployment creates no Pods and there is
+no admission or defaulting. The server runs in its own thread with its own event loop, so the
+synchronous client under test can call it from the test's thread. It leans on kmock internals,
+hence the pin on kmock 0.8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import datetime
+import gzip
+import importlib.resources
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import attrs
+import kmock
+import kubernetes.client
+from kmock._internal import aiobus, parsing, references, rendering
+
+T = TypeVar("T")
+Event = dict[str, Any]
+Resource = references.resource
+
+# kmock keeps every request (and every failed one) for assertions; a long benchmark would grow
+# without bound, so keep only the recent ones.
+_KEEP_REQUESTS = 1000
+_STOP_GRACE = 0.05
+
+
+# --- kmock 0.8 path fix: Namespace objects --------------------------------------------------
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """Route /api/v1/namespaces[/NAME[/status|finalize]] to the namespaces resource itself.
+
+    kmock reads those paths as a namespace *scope*, so POST /api/v1/namespaces fails with 500
+    and GET /api/v1/namespaces/NAME with 404; /api/v1/namespaces/NS/<plural>/... is unchanged.
+    """
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+        len(parts) in (3, 4) or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+    ):
+        name = parts[3] if len(parts) > 3 else None
+        sub = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+    return _kmock_parse_path(path)
+
+
+if getattr(parsing.parse_path, "__module__", "") != __name__:  # patch once, even if reloaded
+    parsing.parse_path = _parse_path
+
+
+# --- selectors ------------------------------------------------------------------------------
+
+
+def _terms(selector: str | None) -> list[str]:
+    return [term.strip() for term in (selector or "").split(",") if term.strip()]
+
+
+def _match_label_term(labels: Mapping[str, str], term: str) -> bool:
+    if "!=" in term:
+        key, value = term.split("!=", 1)
+        return labels.get(key.strip()) != value.strip()
+    if "=" in term:
+        key, value = term.replace("==", "=").split("=", 1)
+        return labels.get(key.strip()) == value.strip()
+    if term.startswith("!"):
+        return term[1:] not in labels
+    return term in labels
+
+
+def match_labels(obj: Mapping[str, Any], selector: str | None) -> bool:
+    """Equality-based label selectors: a=b, a==b, a!=b, a, !a (set-based ones are not needed)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(_match_label_term(labels, term) for term in _terms(selector))
+
+
+def match_fields(obj: Mapping[str, Any], selector: str | None) -> bool:
+    """The field selectors the project uses: metadata.name, metadata.namespace, spec.nodeName."""
+    meta = obj.get("metadata") or {}
+    fields = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "spec.nodeName": (obj.get("spec") or {}).get("nodeName"),
+    }
+    for term in _terms(selector):
+        negated = "!=" in term
+        key, value = term.split("!=" if negated else "=", 1)
+        if (fields.get(key.strip().rstrip("=")) == value.strip().lstrip("=")) == negated:
+            return False
+    return True
+
+
+# --- the emulator ---------------------------------------------------------------------------
+
+
+class _StampingBus(aiobus.Bus[Event]):
+    """Gives every event the emulator puts the next global resourceVersion, and records it."""
+
+    def __init__(self, owner: RVEmulator, resource: Resource) -> None:
+        super().__init__()
+        self._owner = owner
+        self._resource = resource
+
+    async def put(self, *items: Event) -> None:
+        stamped = []
+        for event in items:
+            self._owner.rv += 1
+            # kmock's event objects share their metadata dict with the stored object, so this
+            # also stamps the stored object.
+            event["object"].setdefault("metadata", {})["resourceVersion"] = str(self._owner.rv)
+            event = copy.deepcopy(event)
+            self._owner.history.append((self._owner.rv, self._resource, event))
+            stamped.append(event)
+        await super().put(*stamped)
+
+
+class _BusDict(dict[Resource, aiobus.Bus[Any]]):
+    def __init__(self, owner: RVEmulator) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def __missing__(self, resource: Resource) -> aiobus.Bus[Any]:
+        bus = self[resource] = _StampingBus(self._owner, resource)
+        return bus
+
+
+@attrs.define(kw_only=True)
+class RVEmulator(kmock.KubernetesEmulator):
+    """kmock's KubernetesEmulator with resourceVersions, selectors, bookmarks, 410s and PUT."""
+
+    rv: int = 1
+    history: list[tuple[int, Resource, Event]] = attrs.field(factory=list)
+    compacted_rv: int = 0
+    bookmark_interval: float = 1.0
+    expire_next: int = 0  # the next N watches from a resourceVersion get 410 Gone
+    live: set[asyncio.Queue[Event | None]] = attrs.field(factory=set)  # for kick()
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.resources.load_data(_bundled_resources())  # kinds without objects list as []
+        self._buses = _BusDict(self)
+
+    def compact(self) -> None:
+        """Forget history: watches from any resourceVersion before now get 410 Gone."""
+        self.history.clear()
+        self.compacted_rv = self.rv
+
+    def kick(self) -> None:
+        """End every live watch stream, as an apiserver restart or request timeout would."""
+        for queue in list(self.live):
+            queue.put_nowait(None)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            _stamp_new_object(request)
+        if _is_replace(request):
+            await self._replace(request)
+        try:
+            return await super()._handle(request)
+        finally:
+            self._trim_records()
+
+    def _trim_records(self) -> None:
+        if len(self._requests) > 2 * _KEEP_REQUESTS:
+            del self._requests[:-_KEEP_REQUESTS]
+        for errors in self._errors:
+            del errors[:-_KEEP_REQUESTS]
+
+    async def _replace(self, request: rendering.Request) -> None:
+        """PUT as a full replacement with the apiserver's optimistic concurrency.
+
+        The object is replaced in place here, then the request goes on as kmock's UPDATE, which
+        emits MODIFIED and returns the object.
+        """
+        assert request.resource is not None and request.name is not None
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            stored = self.objects[key]
+            current = dict(stored.get("metadata") or {})
+            wanted = (request.data.get("metadata") or {}).get("resourceVersion")
+            if wanted and str(wanted) != str(current.get("resourceVersion")):
+                raise _conflict(request.resource, request.name)
+            new = copy.deepcopy(request.data)
+            kept = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion")
+            new["metadata"] = {
+                **(new.get("metadata") or {}),
+                **{k: current[k] for k in kept if k in current},
+            }
+            stored.clear()
+            stored.update(new)
+        object.__setattr__(request, "action", kmock.action.UPDATE)  # Request is frozen
+
+    def _visible(self, request: rendering.Request, obj: Mapping[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        return (
+            (request.namespace is None or meta.get("namespace") == request.namespace)
+            and (request.name is None or meta.get("name") == request.name)
+            and match_labels(obj, request.params.get("labelSelector"))
+            and match_fields(obj, request.params.get("fieldSelector"))
+        )
+
+    def _type_meta(self, resource: Resource | None) -> tuple[str | None, str]:
+        """(kind, apiVersion) of a resource, from kmock's bundled discovery data."""
+        if resource is None:
+            return None, "v1"
+        api_version = f"{resource.group}/{resource.version}" if resource.group else "v1"
+        return self.resources[resource].kind, api_version
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        data = cast(dict[str, Any], await super()._serve_list(request))
+        data["metadata"]["resourceVersion"] = str(self.rv)
+        data["items"] = [obj for obj in data["items"] if self._visible(request, obj)]
+        kind, api_version = self._type_meta(request.resource)
+        if kind:  # the real apiserver sends typed list envelopes
+            data.setdefault("kind", f"{kind}List")
+            data.setdefault("apiVersion", api_version)
+        return data
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        yield b""  # send the headers now, even if no event comes
+        assert request.resource is not None
+        rv = request.params.get("resourceVersion") or "0"
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            if self._expired(rv):
+                yield _gone(rv, self.compacted_rv)
+                await bus.unmark(marker)
+                return
+            backlog = self._backlog(request.resource, rv)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        pump = asyncio.create_task(_pump(bus, marker, queue))
+        self.live.add(queue)
+        try:
+            for event in backlog:
+                if self._visible(request, event["object"]):
+                    yield event
+            async for event in self._follow(request, queue):
+                yield event
+        finally:
+            pump.cancel()
+            self.live.discard(queue)
+
+    def _expired(self, rv: str) -> bool:
+        if rv == "0":
+            return False
+        if self.expire_next > 0:
+            self.expire_next -= 1
+            return True
+        return int(rv) < self.compacted_rv
+
+    def _backlog(self, resource: Resource, rv: str) -> list[Event]:
+        if rv == "0":
+            return [
+                {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
+                for (res, _, _), obj in self.objects.items()
+                if res == resource and not obj.deleted
+            ]
+        return [event for r, res, event in self.history if r > int(rv) and res == resource]
+
+    async def _follow(
+        self, request: rendering.Request, queue: asyncio.Queue[Event | None]
+    ) -> AsyncIterator[Event]:
+        """Live events until timeoutSeconds or kick(); BOOKMARKs in quiet spells if asked."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(request.params.get("timeoutSeconds") or 3600)
+        bookmarks = request.params.get("allowWatchBookmarks") in ("true", "True", "1")
+        while (left := deadline - loop.time()) > 0:
+            try:
+                event = await asyncio.wait_for(queue.get(), min(left, self.bookmark_interval))
+            except TimeoutError:
+                if bookmarks:
+                    yield self._bookmark(request.resource)
+                continue
+            if event is None:  # kicked
+                return
+            if self._visible(request, event["object"]):
+                yield event
+
+    def _bookmark(self, resource: Resource | None) -> Event:
+        kind, api_version = self._type_meta(resource)
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": kind or "Status",
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(self.rv)},
+            },
+        }
+
+
+def _bundled_resources() -> bytes:
+    """kmock's bundled discovery data (builtin kinds of a recent cluster).
+
+    Read here rather than by ResourcesArray.load_bundled(), whose importlib.resources call
+    warns of deprecation on every start.
+    """
+    blob = importlib.resources.files("kmock._internal").joinpath("resources.json.gz")
+    return gzip.decompress(blob.read_bytes())
+
+
+async def _pump(
+    bus: aiobus.Bus[Event], marker: aiobus.BusMark[Event], queue: asyncio.Queue[Event | None]
+) -> None:
+    async for event in bus.stream(since=marker):
+        await queue.put(event)
+
+
+def _stamp_new_object(request: rendering.Request) -> None:
+    meta = request.data.setdefault("metadata", {})
+    meta.setdefault("uid", str(uuid.uuid4()))
+    now = datetime.datetime.now(datetime.UTC)
+    meta.setdefault("creationTimestamp", now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if request.namespace:
+        meta.setdefault("namespace", request.namespace)
+
+
+def _is_replace(request: rendering.Request) -> bool:
+    return (
+        request.method == kmock.method.PUT
+        and request.action is None
+        and request.resource is not None
+        and request.name is not None
+        and isinstance(request.data, dict)
+    )
+
+
+def _conflict(resource: Resource, name: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(
+        status=409,
+        reason="Conflict",
+        message=(
+            f'Operation cannot be fulfilled on {resource.plural} "{name}": the object has been '
+            "modified; please apply your changes to the latest version and try again"
+        ),
+    )
+
+
+def _gone(rv: str, compacted_rv: int) -> Event:
+    return {
+        "type": "ERROR",
+        "object": {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "reason": "Expired",
+            "code": 410,
+            "message": f"too old resource version: {rv} ({compacted_rv})",
+        },
+    }
+
+
+# --- the server thread ----------------------------------------------------------------------
+
+
+class FakeKubeAPI:
+    """RVEmulator behind kmock's HTTP server on 127.0.0.1:<random port>, in its own thread."""
+
+    def __init__(self, *, bookmark_interval: float = 1.0) -> None:
+        self.bookmark_interval = bookmark_interval
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._emulator: RVEmulator | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API, e.g. "http://127.0.0.1:40123"."""
+        if self._url is None:
+            raise RuntimeError("fake Kubernetes API not started")
+        return self._url
+
+    @property
+    def emulator(self) -> RVEmulator:
+        """The emulator; touch it from the test thread only through call()."""
+        if self._emulator is None:
+            raise RuntimeError("fake Kubernetes API not started")
+        return self._emulator
+
+    def start(self, timeout: float = 10) -> FakeKubeAPI:
+        if self._thread is not None:
+            raise RuntimeError("a FakeKubeAPI starts once; create another one")
+        self._thread = threading.Thread(target=self._run, name="fake-kube-api", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None or self._url is None:
+            self.stop()
+            raise RuntimeError(f"fake Kubernetes API did not start: {self._error!r}")
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        """End live watches and shut the server down. Idempotent."""
+        loop, stopping, thread = self._loop, self._stopping, self._thread
+        if loop is not None and stopping is not None and thread is not None and thread.is_alive():
+            loop.call_soon_threadsafe(stopping.set)
+        if thread is not None:
+            thread.join(timeout)
+
+    def call(self, fn: Callable[[RVEmulator], T], timeout: float = 5) -> T:
+        """Run fn(emulator) on the server's loop under the emulator's lock; return its result."""
+        if self._loop is None:
+            raise RuntimeError("fake Kubernetes API not started")
+        emulator = self.emulator
+
+        async def locked() -> T:
+            async with emulator._lock:
+                return fn(emulator)
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            locked(), self._loop
+        )
+        return future.result(timeout)
+
+    def compact(self) -> None:
+        """Watches from any resourceVersion before now get a 410 ERROR event."""
+        self.call(lambda emulator: emulator.compact())
+
+    def kick(self) -> None:
+        """End every live watch stream, as an apiserver restart would."""
+        self.call(lambda emulator: emulator.kick())
+
+    def expire_next_watches(self, n: int) -> None:
+        """The next `n` watches from a resourceVersion get a 410 ERROR event, whatever it is."""
+
+        def expire(emulator: RVEmulator) -> None:
+            emulator.expire_next = n
+
+        self.call(expire)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """Write a kubeconfig pointing at this API, for load_kube_config() or KUBECONFIG."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "localcluster", "cluster": {"server": self.url}}],
+            # The double checks no credentials; a token keeps clients on their normal path.
+            "users": [{"name": "localcluster", "user": {"token": "localcluster"}}],
+            "contexts": [
+                {
+                    "name": "localcluster",
+                    "context": {
+                        "cluster": "localcluster",
+                        "user": "localcluster",
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "localcluster",
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        return path
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A client of the official `kubernetes` package talking to this API over HTTP."""
+        return kubernetes.client.ApiClient(kubernetes.client.Configuration(host=self.url))
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        emulator = RVEmulator(bookmark_interval=self.bookmark_interval)
+        async with emulator, kmock.Server(emulator) as server:
+            self._emulator = emulator
+            self._url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stopping.wait()
+            emulator.kick()  # so the server does not wait for open watches to end
+            await asyncio.sleep(_STOP_GRACE)
+
+    def __enter__(self) -> FakeKubeAPI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

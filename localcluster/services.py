@@ -1,0 +1,98 @@
+"""Private Redis and NATS (with JetStream) servers for one test run or one demo.
+
+The machine's own Redis and NATS serve everyone; a run that starts its own on free loopback
+ports gets a clean broker and clean buckets, can stop and restart them for fault tests, and
+leaves nothing behind in the shared ones.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from types import TracebackType
+
+from localcluster._process import Daemon, wait_until
+from localcluster.packages import require_binary
+from localcluster.ports import free_port
+
+
+class _TcpServer:
+    """A daemon on 127.0.0.1:<port> that is up when its port accepts connections."""
+
+    name = "server"
+    scheme = "tcp"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self._daemon = Daemon(self.name, self._argv(), self.workdir / f"{self.name}.log")
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 15.0) -> _TcpServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._daemon.start()
+        wait_until(self._daemon, self._accepts, timeout, f"{self.name} on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        self._daemon.stop()
+
+    def restart(self, timeout: float = 15.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def running(self) -> bool:
+        return self._daemon.alive()
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def __enter__(self) -> _TcpServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_TcpServer):
+    name = "redis"
+    scheme = "redis"
+
+    def _argv(self) -> list[str]:
+        return [
+            require_binary("redis-server"),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+        ]  # fmt: skip
+
+
+class NatsServer(_TcpServer):
+    name = "nats"
+    scheme = "nats"
+
+    def _argv(self) -> list[str]:
+        return [
+            require_binary("nats-server"),
+            "-a", "127.0.0.1",
+            "-p", str(self.port),
+            "-js",
+            "-sd", str(self.workdir / "jetstream"),
+        ]  # fmt: skip

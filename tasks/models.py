@@ -1,0 +1,114 @@
+"""The messages and records that cross component boundaries, as plain JSON-able dataclasses.
+
+Everything here travels as JSON (Celery's serializer is restricted to JSON, and NATS payloads
+are JSON): no pickles, and never a credential. A pull secret is named (namespace/name), and the
+node worker reads it from the API at pull time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    PULLED = "pulled"  # the runtime pulled it now
+    PRESENT = "present"  # already on the node; nothing was pulled
+    FAILED = "failed"  # permanent failure: not retried until the catalog changes
+    RETRYING = "retrying"  # transient failure: Celery retries with backoff
+    SKIPPED = "skipped"  # deliberately not pulled (for example the disk budget)
+
+
+@dataclass(frozen=True)
+class SliceImage:
+    """One image a node should hold, with the pull secrets (names only) that may unlock it."""
+
+    image: str
+    pull_secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SliceImage:
+        return cls(image=data["image"], pull_secrets=tuple(data.get("pull_secrets", ())))
+
+
+@dataclass(frozen=True)
+class NodeSlice:
+    """The part of the catalog that belongs on one node."""
+
+    node: str
+    images: tuple[SliceImage, ...] = ()
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeSlice:
+        data = json.loads(raw)
+        return cls(node=data["node"], images=tuple(map(SliceImage.from_json, data["images"])))
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One image in use: who uses it and on how many nodes it belongs."""
+
+    image: str
+    workloads: tuple[str, ...] = ()  # "namespace/Kind/name"
+    pull_secrets: tuple[str, ...] = ()  # "namespace/name"
+    target_nodes: int = 0
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CatalogEntry:
+        data = json.loads(raw)
+        return cls(
+            image=data["image"],
+            workloads=tuple(data.get("workloads", ())),
+            pull_secrets=tuple(data.get("pull_secrets", ())),
+            target_nodes=int(data.get("target_nodes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a node worker reports after each pull attempt."""
+
+    node: str
+    image: str
+    outcome: Outcome
+    reason: str = ""
+    seconds: float = 0.0
+    size: int | None = None
+    image_id: str | None = None
+    attempt: int = 1
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PullResult:
+        data = json.loads(raw)
+        data["outcome"] = Outcome(data["outcome"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """Published when images enter or leave the catalog."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    revision: int = 0
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,31 @@
+"""Names shared by every component: Celery task names, NATS subjects and KV buckets.
+
+Tasks are sent by name (``app.send_task``) so the watcher, beat and the CLI never import the
+node worker's code; these constants are the whole coupling between them.
+"""
+
+from __future__ import annotations
+
+# Celery tasks, executed by the node worker (worker/) on its own queue.
+PULL_IMAGE = "warm.pull_image"  # (node, image, pull_secrets, digest) -> one image on one node
+REWARM_NODE = "warm.rewarm_node"  # (node, revision) -> diff the node's catalog slice, pull gaps
+# The beat entry for the periodic re-warm. The scheduler fans it out itself (one rewarm_node per
+# node), so no worker ever consumes a message by this name.
+REWARM_CATALOG = "warm.rewarm_catalog"
+
+# NATS subjects.
+PULL_EVENTS = "warm.events.pull"  # .<node>: one PullResult per finished pull attempt
+CATALOG_EVENTS = "warm.events.catalog"  # one CatalogChange per change of the catalog
+REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-warm
+
+# NATS JetStream key-value buckets.
+CATALOG_BUCKET = "warm-catalog"  # images.<key> -> CatalogEntry, nodes.<node> -> NodeSlice
+STATUS_BUCKET = "warm-status"  # <node> -> NodeStatus
+
+
+def pull_events_subject(node: str) -> str:
+    return f"{PULL_EVENTS}.{node}"
+
+
+def rewarm_events_subject(node: str) -> str:
+    return f"{REWARM_EVENTS}.{node}"

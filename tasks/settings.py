@@ -1,0 +1,185 @@
+"""Settings of every component, grouped by concern and read from the environment.
+
+Every setting has an environment variable (the chart and the contract in DESIGN.md speak in
+those names); any of them may also come from a TOML file named by ``WARM_CONFIG_FILE``, whose
+top-level keys are the same variable names. The environment wins over the file, so a file can
+hold a site's defaults and a pod can still override one value.
+
+A malformed value fails at start-up with :class:`SettingsError`, naming the variable, the value
+and what was expected, instead of surfacing later as a confusing failure in a pull.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+RUNTIME_KINDS = ("auto", "cri", "docker")
+
+
+class SettingsError(ValueError):
+    """A setting with a value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = DEFAULT_BROKER_URL
+    # Must exceed the longest pull, or Redis redelivers a pull that is still running.
+    visibility_timeout: int = 3600
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    url: str = DEFAULT_NATS_URL
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    tls_ca_file: str | None = None
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    kind: str = "auto"
+    endpoint: str | None = None
+    max_concurrent_pulls: int = 2
+    pull_timeout: float = 600.0
+    max_retries: int = 5
+    retry_backoff_max: int = 600
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    namespaces: tuple[str, ...] = ("*",)
+    ignore_namespaces: tuple[str, ...] = ()
+    explicit_images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RewarmSettings:
+    interval: float = 1800.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    rewarm: RewarmSettings = field(default_factory=RewarmSettings)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default: ``os.environ``) and the config file."""
+    source = _Source(_merged(os.environ if environ is None else environ))
+    return Settings(
+        broker=BrokerSettings(
+            url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
+            visibility_timeout=source.number("WARM_BROKER_VISIBILITY_TIMEOUT", 3600, int),
+        ),
+        nats=NatsSettings(
+            url=source.text("WARM_NATS_URL", DEFAULT_NATS_URL),
+            user=source.optional("WARM_NATS_USER"),
+            password=source.optional("WARM_NATS_PASSWORD"),
+            token=source.optional("WARM_NATS_TOKEN"),
+            tls_ca_file=source.optional("WARM_NATS_TLS_CA_FILE"),
+            connect_timeout=source.number("WARM_NATS_CONNECT_TIMEOUT", 5.0, float),
+        ),
+        node=NodeSettings(name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME")),
+        runtime=RuntimeSettings(
+            kind=source.choice("WARM_RUNTIME", "auto", RUNTIME_KINDS),
+            endpoint=source.optional("WARM_RUNTIME_ENDPOINT"),
+            max_concurrent_pulls=source.number("WARM_MAX_CONCURRENT_PULLS", 2, int),
+            pull_timeout=source.number("WARM_PULL_TIMEOUT", 600.0, float),
+            max_retries=source.number("WARM_PULL_MAX_RETRIES", 5, int, minimum=0),
+            retry_backoff_max=source.number("WARM_PULL_RETRY_BACKOFF_MAX", 600, int),
+        ),
+        watch=WatchSettings(
+            namespaces=source.words("WARM_NAMESPACES", ("*",)),
+            ignore_namespaces=source.words("WARM_IGNORE_NAMESPACES", ()),
+            explicit_images=source.json_list("WARM_EXPLICIT_IMAGES"),
+        ),
+        rewarm=RewarmSettings(interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float)),
+    )
+
+
+def _merged(environ: Mapping[str, str]) -> dict[str, str]:
+    path = environ.get("WARM_CONFIG_FILE")
+    if not path:
+        return dict(environ)
+    try:
+        from_file = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SettingsError(f"WARM_CONFIG_FILE={path!r} cannot be read: {error}") from error
+    values = {key: _file_value(value) for key, value in from_file.items()}
+    return {**values, **environ}
+
+
+def _file_value(value: object) -> str:
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _Source:
+    """Typed, validated reads of string settings."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def optional(self, name: str) -> str | None:
+        return self._values.get(name) or None
+
+    def text(self, name: str, default: str) -> str:
+        return self._values.get(name) or default
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in allowed:
+            raise SettingsError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def number(self, name: str, default: T, kind: Callable[[str], T], *, minimum: float = 1) -> T:
+        raw = self._values.get(name)
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
+        if value < minimum:  # type: ignore[operator]
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def words(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._values.get(name)
+        return tuple(raw.replace(",", " ").split()) if raw else default
+
+    def json_list(self, name: str) -> tuple[str, ...]:
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise SettingsError(f"{name} must be a JSON list of image references")
+        return tuple(value)

@@ -1,0 +1,108 @@
+"""Per-node status in NATS key-value: what each node holds, lacks and failed to pull.
+
+Each node worker owns its key (``<node>`` in the status bucket) and is its only writer, so
+updates need no coordination across nodes; within a worker a lock orders them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .bus import NatsBus
+from .models import Outcome, PullResult
+from .names import STATUS_BUCKET
+
+
+@dataclass
+class ImageStatus:
+    outcome: str
+    reason: str = ""
+    at: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
+class NodeStatus:
+    node: str
+    images: dict[str, ImageStatus] = field(default_factory=dict)
+    expected: list[str] = field(default_factory=list)
+    last_rewarm_at: float | None = None
+    last_rewarm_revision: int | None = None
+
+    @property
+    def warm(self) -> list[str]:
+        good = (Outcome.PULLED, Outcome.PRESENT)
+        return [image for image in self.expected if self._outcome(image) in good]
+
+    @property
+    def missing(self) -> list[str]:
+        return [image for image in self.expected if image not in self.warm]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {
+            image: status.reason
+            for image, status in self.images.items()
+            if status.outcome == Outcome.FAILED and image in self.expected
+        }
+
+    def _outcome(self, image: str) -> str | None:
+        status = self.images.get(image)
+        return status.outcome if status else None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeStatus:
+        data: dict[str, Any] = json.loads(raw)
+        images = {ref: ImageStatus(**value) for ref, value in data.pop("images", {}).items()}
+        return cls(images=images, **data)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "warm": len(self.warm),
+            "expected": len(self.expected),
+            "missing": self.missing,
+            "failed": self.failed,
+            "last_rewarm_at": self.last_rewarm_at,
+            "last_rewarm_revision": self.last_rewarm_revision,
+        }
+
+
+class StatusStore:
+    def __init__(self, bus: NatsBus, bucket: str = STATUS_BUCKET) -> None:
+        self._bus = bus
+        self._bucket = bucket
+        self._lock = threading.Lock()
+
+    def get(self, node: str) -> NodeStatus:
+        found = self._bus.kv_get(self._bucket, node)
+        return NodeStatus.from_json(found[0]) if found and found[0] else NodeStatus(node=node)
+
+    def all(self) -> list[NodeStatus]:
+        return [self.get(node) for node in self._bus.kv_keys(self._bucket)]
+
+    def record(self, result: PullResult) -> None:
+        with self._lock:
+            status = self.get(result.node)
+            status.images[result.image] = ImageStatus(
+                outcome=result.outcome.value,
+                reason=result.reason,
+                at=result.at,
+                seconds=result.seconds,
+            )
+            self._bus.kv_put(self._bucket, result.node, status.to_json())
+
+    def record_rewarm(self, node: str, expected: list[str], revision: int) -> None:
+        with self._lock:
+            status = self.get(node)
+            status.expected = sorted(expected)
+            status.last_rewarm_at = time.time()
+            status.last_rewarm_revision = revision
+            self._bus.kv_put(self._bucket, node, status.to_json())

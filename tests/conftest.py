@@ -1,0 +1,60 @@
+"""Session-wide real services for the tests: a private Redis, NATS with JetStream, a registry.
+
+Each test run starts its own servers on free loopback ports (see localcluster.services), so the
+tests never touch the machine's shared Redis and NATS, and fault tests can stop them at will.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster import Registry, ensure_system_packages
+from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
+from tasks.settings import NatsSettings
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # Short on purpose: containerd's socket paths must fit in 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="wi-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def system_packages() -> None:
+    ensure_system_packages()
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(workdir: Path) -> Iterator[NatsServer]:
+    server = NatsServer(workdir / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(workdir: Path, system_packages: None) -> Iterator[Registry]:
+    with Registry(workdir / "registry") as running:
+        yield running
+
+
+@pytest.fixture
+def bus(nats_server: NatsServer) -> Iterator[NatsBus]:
+    with NatsBus(NatsSettings(url=nats_server.url)) as connected:
+        yield connected

@@ -1,0 +1,131 @@
+"""A simulated cluster for the whole flow: the API double, one containerd per node, and the
+product's own processes (watcher and one worker per node) started as users start them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from kubernetes import client
+
+from localcluster import Containerd, FakeKubeAPI, Registry
+from localcluster import product
+from localcluster.services import NatsServer, RedisServer
+from worker.runtime._cri import api_pb2 as pb
+from worker.runtime._cri import api_pb2_grpc as rpc
+
+
+class CriProbe:
+    """Reads a node's images straight through CRI, independent of the product's driver."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._channel = grpc.insecure_channel(endpoint)
+        self._images = rpc.ImageServiceStub(self._channel)
+
+    def tags(self) -> set[str]:
+        answer = self._images.ListImages(pb.ListImagesRequest(), timeout=10)
+        return {tag for image in answer.images for tag in image.repo_tags}
+
+    def remove(self, reference: str) -> None:
+        request = pb.RemoveImageRequest(image=pb.ImageSpec(image=reference))
+        self._images.RemoveImage(request, timeout=30)
+
+    def pull(self, reference: str) -> str:
+        request = pb.PullImageRequest(image=pb.ImageSpec(image=reference))
+        return str(self._images.PullImage(request, timeout=120).image_ref)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@dataclass
+class SimCluster:
+    kube: FakeKubeAPI
+    api: client.ApiClient
+    nodes: dict[str, Containerd]
+    probes: dict[str, CriProbe]
+    env: dict[str, str]
+    logdir: Path
+    processes: list[product.ProductProcess] = field(default_factory=list)
+
+    def start(self, process: product.ProductProcess) -> product.ProductProcess:
+        self.processes.append(process.start())
+        return process
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``celery -A tasks ARGS`` as a user would, in the cluster's environment."""
+        argv = [sys.executable, "-m", "celery", "-A", "tasks", *args]
+        return subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.processes)
+
+
+def create_node(api: client.ApiClient, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}}}
+    client.CoreV1Api(api).create_node(body)
+
+
+def deployment(name: str, image: str, *, replicas: int = 1) -> dict[str, object]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(
+    workdir: Path,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    registry: Registry,
+) -> Iterator[SimCluster]:
+    suffix = uuid.uuid4().hex[:6]
+    base = workdir / f"c{suffix}"
+    kube = FakeKubeAPI(bookmark_interval=0.5).start()
+    names = [f"node-a-{suffix}", f"node-b-{suffix}"]
+    nodes = {
+        name: Containerd(base, name[:6], insecure_registries=[registry.host]).start()
+        for name in names
+    }
+    api = kube.api_client()
+    for name in names:
+        create_node(api, name)
+    kubeconfig = kube.write_kubeconfig(base / "kubeconfig")
+    env = product.product_env(
+        broker_url=f"{redis_server.url}/1", nats_url=nats_server.url, kubeconfig=kubeconfig
+    )
+    cluster = SimCluster(
+        kube, api, nodes, {n: CriProbe(c.endpoint) for n, c in nodes.items()}, env, base / "logs"
+    )
+    try:
+        for name, node in nodes.items():
+            cluster.start(product.worker(name, node.endpoint, env, cluster.logdir))
+        cluster.start(product.watcher(env, cluster.logdir))
+        yield cluster
+    finally:
+        for process in cluster.processes:
+            process.stop()
+        for probe in cluster.probes.values():
+            probe.close()
+        for node in nodes.values():
+            node.stop()
+        kube.stop()

@@ -1,0 +1,199 @@
+"""The Kubernetes API double, driven by the official client over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+
+from localcluster import FakeKubeAPI
+
+DEPLOYMENT: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "shop", "labels": {"tier": "front"}},
+    "spec": {
+        "replicas": 1,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "127.0.0.1:5000/shop/web:v1"}]},
+        },
+    },
+}
+
+
+def node(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+@pytest.fixture
+def apps(kube: FakeKubeAPI) -> client.AppsV1Api:
+    return client.AppsV1Api(kube.api_client())
+
+
+@pytest.fixture
+def core(kube: FakeKubeAPI) -> client.CoreV1Api:
+    return client.CoreV1Api(kube.api_client())
+
+
+def test_create_and_list_deployment_and_nodes(
+    apps: client.AppsV1Api, core: client.CoreV1Api
+) -> None:
+    created = apps.create_namespaced_deployment("shop", DEPLOYMENT)
+    core.create_node(node("n1", pool="gpu"))
+    core.create_node(node("n2", pool="cpu"))
+
+    assert created.metadata.uid and created.metadata.resource_version
+    deployments = apps.list_deployment_for_all_namespaces()
+    assert [d.metadata.name for d in deployments.items] == ["web"]
+    assert deployments.items[0].spec.template.spec.containers[0].image.endswith("web:v1")
+    nodes = core.list_node()
+    assert sorted(n.metadata.name for n in nodes.items) == ["n1", "n2"]
+    assert int(nodes.metadata.resource_version) >= int(created.metadata.resource_version)
+    assert [n.metadata.name for n in core.list_node(label_selector="pool=gpu").items] == ["n1"]
+    assert [n.metadata.name for n in core.list_node(field_selector="metadata.name=n2").items] == [
+        "n2"
+    ]
+
+
+def test_watch_from_list_version_sees_later_modification(apps: client.AppsV1Api) -> None:
+    apps.create_namespaced_deployment("shop", DEPLOYMENT)
+    listed = apps.list_namespaced_deployment("shop")
+    apps.patch_namespaced_deployment("web", "shop", {"spec": {"replicas": 3}})
+
+    events = watch.Watch().stream(
+        apps.list_namespaced_deployment,
+        "shop",
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=5,
+    )
+    first = next(events)
+
+    assert first["type"] == "MODIFIED"  # replayed from history, no synthetic ADDED
+    assert first["object"].spec.replicas == 3
+    assert int(first["object"].metadata.resource_version) > int(listed.metadata.resource_version)
+
+
+def test_live_watch_sees_modification_made_later(apps: client.AppsV1Api) -> None:
+    apps.create_namespaced_deployment("shop", DEPLOYMENT)
+    listed = apps.list_namespaced_deployment("shop")
+    timer = threading.Timer(
+        0.3, apps.patch_namespaced_deployment, ("web", "shop", {"spec": {"replicas": 2}})
+    )
+    timer.start()
+    try:
+        events = watch.Watch().stream(
+            apps.list_namespaced_deployment,
+            "shop",
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=5,
+        )
+        first = next(events)
+    finally:
+        timer.join()
+    assert (first["type"], first["object"].spec.replicas) == ("MODIFIED", 2)
+
+
+def test_compact_makes_old_version_watch_get_410(kube: FakeKubeAPI, apps: client.AppsV1Api) -> None:
+    apps.create_namespaced_deployment("shop", DEPLOYMENT)
+    old = apps.list_namespaced_deployment("shop").metadata.resource_version
+    apps.patch_namespaced_deployment("web", "shop", {"spec": {"replicas": 3}})
+    kube.compact()
+
+    response = apps.list_namespaced_deployment(
+        "shop", watch=True, resource_version=old, timeout_seconds=5, _preload_content=False
+    )
+    lines = [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+    assert lines[0]["type"] == "ERROR"
+    assert lines[0]["object"]["code"] == 410
+    with pytest.raises(client.ApiException) as err:
+        list(
+            watch.Watch().stream(
+                apps.list_namespaced_deployment, "shop", resource_version=old, timeout_seconds=5
+            )
+        )
+    assert err.value.status == 410
+
+
+def test_expire_next_watches_and_kick(kube: FakeKubeAPI, core: client.CoreV1Api) -> None:
+    core.create_node(node("n1"))
+    current = core.list_node().metadata.resource_version
+    kube.expire_next_watches(1)
+    with pytest.raises(client.ApiException) as err:
+        list(watch.Watch().stream(core.list_node, resource_version=current, timeout_seconds=5))
+    assert err.value.status == 410
+
+    ended = threading.Event()
+
+    def follow() -> None:
+        for _ in watch.Watch().stream(core.list_node, resource_version=current, timeout_seconds=30):
+            pass
+        ended.set()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    deadline = time.monotonic() + 5
+    while kube.call(lambda emulator: len(emulator.live)) == 0:  # kick() ends live watches only
+        assert time.monotonic() < deadline, "the watch never started"
+        time.sleep(0.02)
+    assert not ended.wait(0.2)
+    kube.kick()
+    assert ended.wait(5)
+
+
+def test_bookmarks_when_asked(core: client.CoreV1Api) -> None:
+    core.create_node(node("n1"))
+    current = core.list_node().metadata.resource_version
+    events = watch.Watch().stream(
+        core.list_node, resource_version=current, allow_watch_bookmarks=True, timeout_seconds=2
+    )
+    first = next(events)
+    assert first["type"] == "BOOKMARK"
+    assert first["raw_object"]["metadata"]["resourceVersion"] == current
+
+
+def test_put_replaces_and_stale_version_conflicts(apps: client.AppsV1Api) -> None:
+    apps.create_namespaced_deployment("shop", DEPLOYMENT)
+    current = apps.read_namespaced_deployment("web", "shop")
+    current.spec.replicas = 4
+    replaced = apps.replace_namespaced_deployment("web", "shop", current)
+    assert replaced.spec.replicas == 4
+
+    with pytest.raises(client.ApiException) as err:
+        apps.replace_namespaced_deployment("web", "shop", current)  # its version is now stale
+    assert err.value.status == 409
+
+
+def test_namespaces_can_be_created_and_read(core: client.CoreV1Api) -> None:
+    core.create_namespace({"metadata": {"name": "shop"}})
+    assert core.read_namespace("shop").metadata.name == "shop"
+    assert [ns.metadata.name for ns in core.list_namespace().items] == ["shop"]
+
+
+def test_kubeconfig_works_in_another_process(kube: FakeKubeAPI, tmp_path: Path) -> None:
+    client.CoreV1Api(kube.api_client()).create_node(node("n1"))
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    script = (
+        "from kubernetes import client, config; config.load_kube_config(); "
+        "print(*[n.metadata.name for n in client.CoreV1Api().list_node().items])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["n1"]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks.settings import SettingsError, load_settings
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = load_settings({})
+    assert settings.broker.url == "redis://127.0.0.1:6379/0"
+    assert settings.nats.url == "nats://127.0.0.1:4222"
+    assert settings.runtime.kind == "auto"
+    assert settings.runtime.max_concurrent_pulls == 2
+    assert settings.watch.namespaces == ("*",)
+    assert settings.rewarm.interval == 1800
+
+
+def test_environment_names_from_the_contract() -> None:
+    settings = load_settings(
+        {
+            "WARM_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+            "NODE_NAME": "fallback-node",
+            "WARM_RUNTIME": "CRI",
+            "WARM_RUNTIME_ENDPOINT": "unix:///run/containerd/containerd.sock",
+            "WARM_NAMESPACES": "apps batch",
+            "WARM_IGNORE_NAMESPACES": "kube-system,kube-public",
+            "WARM_EXPLICIT_IMAGES": '["nginx:1.25"]',
+        }
+    )
+    assert settings.broker.url.startswith("amqp://")
+    assert settings.node.name == "fallback-node"
+    assert settings.runtime.kind == "cri"
+    assert settings.watch.namespaces == ("apps", "batch")
+    assert settings.watch.ignore_namespaces == ("kube-system", "kube-public")
+    assert settings.watch.explicit_images == ("nginx:1.25",)
+
+
+def test_warm_node_name_wins_over_node_name() -> None:
+    assert load_settings({"WARM_NODE_NAME": "a", "NODE_NAME": "b"}).node.name == "a"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WARM_RUNTIME": "podman"}, "WARM_RUNTIME='podman' is not one of auto, cri, docker"),
+        ({"WARM_MAX_CONCURRENT_PULLS": "two"}, "WARM_MAX_CONCURRENT_PULLS='two' is not a int"),
+        ({"WARM_MAX_CONCURRENT_PULLS": "0"}, "must be at least 1"),
+        ({"WARM_EXPLICIT_IMAGES": "nginx"}, "WARM_EXPLICIT_IMAGES is not valid JSON"),
+        ({"WARM_EXPLICIT_IMAGES": "[1]"}, "JSON list of image references"),
+    ],
+)
+def test_malformed_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(env)
+
+
+def test_a_config_file_gives_defaults_that_the_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "warm.toml"
+    path.write_text('WARM_REWARM_INTERVAL = 60\nWARM_NATS_URL = "nats://file:4222"\n')
+    settings = load_settings({"WARM_CONFIG_FILE": str(path), "WARM_NATS_URL": "nats://env:4222"})
+    assert settings.rewarm.interval == 60
+    assert settings.nats.url == "nats://env:4222"
+
+
+def test_an_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="WARM_CONFIG_FILE"):
+        load_settings({"WARM_CONFIG_FILE": str(tmp_path / "missing.toml")})

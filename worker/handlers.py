@@ -1,0 +1,79 @@
+"""The node worker's Celery tasks, registered on the shared app under the names in tasks.names.
+
+Transient failures go back to Celery with exponential backoff and full jitter, up to a limit;
+permanent failures are recorded and dropped. So a registry that is down costs a bounded number
+of retries per image, spread out in time, and a missing tag costs exactly one attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
+
+from tasks.app import app
+from tasks.models import Outcome, PullResult
+from tasks.names import PULL_IMAGE, REWARM_NODE
+from tasks.routing import queue_for_node
+
+from .agent import current_agent
+
+log = logging.getLogger(__name__)
+
+RETRY_FACTOR = 5  # seconds; doubled each retry, capped by WARM_PULL_RETRY_BACKOFF_MAX
+
+
+@app.task(name=PULL_IMAGE, bind=True, max_retries=None)
+def pull_image(self: Task, node: str, image: str, **_ignored: Any) -> str:
+    agent = current_agent()
+    if node != agent.node:
+        log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
+        return "misrouted"
+    attempt = self.request.retries + 1
+    result = agent.pull(image, attempt=attempt)
+    if result.outcome is Outcome.RETRYING:
+        _retry_or_give_up(self, result)
+    return result.outcome.value
+
+
+@app.task(name=REWARM_NODE, bind=True, max_retries=None)
+def rewarm_node(
+    self: Task, node: str, revision: int = 0, images: list[str] | None = None, **_ignored: Any
+) -> dict[str, int]:
+    agent = current_agent()
+    if node != agent.node:
+        log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
+        return {}
+    report = agent.rewarm(revision, images or [])
+    for image in report.retrying:  # each gets its own retry schedule
+        schedule_retry(node, image, attempt=1)
+    return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
+
+
+def schedule_retry(node: str, image: str, *, attempt: int) -> None:
+    settings = current_agent().settings.runtime
+    countdown = backoff_seconds(attempt, settings.retry_backoff_max)
+    pull_image.apply_async(
+        kwargs={"node": node, "image": image},
+        queue=queue_for_node(node),
+        countdown=countdown,
+        retries=attempt,
+    )
+
+
+def backoff_seconds(retries: int, maximum: int) -> int:
+    return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
+
+
+def _retry_or_give_up(task: Task, result: PullResult) -> None:
+    agent = current_agent()
+    limit = agent.settings.runtime.max_retries
+    if task.request.retries >= limit:
+        reason = f"gave up after {result.attempt} attempts: {result.reason}"
+        agent.report(replace(result, outcome=Outcome.FAILED, reason=reason))
+        return
+    countdown = backoff_seconds(task.request.retries + 1, agent.settings.runtime.retry_backoff_max)
+    raise task.retry(countdown=countdown, max_retries=limit)
