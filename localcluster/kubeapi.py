@@ -138,7 +138,7 @@ class _StampingBus(aiobus.Bus[Event]):
             # also stamps the stored object.
             event["object"].setdefault("metadata", {})["resourceVersion"] = str(self._owner.rv)
             event = copy.deepcopy(event)
-            self._owner.history.append((self._owner.rv, self._resource, event))
+            self._owner.record(self._owner.rv, self._resource, event)
             stamped.append(event)
         await super().put(*stamped)
 
@@ -163,6 +163,9 @@ class RVEmulator(kmock.KubernetesEmulator):
     bookmark_interval: float = 1.0
     expire_next: int = 0  # the next N watches from a resourceVersion get 410 Gone
     live: set[asyncio.Queue[Event | None]] = attrs.field(factory=set)  # for kick()
+    # Events kept for watches from a past resourceVersion. Like etcd's compaction, older ones
+    # are dropped, and watches from before them get 410: memory stays bounded in long runs.
+    history_limit: int = 20_000
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -173,6 +176,14 @@ class RVEmulator(kmock.KubernetesEmulator):
         """Forget history: watches from any resourceVersion before now get 410 Gone."""
         self.history.clear()
         self.compacted_rv = self.rv
+
+    def record(self, rv: int, resource: Resource, event: Event) -> None:
+        """Keep an event for watches from an older resourceVersion, within history_limit."""
+        self.history.append((rv, resource, event))
+        excess = len(self.history) - self.history_limit
+        if excess > self.history_limit // 10:  # trim in batches, not on every event
+            self.compacted_rv = self.history[excess - 1][0]
+            del self.history[:excess]
 
     def kick(self) -> None:
         """End every live watch stream, as an apiserver restart or request timeout would."""
@@ -388,8 +399,9 @@ def _gone(rv: str, compacted_rv: int) -> Event:
 class FakeKubeAPI:
     """RVEmulator behind kmock's HTTP server on 127.0.0.1:<random port>, in its own thread."""
 
-    def __init__(self, *, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, *, bookmark_interval: float = 1.0, history_limit: int = 20_000) -> None:
         self.bookmark_interval = bookmark_interval
+        self.history_limit = history_limit
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._emulator: RVEmulator | None = None
@@ -501,7 +513,9 @@ class FakeKubeAPI:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        emulator = RVEmulator(bookmark_interval=self.bookmark_interval)
+        emulator = RVEmulator(
+            bookmark_interval=self.bookmark_interval, history_limit=self.history_limit
+        )
         async with emulator, kmock.Server(emulator) as server:
             self._emulator = emulator
             self._url = str(server.url).rstrip("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -197,3 +198,20 @@ def test_kubeconfig_works_in_another_process(kube: FakeKubeAPI, tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["n1"]
+
+
+def test_old_history_is_dropped_and_its_watches_get_410() -> None:
+    with FakeKubeAPI(history_limit=10) as kube:
+        core = client.CoreV1Api(kube.api_client())
+        first = core.create_node(node("n0")).metadata.resource_version
+        for i in range(1, 30):
+            core.create_node(node(f"n{i}"))
+        recent = str(int(core.list_node().metadata.resource_version) - 5)
+
+        with pytest.raises(client.ApiException) as err:
+            list(watch.Watch().stream(core.list_node, resource_version=first, timeout_seconds=2))
+        assert err.value.status == 410
+        events = watch.Watch().stream(core.list_node, resource_version=recent, timeout_seconds=2)
+        assert [e["object"].metadata.name for e in itertools.islice(events, 5)] == [
+            f"n{i}" for i in range(25, 30)
+        ]
