@@ -19,10 +19,11 @@ from typing import Any
 
 from kubernetes import client
 
-from localcluster import product
+from localcluster import manifests, product
 from localcluster.containerd import Containerd
 from localcluster.images import PushedImage, push_image
 from localcluster.kubeapi import FakeKubeAPI
+from localcluster.manifests import create_nodes
 from localcluster.packages import ensure_system_packages
 from localcluster.ports import free_port
 from localcluster.registry import Registry
@@ -122,41 +123,13 @@ def _print_pull(_subject: str, data: bytes) -> None:
 
 def seed_cluster(api: client.ApiClient, images: list[PushedImage]) -> None:
     """Nodes and a few sample workloads: two Deployments (one scaled to zero) and a Pod."""
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    for name in NODES:
-        core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
-    web, worker_image, migrate = (image.ref for image in images)
-    for name, image, replicas in (("web", web, 3), ("api", worker_image, 0)):
-        apps.create_namespaced_deployment("default", _deployment(name, image, replicas))
-    core.create_namespaced_pod(
-        "default",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "report", "namespace": "default"},
-            "spec": {
-                "initContainers": [{"name": "migrate", "image": migrate}],
-                "containers": [{"name": "main", "image": web}],
-            },
-        },
-    )
-
-
-def _deployment(name: str, image: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": name, "image": image}]},
-            },
-        },
-    }
+    create_nodes(api, NODES)
+    web, api_image, migrate = (image.ref for image in images)
+    apps = client.AppsV1Api(api)
+    apps.create_namespaced_deployment("default", manifests.deployment("web", web, replicas=3))
+    apps.create_namespaced_deployment("default", manifests.deployment("api", api_image, replicas=0))
+    report = manifests.pod("report", web, init_image=migrate)
+    client.CoreV1Api(api).create_namespaced_pod("default", report)
 
 
 def main() -> int:

@@ -14,8 +14,8 @@ import grpc
 import pytest
 from kubernetes import client
 
-from localcluster import Containerd, FakeKubeAPI, Registry
-from localcluster import product
+from localcluster import Containerd, FakeKubeAPI, Registry, product
+from localcluster.manifests import create_nodes
 from localcluster.services import NatsServer, RedisServer
 from worker.runtime._cri import api_pb2 as pb
 from worker.runtime._cri import api_pb2_grpc as rpc
@@ -69,28 +69,6 @@ class SimCluster:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.processes)
 
 
-def create_node(api: client.ApiClient, name: str) -> None:
-    body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {}}}
-    client.CoreV1Api(api).create_node(body)
-
-
-def deployment(name: str, image: str, *, replicas: int = 1) -> dict[str, object]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": image}]},
-            },
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def sim_cluster(
     workdir: Path,
@@ -107,8 +85,7 @@ def sim_cluster(
         for name in names
     }
     api = kube.api_client()
-    for name in names:
-        create_node(api, name)
+    create_nodes(api, names)
     kubeconfig = kube.write_kubeconfig(base / "kubeconfig")
     env = product.product_env(
         broker_url=f"{redis_server.url}/1", nats_url=nats_server.url, kubeconfig=kubeconfig

@@ -1,0 +1,51 @@
+"""Kubernetes objects for the simulated cluster, as plain dicts the official client accepts.
+
+Shared by the demo, the tests and the benchmarks, so they all seed the API double the same way.
+They are typed ``Any`` because the client's signatures name its model classes, while the API
+(and the double) take the same JSON either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+
+
+def node(name: str, labels: dict[str, str] | None = None) -> Any:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
+
+
+def deployment(name: str, image: str, *, replicas: int = 1, namespace: str = "default") -> Any:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            },
+        },
+    }
+
+
+def pod(name: str, image: str, *, init_image: str | None = None, namespace: str = "default") -> Any:
+    spec: dict[str, Any] = {"containers": [{"name": "main", "image": image}]}
+    if init_image:
+        spec["initContainers"] = [{"name": "init", "image": init_image}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def create_nodes(api: client.ApiClient, names: list[str] | tuple[str, ...]) -> None:
+    core = client.CoreV1Api(api)
+    for name in names:
+        core.create_node(node(name))
