@@ -1,0 +1,85 @@
+"""The Dockerfile of the one image the chart runs. No Docker engine here: check its structure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import yaml
+from chart_helpers import CHART, REPO
+
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|make|apt-get install)\b")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args_of(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) with continuation lines joined and comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}".strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        keyword, _, args = pending.partition(" ")
+        result.append((keyword.upper(), " ".join(args.split())))
+        pending = ""
+    return result
+
+
+def stages() -> list[Stage]:
+    found: list[Stage] = []
+    for keyword, args in instructions((REPO / "Dockerfile").read_text()):
+        if keyword == "FROM":
+            base, _, name = args.partition(" AS ")
+            found.append(Stage(base.strip(), name.strip()))
+        else:
+            found[-1].instructions.append((keyword, args))
+    return found
+
+
+def test_multi_stage_on_slim_python() -> None:
+    builder, final = stages()
+    assert builder.name == "builder"
+    assert builder.base == final.base == "python:3.11-slim"
+    assert any("pip install ." in run for run in builder.args_of("RUN"))
+
+
+def test_final_stage_runs_unprivileged_without_build_tools() -> None:
+    final = stages()[-1]
+    assert final.args_of("COPY") == ["--from=builder /opt/venv /opt/venv"]
+    assert final.args_of("WORKDIR") == ["/app"]
+    assert not any(BUILD_TOOLS.search(run) for run in final.args_of("RUN"))
+    (user,) = final.args_of("USER")
+    # Numeric, so that the kubelet can enforce runAsNonRoot; and the uid the chart runs with.
+    uid = user.split(":")[0]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert uid.isdigit() and int(uid) == values["podSecurityContext"]["runAsUser"] == 10001
+    # USER is the last word on identity: nothing after it runs as root.
+    keywords = [kw for kw, _ in final.instructions]
+    assert "RUN" not in keywords[keywords.index("USER") :]
+
+
+def test_dockerignore_keeps_the_context_small_and_clean() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # An allow-list: everything out, then the packaging files and the Python packages back in.
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert {"pyproject.toml", "tasks", "watcher", "worker", "beat"} <= allowed
+    assert not allowed & {".git", ".tools", "tests", "chart", ".env"}

@@ -1,0 +1,371 @@
+"""The chart lints, renders and validates for every value set, and follows the contract."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from chart_helpers import (
+    CHART,
+    NAMESPACE,
+    PREFIX,
+    RELEASE,
+    VALUE_SETS,
+    Rendered,
+    env_of,
+    run_helm,
+    template,
+    values_args,
+)
+
+# kubernetes-validate has no schema for CRDs: these kinds are checked by hand below.
+CUSTOM_KINDS = {"ServiceMonitor"}
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "helm.sh/chart",
+)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_helm_lint_strict(helm: Path, value_set: str) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART), *values_args(value_set))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kube_version", ["1.28.0", "1.33.0"])
+def test_manifests_validate_strictly(
+    manifest_files: list[Path], rendered: dict[str, Rendered], kube_version: str
+) -> None:
+    """Every rendered document of every value set, in one kubernetes-validate call."""
+    result = subprocess.run(
+        [
+            "kubernetes-validate",
+            "--strict",
+            "--kubernetes-version",
+            kube_version,
+            *map(str, manifest_files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 0, "\n".join(line for line in lines if "passed" not in line)
+    unexpected = [
+        line
+        for line in lines
+        if line.startswith("WARN") and not any(f"kind {k} " in line for k in CUSTOM_KINDS)
+    ]
+    assert not unexpected, unexpected
+    # Nothing skipped: each standard document has its "passed" line.
+    standard = sum(1 for r in rendered.values() for d in r.docs if d["kind"] not in CUSTOM_KINDS)
+    assert sum("passed" in line for line in lines) == standard
+
+
+def test_kube_version_floor(helm: Path) -> None:
+    assert template(helm, "--kube-version", "1.28.0").returncode == 0
+    too_old = template(helm, "--kube-version", "1.27.0")
+    assert too_old.returncode != 0
+    assert "kubeVersion" in too_old.stderr
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_standard_labels(rendered: dict[str, Rendered], value_set: str) -> None:
+    for doc in rendered[value_set].docs:
+        labels = doc["metadata"]["labels"]
+        missing = [key for key in STANDARD_LABELS if key not in labels]
+        assert not missing, f"{doc['kind']}/{doc['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_selectors_match_pod_labels(rendered: dict[str, Rendered], value_set: str) -> None:
+    result = rendered[value_set]
+    pods = [d for d in result.docs if d["kind"] in {"Deployment", "DaemonSet"}]
+    for doc in pods:
+        selector = doc["spec"]["selector"]["matchLabels"]
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), doc["metadata"]["name"]
+    for service in result.of_kind("Service"):
+        selector = service["spec"]["selector"]
+        matched = [
+            d
+            for d in pods
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matched) == 1, f"Service {service['metadata']['name']} selects {len(matched)}"
+
+
+def test_component_commands(rendered: dict[str, Rendered]) -> None:
+    """The commands of DESIGN.md's contract table."""
+    default = rendered["default"]
+    expected = {
+        "watcher": ["python", "-m", "watcher"],
+        "worker": ["python", "-m", "worker"],
+        "beat": ["celery", "-A", "tasks", "beat"],
+        "flower": ["celery", "-A", "tasks", "flower"],
+        "test": ["celery", "-A", "tasks", "warm-status"],
+    }
+    for component, command in expected.items():
+        actual = default.container(component)["command"]
+        assert actual[: len(command)] == command, component
+
+
+def test_one_image_for_every_component(rendered: dict[str, Rendered]) -> None:
+    default = rendered["default"]
+    images = {
+        default.container(c)["image"] for c in ("watcher", "worker", "beat", "flower", "test")
+    }
+    assert images == {"ghcr.io/kubernetes-warm-images/warm-images:0.1.0"}
+    digest = rendered["full"].container("worker")["image"]
+    assert re.fullmatch(r"ghcr\.io/kubernetes-warm-images/warm-images@sha256:[0-9a-f]{64}", digest)
+
+
+def test_helm_test_hook(rendered: dict[str, Rendered]) -> None:
+    pod = rendered["default"].get("Pod", "test-status")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
+    data = rendered["default"].get("ConfigMap", "config")["data"]
+    assert data == {
+        "WARM_NATS_URL": f"nats://{PREFIX}-nats:4222",
+        "WARM_NAMESPACES": "*",
+        "WARM_IGNORE_NAMESPACES": "",
+        "WARM_REWARM_INTERVAL": "1800",
+        "WARM_MAX_CONCURRENT_PULLS": "2",
+        "WARM_DISK_BUDGET_PERCENT": "80",
+        "WARM_EXPLICIT_IMAGES": "[]",
+        "WARM_PULL_SECRETS": "false",
+        "WARM_LEADER_ELECTION": "false",
+        "WARM_LEASE_NAME": f"{PREFIX}-watcher",
+        "WARM_METRICS_PORT": "9808",
+        "WARM_HEALTH_PORT": "8080",
+    }
+    full = rendered["full"].get("ConfigMap", "config")["data"]
+    assert full["WARM_NAMESPACES"] == "team-a team-b"
+    assert full["WARM_IGNORE_NAMESPACES"] == "kube-system"
+    assert json.loads(full["WARM_EXPLICIT_IMAGES"]) == ["busybox:1.36", "registry.k8s.io/pause:3.9"]
+    assert full["WARM_LEADER_ELECTION"] == "true"
+    assert full["WARM_LEASE_NAME"] == "warm-leader"
+    assert rendered["credentials"].get("ConfigMap", "config")["data"]["WARM_PULL_SECRETS"] == "true"
+
+
+def test_worker_node_identity_and_tolerations(rendered: dict[str, Rendered]) -> None:
+    spec = rendered["default"].pod_spec("worker")
+    node_name = env_of(spec["containers"][0])["WARM_NODE_NAME"]
+    assert node_name["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # Tolerate everything: every node, tainted or not, gets warmed.
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert rendered["default"].get("DaemonSet", "worker")
+
+
+def test_single_scheduler(rendered: dict[str, Rendered]) -> None:
+    for result in rendered.values():
+        beat = result.get("Deployment", "beat")
+        assert beat["spec"]["replicas"] == 1
+        assert beat["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_watcher_replicas_and_disruption_budget(rendered: dict[str, Rendered]) -> None:
+    assert rendered["default"].get("Deployment", "watcher")["spec"]["strategy"]["type"] == (
+        "Recreate"
+    )
+    assert not rendered["default"].of_kind("PodDisruptionBudget")
+    full = rendered["full"]
+    assert full.get("Deployment", "watcher")["spec"]["replicas"] == 3
+    pdb = full.get("PodDisruptionBudget", "watcher")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "watcher"
+
+
+def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
+    default = rendered["default"]
+    nats = default.container("nats")
+    assert nats["image"] == "nats:2.10-alpine"
+    assert {"-js", "-sd", "/data"} <= set(nats["args"])
+    config = default.get("Secret", "nats-config")["stringData"]["nats.conf"]
+    assert "jetstream {" in config
+    assert "user: $WARM_NATS_USER" in config
+    assert "password: $WARM_NATS_PASSWORD" in config
+    # Authentication off: no authorization block and no credentials anywhere.
+    minimal = rendered["minimal"]
+    assert "authorization" not in minimal.get("Secret", "nats-config")["stringData"]["nats.conf"]
+    assert "WARM_NATS_PASSWORD" not in env_of(minimal.container("watcher"))
+
+
+def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
+    redis = rendered["default"].container("redis")
+    assert redis["image"] == "redis:7-alpine"
+    script = redis["command"][-1]
+    assert 'requirepass "${REDIS_PASSWORD}"' in script
+    assert "appendonly no" in script
+    full_script = rendered["full"].container("redis")["command"][-1]
+    assert "appendonly yes" in full_script
+    assert "maxmemory 256mb" in full_script
+    assert "protected-mode no" in rendered["minimal"].container("redis")["command"][-1]
+
+
+def test_persistence(rendered: dict[str, Rendered]) -> None:
+    default_volumes = rendered["default"].pod_spec("nats")["volumes"]
+    assert {"name": "data", "emptyDir": {}} in default_volumes
+    full = rendered["full"]
+    claim = full.get("PersistentVolumeClaim", "nats")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claim["spec"]["storageClassName"] == "fast"
+    redis_volumes = {v["name"]: v for v in full.pod_spec("redis")["volumes"]}
+    assert redis_volumes["data"]["persistentVolumeClaim"]["claimName"] == "redis-data"
+    assert full.find("PersistentVolumeClaim", "redis") is None
+
+
+def test_external_nats_and_broker(rendered: dict[str, Rendered]) -> None:
+    external = rendered["external"]
+    components = {c for c, _ in external.pod_specs()}
+    assert not components & {"nats", "redis"}
+    assert external.get("ConfigMap", "config")["data"]["WARM_NATS_URL"] == (
+        "nats://nats.messaging.svc:4222"
+    )
+    env = env_of(external.container("watcher"))
+    broker_ref = env["WARM_BROKER_URL"]["valueFrom"]["secretKeyRef"]
+    broker = external.get("Secret", broker_ref["name"])
+    assert broker["metadata"]["name"] == f"{PREFIX}-broker"
+    nats_ref = env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert nats_ref["name"] == f"{PREFIX}-nats-client"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "redis.enabled=false"], "set externalBroker.url"),
+        (["--set", "nats.enabled=false"], "set externalNats.url"),
+        (
+            [
+                "--set",
+                "nats.enabled=false",
+                "--set",
+                "externalNats.url=nats://n:4222",
+                "--set",
+                "externalNats.user=u",
+            ],
+            "set externalNats.password",
+        ),
+    ],
+)
+def test_missing_external_service_fails_clearly(helm: Path, args: list[str], message: str) -> None:
+    result = template(helm, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_flower_service_and_ingress(rendered: dict[str, Rendered]) -> None:
+    assert rendered["default"].get("Service", "flower")["spec"]["ports"][0]["port"] == 5555
+    assert not rendered["default"].of_kind("Ingress")
+    result = rendered["flower-ingress"]
+    ingress = result.get("Ingress", "flower")
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "warm.example.com"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{PREFIX}-flower", "port": {"name": "http"}}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"][0]["secretName"] == "warm-example-tls"
+    flower = result.container("flower")
+    assert env_of(flower)["FLOWER_URL_PREFIX"]["value"] == "flower"
+    assert flower["livenessProbe"]["httpGet"]["path"] == "/flower/healthcheck"
+    assert not rendered["minimal"].find("Deployment", "flower")
+
+
+def test_service_monitor(rendered: dict[str, Rendered]) -> None:
+    """Checked by hand, since kubernetes-validate has no schema for this CRD."""
+    full = rendered["full"]
+    monitor = full.get("ServiceMonitor", PREFIX)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = [
+        s for s in full.of_kind("Service") if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert {s["metadata"]["name"] for s in scraped} == {
+        f"{PREFIX}-watcher-metrics",
+        f"{PREFIX}-worker-metrics",
+    }
+    port = monitor["spec"]["endpoints"][0]["port"]
+    assert all(port in {p["name"] for p in s["spec"]["ports"]} for s in scraped)
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+
+
+def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
+    dashboard = json.loads((CHART / "dashboards" / "warm-images.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for metric in (
+        "warm_images_present / warm_images_expected",
+        "rate(warm_pulls_total[5m])",
+        "histogram_quantile(0.95",
+        "warm_pull_duration_seconds_bucket",
+        "warm_queue_depth",
+    ):
+        assert any(metric in expr for expr in exprs), metric
+    assert not rendered["default"].find("ConfigMap", "dashboard")
+    config_map = rendered["full"].get("ConfigMap", "dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert json.loads(config_map["data"]["warm-images.json"]) == dashboard
+
+
+def test_priority_class(rendered: dict[str, Rendered]) -> None:
+    full = rendered["full"]
+    created = full.get("PriorityClass", PREFIX)
+    assert created["preemptionPolicy"] == "Never"
+    assert full.pod_spec("worker")["priorityClassName"] == "system-node-critical"
+    assert full.pod_spec("watcher")["priorityClassName"] == PREFIX
+    assert "priorityClassName" not in rendered["default"].pod_spec("watcher")
+
+
+def test_network_policies(rendered: dict[str, Rendered]) -> None:
+    assert not rendered["default"].of_kind("NetworkPolicy")
+    full = rendered["full"]
+    release = {"app.kubernetes.io/name": "warm-images", "app.kubernetes.io/instance": RELEASE}
+    for name, port in (("nats", 4222), ("redis", 6379)):
+        (rule,) = full.get("NetworkPolicy", name)["spec"]["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": release}}]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert "ingress" not in full.get("NetworkPolicy", "beat")["spec"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            [],
+            [
+                "port-forward svc/warm-warm-images-flower 5555:5555",
+                "celery -A tasks warm-status",
+                "helm test warm",
+                "get secret warm-warm-images-flower",
+            ],
+        ),
+        (["-f", "tests/chart/values/flower-ingress.yaml"], ["https://warm.example.com/flower"]),
+    ],
+)
+def test_notes(helm: Path, args: list[str], expected: list[str]) -> None:
+    result = run_helm(
+        helm,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        *[str(CHART.parent / a) if a.endswith(".yaml") else a for a in args],
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.partition("NOTES:")[2]
+    for text in expected:
+        assert text in notes

@@ -1,0 +1,107 @@
+"""values.schema.json covers every value and rejects wrong ones; the README table is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chart_helpers import CHART, template
+from chart_values_table import leaves, load_schema, load_values, resolve, updated_readme
+
+# Values that are Kubernetes structures, documented as one object each.
+KUBERNETES_STRUCTURES = {
+    "resources",
+    "podSecurityContext",
+    "securityContext",
+    "nodeSelector",
+    "affinity",
+    "podAnnotations",
+    "podLabels",
+    "annotations",
+    "labels",
+    "commonLabels",
+    "updateStrategy",
+}
+# (--set arguments, what the error must say). Helm prints the JSON pointer of the bad value.
+WRONG_VALUES = [
+    (
+        ["--set", "worker.runtime.type=podman"],
+        "at '/worker/runtime/type': value must be one of 'auto', 'containerd', 'k3s', 'crio'",
+    ),
+    (["--set", "config.diskBudgetPercent=150"], "at '/config/diskBudgetPercent': maximum"),
+    (["--set", "watcher.replica=2"], "at '/watcher': additional properties 'replica' not allowed"),
+    (["--set", "watcher.replicas=0"], "at '/watcher/replicas': minimum: got 0, want 1"),
+    (
+        ["--set-string", "config.maxConcurrentPulls=2"],
+        "at '/config/maxConcurrentPulls': got string, want integer",
+    ),
+    (["--set", "config.namespaces=default"], "at '/config/namespaces': got string, want array"),
+    (["--set", "nats.auth.password=pa$$word"], "at '/nats/auth/password'"),
+    (["--set", "externalBroker.url=http://broker"], "at '/externalBroker/url'"),
+    (["--set", "externalNats.url=nats://user:pw@nats:4222"], "at '/externalNats/url'"),
+    (["--set", "worker.tolerations[0].operator=Maybe"], "at '/worker/tolerations/0/operator'"),
+    (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), WRONG_VALUES, ids=[a[1] for a, _ in WRONG_VALUES])
+def test_schema_rejects_wrong_values(helm: Path, args: list[str], message: str) -> None:
+    result = template(helm, *args)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr
+
+
+def schema_nodes(
+    node: dict[str, Any], root: dict[str, Any], path: str = ""
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every property of the schema, $refs followed, with its dotted path."""
+    found = []
+    for key, child in node.get("properties", {}).items():
+        child = resolve(child, root)
+        found.append((f"{path}{key}", child))
+        found.extend(schema_nodes(child, root, f"{path}{key}."))
+    return found
+
+
+def test_every_value_is_in_the_schema() -> None:
+    schema = load_schema()
+    missing = [path for path, _, node in leaves(load_values(), schema, schema) if node is None]
+    assert not missing
+
+
+def test_schema_is_closed_and_described() -> None:
+    """Unknown keys are errors in every section the chart defines (so a typo fails the install),
+    and every documented value says what it is. Only Kubernetes structures stay open objects."""
+    schema = load_schema()
+    assert schema["additionalProperties"] is False
+    for path, default, node in leaves(load_values(), schema, schema):
+        assert node is not None and node.get("description"), f"{path} has no description"
+        if isinstance(default, dict):
+            assert path.rsplit(".", 1)[-1] in KUBERNETES_STRUCTURES, f"{path} is not closed"
+
+
+def test_every_schema_property_has_a_default() -> None:
+    """The other direction: no schema entry without its value in values.yaml."""
+    schema = load_schema()
+    documented = {path for path, _, _ in leaves(load_values(), schema, schema)}
+    for path, _ in schema_nodes(schema, schema):
+        related = any(
+            d == path or d.startswith(f"{path}.") or path.startswith(f"{d}.") for d in documented
+        )
+        assert related, f"{path} is in the schema but not in values.yaml"
+
+
+def test_readme_values_table_is_current() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert updated_readme(readme) == readme, (
+        "chart/README.md is out of date: run python tests/chart/chart_values_table.py"
+    )
+
+
+def test_readme_lists_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    schema = load_schema()
+    for path, _, _ in leaves(load_values(), schema, schema):
+        assert f"| `{path}` |" in readme

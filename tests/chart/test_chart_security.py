@@ -1,0 +1,326 @@
+"""Least privilege: RBAC rules, security contexts, host mounts, and where credentials live."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from chart_helpers import (
+    NAMESPACE,
+    PREFIX,
+    VALUE_SETS,
+    Doc,
+    Rendered,
+    env_of,
+    load_values,
+    secret_data,
+)
+
+WORKLOAD_RULES = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"],
+        "verbs": ["list", "watch"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list", "watch"]},
+]
+CLUSTER_RULES = [
+    {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
+]
+# Components running the application image with the non-root defaults.
+NON_ROOT_APP = ("watcher", "beat", "flower", "test")
+SOCKETS = {
+    "default": ("/run/containerd/containerd.sock", "cri"),
+    "k3s": ("/run/k3s/containerd/containerd.sock", "cri"),
+    "crio": ("/var/run/crio/crio.sock", "cri"),
+    "docker": ("/var/run/docker.sock", "docker"),
+    "full": ("/var/snap/microk8s/common/run/containerd.sock", "cri"),
+}
+# Env variables that carry a credential and must come from a Secret.
+CREDENTIAL_ENV = re.compile(r"PASSWORD|BASIC_AUTH|TOKEN|SECRET|^WARM_NATS_USER$|AUTH$")
+# Secret keys whose values are credentials (user names are not secret, and may be short words).
+CREDENTIAL_KEY = re.compile(r"password|auth|url")
+
+
+def rules_of(result: Rendered, kind: str, name: str, namespace: str | None = None) -> list[Doc]:
+    role = (
+        result.get(kind, name)
+        if namespace is None
+        else next(
+            d
+            for d in result.of_kind(kind)
+            if d["metadata"]["name"] == f"{PREFIX}-{name}"
+            and d["metadata"]["namespace"] == namespace
+        )
+    )
+    return role["rules"]
+
+
+# ---------------------------------------------------------------------------------------- RBAC
+
+
+def test_default_rbac_is_the_watcher_cluster_role_only(rendered: dict[str, Rendered]) -> None:
+    default = rendered["default"]
+    assert [r["metadata"]["name"] for r in default.of_kind("ClusterRole")] == [f"{PREFIX}-watcher"]
+    assert rules_of(default, "ClusterRole", "watcher") == CLUSTER_RULES + WORKLOAD_RULES
+    # A single watcher elects no leader, and the worker reads no Secret by default.
+    assert not default.of_kind("Role")
+    assert not default.of_kind("RoleBinding")
+
+
+def test_leader_election_lease_rules(rendered: dict[str, Rendered]) -> None:
+    rules = rules_of(rendered["full"], "Role", "watcher-leader-election", NAMESPACE)
+    assert rules == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["warm-leader"],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
+    full = rendered["full"]
+    assert rules_of(full, "ClusterRole", "watcher") == CLUSTER_RULES
+    for namespace in ("team-a", "team-b"):
+        assert rules_of(full, "Role", "watcher", namespace) == WORKLOAD_RULES
+        assert rules_of(full, "Role", "worker", namespace) == [
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["regcred"],
+                "verbs": ["get"],
+            }
+        ]
+    assert full.find("ClusterRole", "worker") is None
+
+
+def test_worker_credentials_grant_get_secrets_only(rendered: dict[str, Rendered]) -> None:
+    credentials = rendered["credentials"]
+    assert rules_of(credentials, "ClusterRole", "worker") == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    ]
+    assert credentials.pod_spec("worker")["automountServiceAccountToken"] is True
+    assert rendered["default"].pod_spec("worker")["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
+    """No wildcard, no write beyond the Lease, Secrets only with credentials on."""
+    result = rendered[value_set]
+    values = load_values(value_set)
+    credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
+    for role in result.of_kind("ClusterRole") + result.of_kind("Role"):
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], role["metadata"]["name"]
+            assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update"}
+            if {"create", "update"} & set(rule["verbs"]):
+                assert rule["resources"] == ["leases"]
+            if "secrets" in rule["resources"]:
+                assert credentials and rule["verbs"] == ["get"]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_bindings_point_at_chart_roles_and_accounts(
+    rendered: dict[str, Rendered], value_set: str
+) -> None:
+    """Never the cluster-wide `view` role or any role the chart does not define."""
+    result = rendered[value_set]
+    accounts = {a["metadata"]["name"] for a in result.of_kind("ServiceAccount")}
+    for binding in result.of_kind("ClusterRoleBinding") + result.of_kind("RoleBinding"):
+        role_kind = binding["roleRef"]["kind"]
+        namespace = binding["metadata"].get("namespace")
+        roles = [
+            r for r in result.of_kind(role_kind) if r["metadata"].get("namespace") == namespace
+        ]
+        assert binding["roleRef"]["name"] in {r["metadata"]["name"] for r in roles}
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert subject["name"] in accounts
+            assert subject["namespace"] == NAMESPACE
+
+
+def test_rbac_can_be_left_to_the_cluster_admin(rendered: dict[str, Rendered]) -> None:
+    minimal = rendered["minimal"]
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert not minimal.of_kind(kind)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_api_tokens_only_where_needed(rendered: dict[str, Rendered], value_set: str) -> None:
+    result = rendered[value_set]
+    for account in result.of_kind("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    for component, spec in result.pod_specs():
+        if component == "watcher":
+            assert spec["automountServiceAccountToken"] is True
+        elif component != "worker":
+            assert spec["automountServiceAccountToken"] is False, component
+
+
+# ---------------------------------------------------------------------------- security contexts
+
+
+def assert_locked_down(container: Doc) -> None:
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context.get("privileged", False) is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert not context["capabilities"].get("add")
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_container_is_locked_down(rendered: dict[str, Rendered], value_set: str) -> None:
+    for component, spec in rendered[value_set].pod_specs():
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), f"{component}: {key}"
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec["containers"]:
+            assert_locked_down(container)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_non_root_components(rendered: dict[str, Rendered], value_set: str) -> None:
+    result = rendered[value_set]
+    for component, spec in result.pod_specs():
+        if component in (*NON_ROOT_APP, "nats", "redis"):
+            context = spec["securityContext"]
+            assert context["runAsNonRoot"] is True, component
+            assert context["runAsUser"] > 0, component
+
+
+def test_worker_runs_as_root_by_default_and_can_run_as_non_root(
+    rendered: dict[str, Rendered],
+) -> None:
+    """uid 0 (root-owned sockets) but no capabilities; the Docker set uses the socket's group."""
+    default = rendered["default"].pod_spec("worker")["securityContext"]
+    assert default["runAsUser"] == 0
+    docker = rendered["docker"].pod_spec("worker")["securityContext"]
+    assert docker["runAsUser"] == 10001
+    assert docker["runAsNonRoot"] is True
+    assert docker["supplementalGroups"] == [998]
+
+
+def test_resources_everywhere(rendered: dict[str, Rendered]) -> None:
+    for component, spec in rendered["default"].pod_specs():
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert resources["requests"]["memory"], component
+            assert resources["limits"]["memory"], component
+
+
+# ------------------------------------------------------------------------------- runtime socket
+
+
+@pytest.mark.parametrize("value_set", sorted(SOCKETS))
+def test_runtime_socket_mount(rendered: dict[str, Rendered], value_set: str) -> None:
+    path, api = SOCKETS[value_set]
+    spec = rendered[value_set].pod_spec("worker")
+    host_paths = [v for v in spec["volumes"] if "hostPath" in v]
+    # The socket alone, checked to be a socket: no directory of the host is visible.
+    assert host_paths == [{"name": "runtime-socket", "hostPath": {"path": path, "type": "Socket"}}]
+    container = spec["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["runtime-socket"] == path
+    env = env_of(container)
+    assert env["WARM_RUNTIME"]["value"] == api
+    assert env["WARM_RUNTIME_ENDPOINT"]["value"] == f"unix://{path}"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_only_the_worker_touches_the_host(rendered: dict[str, Rendered], value_set: str) -> None:
+    result = rendered[value_set]
+    for component, spec in result.pod_specs():
+        host_paths = [v["hostPath"]["path"] for v in spec.get("volumes", []) if "hostPath" in v]
+        if component != "worker":
+            assert not host_paths, component
+        elif value_set != "docker":
+            assert "/var/run/docker.sock" not in host_paths
+
+
+# ------------------------------------------------------------------------------------ credentials
+
+
+def credentials_of(result: Rendered, value_set: str) -> set[str]:
+    """Every credential value: from the rendered Secrets and the passwords given in values."""
+    found = {
+        value
+        for secret in result.of_kind("Secret")
+        for key, value in secret_data(secret).items()
+        if CREDENTIAL_KEY.search(key)
+    }
+    values = load_values(value_set)
+    for section in ("nats", "redis", "flower"):
+        found.add(values.get(section, {}).get("auth", {}).get("password", ""))
+    found.add(values.get("externalNats", {}).get("password", ""))
+    found.add(values.get("externalBroker", {}).get("url", ""))
+    return {value for value in found if value}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_credentials_only_in_secrets(rendered: dict[str, Rendered], value_set: str) -> None:
+    result = rendered[value_set]
+    credentials = credentials_of(result, value_set)
+    outside = [d for d in result.docs if d["kind"] != "Secret"]
+    for doc in outside:
+        text = str(doc)
+        leaked = [value for value in credentials if value in text]
+        assert not leaked, f"{doc['kind']}/{doc['metadata']['name']} holds a credential"
+
+
+def test_given_passwords_reach_their_secrets(rendered: dict[str, Rendered]) -> None:
+    """The leak test is meaningful: the passwords of the value set are in the Secrets."""
+    result = rendered["credentials"]
+    assert secret_data(result.get("Secret", "nats"))["nats-password"] == "natsValuesPassw0rd"
+    redis = secret_data(result.get("Secret", "redis"))
+    assert redis["broker-url"] == f"redis://:redisValuesPassw0rd@{PREFIX}-redis:6379/0"
+    flower = secret_data(result.get("Secret", "flower"))
+    assert flower["basic-auth"] == "ops:flowerValuesPassw0rd"
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_credential_env_comes_from_secrets(rendered: dict[str, Rendered], value_set: str) -> None:
+    for component, spec in rendered[value_set].pod_specs():
+        for container in spec["containers"]:
+            for name, entry in env_of(container).items():
+                if CREDENTIAL_ENV.search(name):
+                    assert "secretKeyRef" in entry.get("valueFrom", {}), f"{component}: {name}"
+                elif name == "WARM_BROKER_URL" and "value" in entry:
+                    # Plain only without a password, or assembled by the kubelet from a Secret.
+                    assert "@" not in entry["value"] or "$(WARM_REDIS_PASSWORD)@" in entry["value"]
+
+
+def test_existing_secrets_are_referenced(rendered: dict[str, Rendered]) -> None:
+    result = rendered["existing-secrets"]
+    # The chart creates no credential Secret of its own, only the NATS config.
+    assert [s["metadata"]["name"] for s in result.of_kind("Secret")] == [f"{PREFIX}-nats-config"]
+    env = env_of(result.container("watcher"))
+    assert env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "warm-nats-creds",
+        "key": "nats-password",
+    }
+    assert env["WARM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "warm-redis-creds",
+        "key": "password",
+    }
+    assert env["WARM_BROKER_URL"]["value"] == (
+        f"redis://:$(WARM_REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
+    )
+    flower = env_of(result.container("flower"))["FLOWER_BASIC_AUTH"]
+    assert flower["valueFrom"]["secretKeyRef"] == {"name": "warm-flower-creds", "key": "auth"}
+
+
+def test_generated_passwords_are_strong(rendered: dict[str, Rendered]) -> None:
+    default = rendered["default"]
+    for name, key in (
+        ("nats", "nats-password"),
+        ("redis", "redis-password"),
+        ("flower", "password"),
+    ):
+        password = secret_data(default.get("Secret", name))[key]
+        assert re.fullmatch(r"[A-Za-z0-9]{32}", password), name
