@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,10 @@ def test_manifests_validate_strictly(
     """Every rendered document of every value set, in one kubernetes-validate call."""
     result = subprocess.run(
         [
-            "kubernetes-validate",
+            # The module of the interpreter running the tests, whatever is on PATH.
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
             "--strict",
             "--kubernetes-version",
             kube_version,
@@ -369,3 +373,18 @@ def test_notes(helm: Path, args: list[str], expected: list[str]) -> None:
     notes = result.stdout.partition("NOTES:")[2]
     for text in expected:
         assert text in notes
+
+
+def test_health_probes(rendered: dict[str, Rendered], helm: Path) -> None:
+    """watcher and worker are probed on /healthz at WARM_HEALTH_PORT; the probes can be off."""
+    for component in ("watcher", "worker"):
+        container = rendered["default"].container(component)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"metrics": 9808, "health": 8080}
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    result = template(helm, "--set", "probes.enabled=false")
+    assert result.returncode == 0, result.stderr
+    off = Rendered.parse("probes-off", result.stdout)
+    assert "livenessProbe" not in off.container("watcher")
+    assert "readinessProbe" not in off.container("worker")
