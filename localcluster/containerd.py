@@ -20,10 +20,10 @@ import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 
+from localcluster._lifecycle import Service
 from localcluster._process import Daemon, wait_until
 from localcluster.packages import require_binary
 
@@ -42,7 +42,7 @@ _DISABLED_PLUGINS = (
 )
 
 
-class Containerd:
+class Containerd(Service):
     """containerd with its own root, state, sockets and CRI registry config under workdir/name."""
 
     def __init__(
@@ -207,17 +207,6 @@ class Containerd:
             except grpc.RpcError:
                 return False
         return True
-
-    def __enter__(self) -> Containerd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"

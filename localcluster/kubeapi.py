@@ -35,13 +35,14 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import attrs
 import kmock
 import kubernetes.client
 from kmock._internal import aiobus, parsing, references, rendering
+
+from localcluster._lifecycle import Service
 
 T = TypeVar("T")
 Event = dict[str, Any]
@@ -396,7 +397,7 @@ def _gone(rv: str, compacted_rv: int) -> Event:
 # --- the server thread ----------------------------------------------------------------------
 
 
-class FakeKubeAPI:
+class FakeKubeAPI(Service):
     """RVEmulator behind kmock's HTTP server on 127.0.0.1:<random port>, in its own thread."""
 
     def __init__(self, *, bookmark_interval: float = 1.0, history_limit: int = 20_000) -> None:
@@ -523,14 +524,3 @@ class FakeKubeAPI:
             await self._stopping.wait()
             emulator.kick()  # so the server does not wait for open watches to end
             await asyncio.sleep(_STOP_GRACE)
-
-    def __enter__(self) -> FakeKubeAPI:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

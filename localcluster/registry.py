@@ -16,8 +16,8 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
+from localcluster._lifecycle import Service
 from localcluster._process import Daemon, wait_until
 from localcluster.packages import require_binary
 from localcluster.ports import free_port
@@ -26,7 +26,7 @@ _PORT_ATTEMPTS = 5
 _PORT_TAKEN = "address already in use"
 
 
-class Registry:
+class Registry(Service):
     """docker-registry serving 127.0.0.1:<free port>, with storage under `workdir`.
 
     `htpasswd` maps user names to passwords; when given, every request needs basic auth.
@@ -144,17 +144,6 @@ class Registry:
             return exc.code == 401
         except OSError:
             return False
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"

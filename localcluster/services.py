@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from types import TracebackType
 
+from localcluster._lifecycle import Service
 from localcluster._process import Daemon, wait_until
 from localcluster.packages import require_binary
 from localcluster.ports import free_port
 
 
-class _TcpServer:
+class _TcpServer(Service):
     """A daemon on 127.0.0.1:<port> that is up when its port accepts connections."""
 
     name = "server"
@@ -56,17 +56,6 @@ class _TcpServer:
                 return True
         except OSError:
             return False
-
-    def __enter__(self) -> _TcpServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class RedisServer(_TcpServer):
