@@ -19,8 +19,16 @@ REQUIRED_BINARIES: dict[str, str] = {
     "docker-registry": "docker-registry",
     "skopeo": "skopeo",
     "htpasswd": "apache2-utils",
+    "dockerd": "docker.io",  # the Docker Engine, for the worker's Docker driver
 }
-APT_PACKAGES: tuple[str, ...] = ("containerd", "runc", "docker-registry", "skopeo", "apache2-utils")
+APT_PACKAGES: tuple[str, ...] = (
+    "containerd",
+    "runc",
+    "docker-registry",
+    "skopeo",
+    "apache2-utils",
+    "docker.io",
+)
 
 # runc lives in /usr/sbin, which is not on every user's PATH.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -52,7 +60,8 @@ def require_binary(binary: str) -> str:
 
 
 def ensure_system_packages() -> None:
-    """Install containerd, runc, docker-registry, skopeo and apache2-utils if a binary is missing.
+    """Install containerd, runc, docker-registry, skopeo, apache2-utils and docker.io if a
+    binary is missing.
 
     Does nothing when every binary is present, so it is cheap to call before each test session.
     """

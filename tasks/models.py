@@ -28,10 +28,17 @@ class SliceImage:
 
     image: str
     pull_secrets: tuple[str, ...] = ()
+    # The manifest digest the tag pointed at when the catalog saw it. A node holding the tag
+    # under another digest holds a moved tag, and pulls it again. Absent in older slices.
+    digest: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SliceImage:
-        return cls(image=data["image"], pull_secrets=tuple(data.get("pull_secrets", ())))
+        return cls(
+            image=data["image"],
+            pull_secrets=tuple(data.get("pull_secrets", ())),
+            digest=data.get("digest"),
+        )
 
 
 @dataclass(frozen=True)

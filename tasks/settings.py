@@ -60,6 +60,19 @@ class RuntimeSettings:
     pull_timeout: float = 600.0
     max_retries: int = 5
     retry_backoff_max: int = 600
+    # Below kubelet's image GC high threshold (85 %), so warming never triggers a GC that
+    # evicts the very images it warmed.
+    disk_budget_percent: float = 80.0
+    # Read the imagePullSecrets named in the node's catalog slice from the Kubernetes API.
+    pull_secrets: bool = True
+    # A docker config.json of the node's own registry credentials (kubelet's), as a fallback.
+    kubelet_credentials_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    health_port: int = 8080  # /healthz; 0 disables
+    metrics_port: int = 9808  # Prometheus /metrics; 0 disables
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     rewarm: RewarmSettings = field(default_factory=RewarmSettings)
+    probes: ProbeSettings = field(default_factory=ProbeSettings)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +122,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             pull_timeout=source.number("WARM_PULL_TIMEOUT", 600.0, float),
             max_retries=source.number("WARM_PULL_MAX_RETRIES", 5, int, minimum=0),
             retry_backoff_max=source.number("WARM_PULL_RETRY_BACKOFF_MAX", 600, int),
+            disk_budget_percent=source.number("WARM_DISK_BUDGET_PERCENT", 80.0, float),
+            pull_secrets=source.flag("WARM_PULL_SECRETS", True),
+            kubelet_credentials_file=source.optional("WARM_KUBELET_CREDENTIALS_FILE"),
         ),
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
@@ -115,6 +132,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             explicit_images=source.json_list("WARM_EXPLICIT_IMAGES"),
         ),
         rewarm=RewarmSettings(interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float)),
+        probes=ProbeSettings(
+            health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
+            metrics_port=source.number("WARM_METRICS_PORT", 9808, int, minimum=0),
+        ),
     )
 
 
@@ -183,3 +204,13 @@ class _Source:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise SettingsError(f"{name} must be a JSON list of image references")
         return tuple(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = (self._values.get(name) or "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("true", "1", "yes", "on"):
+            return True
+        if raw in ("false", "0", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not true or false")

@@ -3,6 +3,10 @@
 It runs a thread pool (pulls wait on the runtime, not the CPU; threads share one runtime
 connection, one NATS connection and the de-duplication of concurrent pulls) and turns off the
 chatter that costs most at thousands of workers: gossip, mingle and frequent heartbeats.
+
+No pull is lost when the worker stops: SIGTERM is Celery's warm shutdown (running pulls finish,
+reserved messages go back to the queue), and a worker killed outright leaves its messages
+unacknowledged (late acks), so the broker delivers them again once it is back.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import sys
 from tasks.app import app
 from tasks.bus import NatsBus
 from tasks.routing import InvalidNodeName, queue_for_node
-from tasks.settings import SettingsError, load_settings
+from tasks.settings import Settings, SettingsError, load_settings
 
-from . import handlers  # noqa: F401  (registers the task bodies on the app)
+from . import (
+    handlers,  # noqa: F401  (registers the task bodies on the app)
+    health,
+    metrics,
+)
 from .agent import NodeAgent, install_agent
-from .runtime import RuntimeUnavailable, open_runtime
+from .runtime import ImageRuntime, RuntimeUnavailable, open_runtime
 
 log = logging.getLogger("worker")
+
+HEARTBEAT_INTERVAL = 60  # seconds; Celery's default of 2 s is a flood at thousands of nodes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install_agent(NodeAgent(settings, node, runtime, NatsBus(settings.nats)))
     log.info("node %s: consuming %s through %s", node, queue, runtime.name)
+    _check_settings(settings, runtime)
+    metrics.serve(settings.probes.metrics_port)
+    health.serve(settings.probes.health_port, runtime)
     concurrency = settings.runtime.max_concurrent_pulls + 1  # one slot for a re-warm
     app.worker_main(
         [
@@ -46,11 +59,34 @@ def main(argv: list[str] | None = None) -> int:
             f"--concurrency={concurrency}",
             "--without-gossip",
             "--without-mingle",
+            f"--heartbeat-interval={HEARTBEAT_INTERVAL}",
             "--loglevel=INFO",
             *(argv or []),
         ]
     )
     return 0
+
+
+def _check_settings(settings: Settings, runtime: ImageRuntime) -> None:
+    """Warn about settings that lose or repeat pulls, before the first pull shows it."""
+    longest = max(settings.runtime.pull_timeout, settings.runtime.retry_backoff_max)
+    if settings.broker.url.startswith("redis") and settings.broker.visibility_timeout <= longest:
+        log.warning(
+            "WARM_BROKER_VISIBILITY_TIMEOUT=%ss is not above the longest pull or retry delay "
+            "(%ss): Redis will deliver such pulls twice",
+            settings.broker.visibility_timeout,
+            longest,
+        )
+    try:
+        used = runtime.filesystem_usage().used_percent
+    except RuntimeUnavailable:
+        used = None
+    if used is None:
+        log.warning("image filesystem not visible from here: disk budget not enforced")
+    else:
+        log.info(
+            "image filesystem %.1f%% full, budget %g%%", used, settings.runtime.disk_budget_percent
+        )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 One agent per process (the worker runs a thread pool, so per worker), built at start-up: the
 runtime driver, the puller, the NATS bus, and the catalog and status stores. Task bodies in
-:mod:`worker.tasks` stay thin wrappers over :meth:`NodeAgent.pull` and
+:mod:`worker.handlers` stay thin wrappers over :meth:`NodeAgent.pull` and
 :meth:`NodeAgent.rewarm`, so the logic is testable without a broker.
+
+A permanent failure (missing tag, unauthorized, bad reference) is remembered with the catalog
+entry it failed under, and periodic re-warms skip it until that entry changes (new pull secrets,
+a new digest) or a pull task or an explicit re-warm of that image asks again: a catalog full
+of typos costs one registry request per image, not one per re-warm.
 """
 
 from __future__ import annotations
@@ -16,14 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from tasks.bus import BusUnavailable, NatsBus
-from tasks.catalog import CatalogStore
-from tasks.images import ImageRef, InvalidImageReference, parse_image
-from tasks.models import Outcome, PullResult
+from tasks.catalog import CatalogStore, UnknownNode
+from tasks.images import InvalidImageReference, parse_image
+from tasks.models import Outcome, PullResult, SliceImage
 from tasks.names import pull_events_subject, rewarm_events_subject
 from tasks.settings import Settings
 from tasks.status import StatusStore
 
-from .puller import Puller, is_present
+from . import metrics
+from .credentials import CredentialSource
+from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,39 +48,74 @@ class RewarmReport:
 
 
 class NodeAgent:
-    def __init__(self, settings: Settings, node: str, runtime: ImageRuntime, bus: NatsBus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        node: str,
+        runtime: ImageRuntime,
+        bus: NatsBus,
+        *,
+        credentials: CredentialSource | None = None,
+    ) -> None:
         self.settings = settings
         self.node = node
         self.runtime = runtime
         self.bus = bus
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
+        self.credentials = credentials or CredentialSource(settings.runtime)
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
             timeout=settings.runtime.pull_timeout,
+            disk_budget_percent=settings.runtime.disk_budget_percent,
         )
+        self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
+        self._failed_lock = threading.Lock()
 
     def pull(
         self,
         reference: str,
         *,
+        pull_secrets: tuple[str, ...] | None = None,
+        digest: str | None = None,
         attempt: int = 1,
         held: RuntimeImage | None = None,
         known_absent: bool = False,
     ) -> PullResult:
-        """Make one image present and report the result; never raises for a bad image."""
+        """Make one image present and report the result; never raises for a bad image.
+
+        ``pull_secrets`` and ``digest`` come from the catalog entry; when a message carries
+        neither, they are read from this node's catalog slice.
+        """
         started = time.perf_counter()
+        entry = SliceImage(reference)
         try:
             image = parse_image(reference)
-            done = self.puller.ensure(image, held=held, known_absent=known_absent)
+            if pull_secrets is None and digest is None:
+                entry = self._slice_entry(str(image))
+            else:
+                entry = SliceImage(str(image), pull_secrets or (), digest)
+            done = self.puller.ensure(
+                image,
+                digest=entry.digest,
+                credentials=lambda: self.credentials.for_image(image, entry.pull_secrets),
+                held=held,
+                known_absent=known_absent,
+            )
         except InvalidImageReference as error:
             result = self._result(reference, Outcome.FAILED, error.rule, started, attempt)
+        except DiskBudgetExceeded as error:
+            result = self._result(reference, Outcome.SKIPPED, str(error), started, attempt)
         except PullFailed as error:
             outcome = Outcome.RETRYING if error.kind is FailureKind.TRANSIENT else Outcome.FAILED
             result = self._result(reference, outcome, error.reason, started, attempt)
         except RuntimeUnavailable as error:
             result = self._result(reference, Outcome.RETRYING, str(error), started, attempt)
+        except Exception as error:  # a bug must cost one image a retry, never the worker
+            log.exception("pull of %s failed unexpectedly", reference)
+            reason = f"internal error: {error!r}"
+            result = self._result(reference, Outcome.RETRYING, reason, started, attempt)
         else:
             result = PullResult(
                 node=self.node,
@@ -84,31 +126,41 @@ class NodeAgent:
                 image_id=done.image_id,
                 attempt=attempt,
             )
+        self._remember(entry, result)
         self.report(result)
         return result
 
     def rewarm(self, revision: int, images: list[str]) -> RewarmReport:
-        """Diff this node's catalog slice against the runtime; pull only what is missing."""
+        """Diff this node's catalog slice against the runtime; pull only what is missing.
+
+        ``images`` narrows the re-warm to those references and retries their permanent
+        failures too; a periodic re-warm (no ``images``) leaves those alone.
+        """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item.image for item in node_slice.images]
-        if images:
-            wanted = [image for image in wanted if image in images]
-        self.status.record_rewarm(self.node, [i.image for i in node_slice.images], current)
+        wanted = [item for item in node_slice.images if not images or item.image in images]
         held = self.runtime.list_images()  # once: ListImages ignores filters, so filter here
         report = RewarmReport(node=self.node, revision=max(revision, current))
-        missing = []
-        for reference in wanted:
-            found = _held_as(reference, held)
-            if found is None:
-                missing.append(reference)
-            else:
+        missing, present = [], []
+        for entry in wanted:
+            reason = None if images else self._failed_before(entry)
+            if _held_as(entry, held) is not None:
                 report.present += 1
+                present.append(entry.image)
+            elif reason is not None:
+                report.failed[entry.image] = reason
+            else:
+                missing.append(entry)
+        expected = [item.image for item in node_slice.images]
+        self.status.record_rewarm(self.node, expected, current)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            results = list(pool.map(lambda ref: self.pull(ref, known_absent=True), missing))
+            results = list(pool.map(self._pull_missing, missing))
         for result in results:
             _count(report, result)
+        metrics.IMAGES_EXPECTED.set(len(expected))
+        if not images:
+            metrics.IMAGES_PRESENT.set(report.present + report.pulled)
         report.seconds = round(time.perf_counter() - started, 4)
         self._publish(rewarm_events_subject(self.node), _report_json(report))
         return report
@@ -123,11 +175,41 @@ class NodeAgent:
             result.seconds,
             result.reason,
         )
+        metrics.observe(result)
         self._publish(pull_events_subject(self.node), result.to_json())
         try:
             self.status.record(result)
         except BusUnavailable as error:
             log.warning("status of %s not recorded: %s", result.image, error)
+
+    def _pull_missing(self, entry: SliceImage) -> PullResult:
+        return self.pull(
+            entry.image, pull_secrets=entry.pull_secrets, digest=entry.digest, known_absent=True
+        )
+
+    def _slice_entry(self, image: str) -> SliceImage:
+        """This image's entry in the node's catalog slice; a bare entry if it has none."""
+        try:
+            node_slice, _ = self.catalog.get_slice(self.node)
+        except (UnknownNode, BusUnavailable) as error:
+            log.info("no catalog entry for %s (%s): pulling without pull secrets", image, error)
+            return SliceImage(image)
+        return next((item for item in node_slice.images if item.image == image), SliceImage(image))
+
+    def _remember(self, entry: SliceImage, result: PullResult) -> None:
+        with self._failed_lock:
+            if result.outcome is Outcome.FAILED:
+                self._failed[entry.image] = (entry, result.reason)
+            elif result.outcome in (Outcome.PULLED, Outcome.PRESENT):
+                self._failed.pop(entry.image, None)
+
+    def _failed_before(self, entry: SliceImage) -> str | None:
+        """The reason ``entry`` failed for good, if it did under this very catalog entry."""
+        with self._failed_lock:
+            found = self._failed.get(entry.image)
+        if found is None or found[0] != entry:
+            return None
+        return f"not retried until its catalog entry changes: {found[1]}"
 
     def _publish(self, subject: str, payload: bytes) -> None:
         try:
@@ -142,12 +224,12 @@ class NodeAgent:
         return PullResult(self.node, image, outcome, reason, seconds, attempt=attempt)
 
 
-def _held_as(reference: str, held: list[RuntimeImage]) -> RuntimeImage | None:
+def _held_as(entry: SliceImage, held: list[RuntimeImage]) -> RuntimeImage | None:
     try:
-        image: ImageRef = parse_image(reference)
+        image = parse_image(entry.image)
     except InvalidImageReference:
         return None
-    return next((item for item in held if is_present(image, item)), None)
+    return next((item for item in held if is_present(image, item, entry.digest)), None)
 
 
 def _count(report: RewarmReport, result: PullResult) -> None:

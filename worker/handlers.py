@@ -27,13 +27,21 @@ RETRY_FACTOR = 5  # seconds; doubled each retry, capped by WARM_PULL_RETRY_BACKO
 
 
 @app.task(name=PULL_IMAGE, bind=True, max_retries=None)
-def pull_image(self: Task, node: str, image: str, **_ignored: Any) -> str:
+def pull_image(
+    self: Task,
+    node: str,
+    image: str,
+    pull_secrets: list[str] | None = None,
+    digest: str | None = None,
+    **_ignored: Any,
+) -> str:
     agent = current_agent()
     if node != agent.node:
         log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
         return "misrouted"
     attempt = self.request.retries + 1
-    result = agent.pull(image, attempt=attempt)
+    secrets = None if pull_secrets is None else tuple(pull_secrets)
+    result = agent.pull(image, pull_secrets=secrets, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
         _retry_or_give_up(self, result)
     return result.outcome.value
@@ -54,6 +62,7 @@ def rewarm_node(
 
 
 def schedule_retry(node: str, image: str, *, attempt: int) -> None:
+    """A pull task for later; it reads the image's pull secrets from the catalog when it runs."""
     settings = current_agent().settings.runtime
     countdown = backoff_seconds(attempt, settings.retry_backoff_max)
     pull_image.apply_async(

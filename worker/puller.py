@@ -4,12 +4,17 @@ Two requests for the same image at the same moment (a pull task and a re-warm, o
 re-warms) become one runtime pull whose result both receive; at most ``max_concurrent`` distinct
 pulls run at once, so a node never floods its registry or its disk. Whether an image is present
 is always asked of the runtime, never remembered: kubelet's image GC may remove it at any time.
+
+The disk budget is checked inside the slot, right before the runtime is asked to pull: the pulls
+that ran while this one waited have used disk too. Credentials are looked up only when a pull is
+really needed, so a present image costs no API read.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -17,6 +22,8 @@ from tasks.images import ImageRef
 from tasks.models import Outcome
 
 from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, RuntimeImage
+
+CredentialLookup = Callable[[], Credentials | None]
 
 
 @dataclass(frozen=True)
@@ -27,19 +34,37 @@ class PullDone:
     seconds: float
 
 
-def is_present(image: ImageRef, held: RuntimeImage | None) -> bool:
-    """Whether ``held`` is ``image``: by digest when the reference pins one, else by tag."""
+class DiskBudgetExceeded(Exception):
+    """The image filesystem is fuller than the budget: the pull is skipped, not failed."""
+
+
+def is_present(image: ImageRef, held: RuntimeImage | None, digest: str | None = None) -> bool:
+    """Whether ``held`` is ``image``: by digest when pinned, else by tag.
+
+    ``digest`` is the manifest the catalog saw behind a tag: holding the tag under another
+    digest means the tag moved, and the image is not present.
+    """
     if held is None:
         return False
     if image.digest:
         return held.known_as(f"{image.name}@{image.digest}")
+    if digest and not held.known_as(f"{image.name}@{digest}"):
+        return False
     return held.known_as(str(image))
 
 
 class Puller:
-    def __init__(self, runtime: ImageRuntime, *, max_concurrent: int, timeout: float) -> None:
+    def __init__(
+        self,
+        runtime: ImageRuntime,
+        *,
+        max_concurrent: int,
+        timeout: float,
+        disk_budget_percent: float | None = None,
+    ) -> None:
         self._runtime = runtime
         self._timeout = timeout
+        self._disk_budget = disk_budget_percent
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[PullDone]] = {}
@@ -48,7 +73,8 @@ class Puller:
         self,
         image: ImageRef,
         *,
-        credentials: Credentials | None = None,
+        digest: str | None = None,
+        credentials: CredentialLookup | None = None,
         held: RuntimeImage | None = None,
         known_absent: bool = False,
     ) -> PullDone:
@@ -60,8 +86,7 @@ class Puller:
         started = time.perf_counter()
         if not known_absent:
             held = held or self._runtime.image_status(image.pull_ref)
-            if is_present(image, held):
-                assert held is not None
+            if held is not None and is_present(image, held, digest):
                 return PullDone(Outcome.PRESENT, held.id, held.size, time.perf_counter() - started)
         key = image.pull_ref
         with self._lock:
@@ -83,14 +108,25 @@ class Puller:
             with self._lock:
                 self._in_flight.pop(key, None)
 
-    def _pull(self, image: ImageRef, credentials: Credentials | None, started: float) -> PullDone:
+    def _pull(
+        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+    ) -> PullDone:
+        auth = credentials() if credentials is not None else None
         with self._slots:
-            image_id = self._runtime.pull(
-                image.pull_ref, credentials=credentials, timeout=self._timeout
-            )
+            self._check_disk()
+            image_id = self._runtime.pull(image.pull_ref, credentials=auth, timeout=self._timeout)
         held = self._runtime.image_status(image.pull_ref)
         if held is None:  # the runtime said yes but does not hold it: treat as transient
             raise PullFailed(
                 str(image), FailureKind.TRANSIENT, "pulled but not listed by the runtime"
             )
         return PullDone(Outcome.PULLED, image_id, held.size, time.perf_counter() - started)
+
+    def _check_disk(self) -> None:
+        if self._disk_budget is None:
+            return
+        used = self._runtime.filesystem_usage().used_percent
+        if used is not None and used > self._disk_budget:
+            raise DiskBudgetExceeded(
+                f"disk budget: image filesystem {used:.1f}% full, budget {self._disk_budget:g}%"
+            )

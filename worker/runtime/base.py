@@ -8,6 +8,7 @@ with a :class:`FailureKind`, since only the driver can read its runtime's error 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -16,6 +17,22 @@ from typing import Protocol
 class FailureKind(StrEnum):
     TRANSIENT = "transient"  # worth retrying later: network, 5xx, 429, deadline, runtime down
     PERMANENT = "permanent"  # retrying cannot help: unknown manifest, unauthorized, bad ref
+
+
+# What registries and runtimes say when retrying cannot help. Both containerd and the Docker
+# Engine pass the registry's answer on as text (containerd with gRPC code UNKNOWN, dockerd often
+# with HTTP 500), so the text is what tells a missing tag from a registry that is down.
+_PERMANENT_TEXT = re.compile(
+    r"not found|manifest unknown|name unknown|unauthorized|authentication required|denied"
+    r"|no basic auth credentials|does not exist|invalid reference|failed to parse"
+    r"|no match for platform|invalid reference format",
+    re.IGNORECASE,
+)
+
+
+def classify_text(text: str) -> FailureKind:
+    """Permanent when the message says so; everything else (network, 5xx, 429) is transient."""
+    return FailureKind.PERMANENT if _PERMANENT_TEXT.search(text) else FailureKind.TRANSIENT
 
 
 class PullFailed(Exception):
@@ -53,20 +70,34 @@ class Credentials:
     password: str = ""
     identity_token: str = ""
 
-    def __repr__(self) -> str:  # never let a password reach a log line or a traceback
-        return f"Credentials(username={self.username!r}, password=***)"
+    def __repr__(self) -> str:  # never let a secret reach a log line or a traceback
+        return f"Credentials(username={self.username!r}, password=***, identity_token=***)"
 
 
 @dataclass(frozen=True)
 class FilesystemUsage:
-    used_bytes: int
-    capacity_bytes: int | None  # None when the runtime does not tell
+    """The image filesystem: what images take, and how full the disk under them is."""
+
+    used_bytes: int  # by images, as the runtime counts them
+    capacity_bytes: int | None = None  # None when the filesystem is not visible from here
+    available_bytes: int | None = None
+
+    @property
+    def used_percent(self) -> float | None:
+        """How full the disk is, as kubelet's image GC thresholds measure it."""
+        if not self.capacity_bytes or self.available_bytes is None:
+            return None
+        return 100.0 * (self.capacity_bytes - self.available_bytes) / self.capacity_bytes
 
 
 class ImageRuntime(Protocol):
-    """The five operations the node worker needs from a container runtime."""
+    """The operations the node worker needs from a container runtime."""
 
     name: str
+
+    def version(self, timeout: float | None = None) -> str:
+        """``name version``; raises :class:`RuntimeUnavailable` when the runtime is down."""
+        ...
 
     def list_images(self) -> list[RuntimeImage]: ...
 
@@ -79,3 +110,5 @@ class ImageRuntime(Protocol):
     def remove(self, reference: str) -> None: ...
 
     def filesystem_usage(self) -> FilesystemUsage: ...
+
+    def close(self) -> None: ...

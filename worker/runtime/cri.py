@@ -9,7 +9,6 @@ empty response instead of NOT_FOUND, and a client deadline cancels the pull in t
 from __future__ import annotations
 
 import os
-import re
 
 import grpc
 
@@ -22,13 +21,9 @@ from .base import (
     PullFailed,
     RuntimeImage,
     RuntimeUnavailable,
+    classify_text,
 )
 
-_PERMANENT_TEXT = re.compile(
-    r"not found|manifest unknown|name unknown|unauthorized|authentication required|denied"
-    r"|invalid reference|failed to parse|no match for platform",
-    re.IGNORECASE,
-)
 _PERMANENT_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
@@ -50,10 +45,12 @@ class CriRuntime:
         self._runtime = rpc.RuntimeServiceStub(self._channel)
         self._connect_timeout = connect_timeout
 
-    def version(self) -> str:
+    def version(self, timeout: float | None = None) -> str:
         """``name version`` of the runtime; raises :class:`RuntimeUnavailable` if it is down."""
         try:
-            answer = self._runtime.Version(pb.VersionRequest(), timeout=self._connect_timeout)
+            answer = self._runtime.Version(
+                pb.VersionRequest(), timeout=timeout or self._connect_timeout
+            )
         except grpc.RpcError as error:
             raise RuntimeUnavailable(f"CRI at {self.endpoint}: {_details(error)}") from error
         return f"{answer.runtime_name} {answer.runtime_version}"
@@ -92,7 +89,8 @@ class CriRuntime:
         answer = self._query(self._images.ImageFsInfo, pb.ImageFsInfoRequest())
         used = sum(fs.used_bytes.value for fs in answer.image_filesystems)
         mounts = [fs.fs_id.mountpoint for fs in answer.image_filesystems if fs.fs_id.mountpoint]
-        return FilesystemUsage(used_bytes=used, capacity_bytes=_capacity(mounts))
+        capacity, available = _disk(mounts)
+        return FilesystemUsage(used, capacity, available)
 
     def close(self) -> None:
         self._channel.close()
@@ -117,9 +115,9 @@ def _classify(error: grpc.RpcError) -> FailureKind:
     code = error.code() if hasattr(error, "code") else None
     if code in _PERMANENT_CODES:
         return FailureKind.PERMANENT
-    if code == grpc.StatusCode.UNKNOWN and _PERMANENT_TEXT.search(_details(error)):
+    if code == grpc.StatusCode.UNKNOWN:
         # containerd reports registry answers such as 404 and 401 as UNKNOWN with their text.
-        return FailureKind.PERMANENT
+        return classify_text(_details(error))
     return FailureKind.TRANSIENT
 
 
@@ -129,12 +127,15 @@ def _details(error: grpc.RpcError) -> str:
     return f"{code}: {details or error}"
 
 
-def _capacity(mountpoints: list[str]) -> int | None:
-    """The size of the image filesystem, when it is mounted where this process can see it."""
+def _disk(mountpoints: list[str]) -> tuple[int | None, int | None]:
+    """Size and free space of the image filesystem, when this process can see it mounted.
+
+    Read now with statvfs rather than from ImageFsInfo's byte count, which lags about 10 s.
+    """
     for mountpoint in mountpoints:
         try:
             stats = os.statvfs(mountpoint)
         except OSError:
             continue
-        return stats.f_blocks * stats.f_frsize
-    return None
+        return stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    return None, None

@@ -1,0 +1,143 @@
+"""Private registries: credentials from a pull secret in the API, or from the node's file.
+
+A real registry with htpasswd auth refuses anonymous pulls; the worker reads the
+``kubernetes.io/dockerconfigjson`` secret named in the catalog from the Kubernetes API double at
+pull time and pulls through containerd with it. The password must never reach NATS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from worker_testing import Events, MakeAgent, payloads_of
+
+from localcluster import Containerd, FakeKubeAPI, Registry, push_image
+from tasks.bus import NatsBus
+from tasks.catalog import CatalogStore
+from tasks.images import parse_image
+from tasks.models import NodeSlice, Outcome, SliceImage
+from tasks.names import STATUS_BUCKET
+from worker.credentials import match
+
+USER, PASSWORD = "alice", f"s3cret-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def private_registry(workdir: Path, node: Containerd) -> Iterator[Registry]:
+    with Registry(workdir / "private", htpasswd={USER: PASSWORD}) as running:
+        node.add_insecure_registry(running.host)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def kube(workdir: Path) -> Iterator[FakeKubeAPI]:
+    with FakeKubeAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def kubeconfig(kube: FakeKubeAPI, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = kube.write_kubeconfig(workdir / f"kubeconfig-{uuid.uuid4().hex[:6]}")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    return path
+
+
+def docker_config(host: str, user: str = USER, password: str = PASSWORD) -> dict[str, object]:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"auths": {f"http://{host}": {"auth": auth}}}
+
+
+def create_pull_secret(kube: FakeKubeAPI, name: str, config: dict[str, object]) -> str:
+    data = {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, namespace="default"),
+        type="kubernetes.io/dockerconfigjson",
+        data=data,
+    )
+    client.CoreV1Api(kube.api_client()).create_namespaced_secret("default", secret)
+    return f"default/{name}"
+
+
+def test_a_private_image_is_pulled_with_the_secret_named_in_the_catalog(
+    make_agent: MakeAgent,
+    private_registry: Registry,
+    kube: FakeKubeAPI,
+    kubeconfig: Path,
+    bus: NatsBus,
+    node_name: str,
+    node: Containerd,
+    events: Events,
+) -> None:
+    image = push_image(private_registry.host, "team/private", "v1", auth=(USER, PASSWORD))
+    secret = create_pull_secret(
+        kube, f"regcred-{uuid.uuid4().hex[:6]}", docker_config(private_registry.host)
+    )
+    agent, _ = make_agent()
+
+    anonymous = agent.pull(image.ref, pull_secrets=())
+    CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(image.ref, (secret,)),)))
+    with_secret = agent.pull(image.ref)  # as a pull task sends it: secrets come from the catalog
+
+    assert anonymous.outcome is Outcome.FAILED
+    assert "unauthorized" in anonymous.reason.lower() or "401" in anonymous.reason
+    assert with_secret.outcome is Outcome.PULLED
+    assert image.ref in node.image_refs()
+    events.wait_for(lambda: len(events.received) >= 2, 10, "both pull events")
+    status = bus.kv_get(STATUS_BUCKET, node_name)
+    assert status is not None
+    for published in (payloads_of(events), status[0].decode()):
+        assert PASSWORD not in published
+
+
+def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
+    make_agent: MakeAgent, private_registry: Registry, kubeconfig: Path
+) -> None:
+    image = push_image(private_registry.host, "team/other", "v1", auth=(USER, PASSWORD))
+    agent, _ = make_agent()
+
+    result = agent.pull(image.ref, pull_secrets=("default/no-such-secret",))
+
+    assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
+
+
+def test_the_kubelet_credentials_file_is_the_fallback(
+    make_agent: MakeAgent, private_registry: Registry, workdir: Path, node: Containerd
+) -> None:
+    image = push_image(private_registry.host, "team/node-creds", "v1", auth=(USER, PASSWORD))
+    config = workdir / f"config-{uuid.uuid4().hex[:6]}.json"
+    config.write_text(json.dumps(docker_config(private_registry.host)))
+    agent, _ = make_agent(pull_secrets=False, kubelet_credentials_file=str(config))
+
+    assert agent.pull(image.ref, pull_secrets=()).outcome is Outcome.PULLED
+    assert image.ref in node.image_refs()
+
+
+def test_the_most_specific_matching_key_wins() -> None:
+    def auth(user: str) -> dict[str, str]:
+        return {"auth": base64.b64encode(f"{user}:pw".encode()).decode()}
+
+    auths = {
+        "https://index.docker.io/v1/": auth("hub"),
+        "*.example.com": auth("wildcard"),
+        "registry.example.com": auth("host"),
+        "registry.example.com/team": auth("team"),
+        "registry.example.com:5000": auth("port"),
+    }
+
+    def user(reference: str) -> str | None:
+        found = match(auths, parse_image(reference))
+        return found.username if found else None
+
+    assert user("nginx") == "hub"
+    assert user("registry.example.com/team/app:v1") == "team"
+    assert user("registry.example.com/other/app:v1") == "host"
+    assert user("eu.example.com/app") == "wildcard"
+    assert user("registry.example.com:5000/app") == "port"
+    assert user("quay.io/app") is None
+    assert "pw" not in repr(match(auths, parse_image("nginx")))

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the node worker, served on ``WARM_METRICS_PORT`` (0: not served).
+
+Labels stay small on purpose: no image label (a catalog of thousands of images times thousands
+of nodes would explode the series count); which image failed is in the node's status and in the
+NATS events. The node is the scrape target's own label.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from tasks.models import Outcome, PullResult
+
+log = logging.getLogger(__name__)
+
+PULLS = Counter("warm_pulls", "Pull attempts by outcome", ["outcome"])
+PULL_SECONDS = Histogram(
+    "warm_pull_duration_seconds",
+    "Time to make an image present, by outcome (present images excluded)",
+    ["outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+IMAGES_PRESENT = Gauge("warm_images_present", "Images of this node's catalog slice it holds")
+IMAGES_EXPECTED = Gauge("warm_images_expected", "Images in this node's catalog slice")
+DISK_BUDGET_SKIPS = Counter("warm_disk_budget_skips", "Pulls skipped for the disk budget")
+
+_TIMED = (Outcome.PULLED, Outcome.FAILED, Outcome.RETRYING)
+
+
+def observe(result: PullResult) -> None:
+    PULLS.labels(result.outcome.value).inc()
+    if result.outcome in _TIMED:
+        PULL_SECONDS.labels(result.outcome.value).observe(result.seconds)
+    if result.outcome is Outcome.SKIPPED:
+        DISK_BUDGET_SKIPS.inc()
+
+
+def serve(port: int) -> None:
+    """Serve /metrics; a port already taken costs the metrics, never the worker."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as error:
+        log.warning("metrics not served on port %d: %s", port, error)
