@@ -64,6 +64,10 @@ class NatsBus:
     def kv_keys(self, bucket: str, prefix: str = "") -> list[str]:
         return self._run(self._kv_keys(bucket, prefix))
 
+    def kv_revision(self, bucket: str) -> int:
+        """The bucket's latest revision: one call, however many keys it holds."""
+        return self._run(self._kv_revision(bucket))
+
     def kv_delete(self, bucket: str, key: str) -> None:
         self._run(self._kv_delete(bucket, key))
 
@@ -191,6 +195,10 @@ class NatsBus:
         except NoKeysError:
             return []
         return sorted(key for key in keys if key.startswith(prefix))
+
+    async def _kv_revision(self, bucket: str) -> int:
+        status = await (await self._bucket(bucket)).status()
+        return int(status.stream_info.state.last_seq)
 
     async def _kv_delete(self, bucket: str, key: str) -> None:
         await (await self._bucket(bucket)).delete(key)

@@ -1,11 +1,15 @@
-"""``celery -A tasks rewarm`` and ``celery -A tasks warm-status``.
+"""``celery -A tasks rewarm``, ``celery -A tasks warm-status`` and ``celery -A tasks catalog``.
 
 Registered as Celery CLI plugins (entry point group ``celery.commands`` in pyproject.toml), so
 they take ``-A``, the broker and the rest of Celery's global options like built-in commands.
+
+Tables are for people, ``--json`` is for scripts, and the exit code is for CI: ``rewarm
+--wait`` fails when a pull failed or a node did not report in time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import sys
@@ -22,52 +26,88 @@ from .catalog import CatalogStore, UnknownNode
 from .images import InvalidImageReference
 from .names import REWARM_EVENTS
 from .rewarm import RewarmSent, dispatch_rewarm
+from .routing import InvalidNodeName
 from .settings import load_settings
 from .status import NodeStatus, StatusStore
+
+Report = dict[str, Any]
+
+MAX_LISTED = 10  # missing images listed per node in the table; --json lists them all
 
 
 @click.command(cls=CeleryCommand)
 @click.option("--node", "nodes", multiple=True, help="Re-warm only this node (repeatable).")
 @click.option("--image", "images", multiple=True, help="Re-warm only this image (repeatable).")
-@click.option("--wait", is_flag=True, help="Wait for the nodes to report, then summarize.")
+@click.option("--wait", is_flag=True, help="Follow the nodes' reports, then summarize.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--window",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Spread the sends over this many seconds (beat uses WARM_REWARM_WINDOW).",
+)
 @click.pass_context
 def rewarm(
-    ctx: click.Context, nodes: Sequence[str], images: Sequence[str], wait: bool, timeout: float
+    ctx: click.Context,
+    nodes: Sequence[str],
+    images: Sequence[str],
+    wait: bool,
+    timeout: float,
+    window: float,
 ) -> None:
-    """Re-warm the catalog now: one small task per node; each pulls only what it lacks."""
+    """Re-warm now: one small task per node; each pulls only what it lacks.
+
+    With --wait, exits 1 when an image could not be pulled or a node did not report in time.
+    """
     cli: CLIContext = ctx.obj
-    with _bus(cli) as bus:
-        reports: queue.Queue[dict[str, Any]] = queue.Queue()
-        if wait:
+    with _bus() as bus:
+        reports: queue.Queue[Report] = queue.Queue()
+        if wait:  # before sending, or a fast node's report is missed
             bus.subscribe(f"{REWARM_EVENTS}.*", lambda _s, data: reports.put(json.loads(data)))
         try:
-            sent = dispatch_rewarm(cli.app, CatalogStore(bus), nodes, images)
-        except (UnknownNode, InvalidImageReference) as error:
+            sent = dispatch_rewarm(cli.app, bus, nodes, images, window=window)
+        except (UnknownNode, InvalidImageReference, InvalidNodeName) as error:
             raise click.UsageError(str(error)) from error
-        cli.echo(f"re-warm sent to {len(sent)} node(s)")
-        if wait:
-            _wait_for_reports(cli, sent, reports, timeout)
+        revision = sent[0].revision if sent else 0
+        click.echo(f"re-warm sent to {len(sent)} node(s) at catalog revision {revision}")
+        if wait and sent:
+            ok = _follow(sent, reports, timeout)
+            sys.exit(0 if ok else 1)
 
 
 @click.command(cls=CeleryCommand, name="warm-status")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-@click.pass_context
-def warm_status(ctx: click.Context, nodes: Sequence[str], as_json: bool) -> None:
+def warm_status(nodes: Sequence[str], as_json: bool) -> None:
     """Per node: images warm / expected, missing, failed with the reason, last re-warm."""
-    cli: CLIContext = ctx.obj
-    with _bus(cli) as bus:
-        store = StatusStore(bus)
-        statuses = [store.get(node) for node in nodes] if nodes else store.all()
+    with _bus() as bus:
+        statuses = _statuses(bus, nodes)
     if as_json:
         click.echo(json.dumps([status.summary() for status in statuses], indent=2))
+    else:
+        _print_status(statuses)
+
+
+@click.command(cls=CeleryCommand, name="catalog")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def catalog(as_json: bool) -> None:
+    """The images in use: the workloads that use them and how many nodes they belong on."""
+    with _bus() as bus:
+        entries = CatalogStore(bus).entries()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(entry) for entry in entries], indent=2))
         return
-    _print_status_table(cli, statuses)
+    rows = [
+        [entry.image, str(entry.target_nodes), ", ".join(entry.workloads) or "(explicit)"]
+        for entry in entries
+    ]
+    _table(["IMAGE", "NODES", "WORKLOADS"], rows, left=(0, 2))
+    click.echo(f"{len(entries)} image(s)")
 
 
 @contextmanager
-def _bus(cli: CLIContext) -> Iterator[NatsBus]:
+def _bus() -> Iterator[NatsBus]:
     bus = NatsBus(load_settings().nats)
     try:
         yield bus
@@ -77,55 +117,146 @@ def _bus(cli: CLIContext) -> Iterator[NatsBus]:
         bus.close()
 
 
-def _wait_for_reports(
-    cli: CLIContext, sent: list[RewarmSent], reports: queue.Queue[dict[str, Any]], timeout: float
-) -> None:
-    pending = {item.node: item.revision for item in sent}
-    done: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    while pending and (left := deadline - time.monotonic()) > 0:
+def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
+    """Each node's status, measured against its catalog slice now (not at its last re-warm)."""
+    catalog, store = CatalogStore(bus), StatusStore(bus)
+    names = list(nodes) or sorted(set(catalog.nodes()) | set(store.nodes()))
+    statuses = []
+    for node in names:
+        status = store.get(node)
         try:
-            report = reports.get(timeout=min(left, 1.0))
+            node_slice, _ = catalog.get_slice(node)
+        except UnknownNode:
+            statuses.append(status)
+            continue
+        expected = sorted(item.image for item in node_slice.images)
+        statuses.append(dataclasses.replace(status, expected=expected))
+    return statuses
+
+
+# --- rewarm --wait -------------------------------------------------------------------------
+
+
+def _follow(sent: list[RewarmSent], reports: queue.Queue[Report], timeout: float) -> bool:
+    """Print each node's report as it arrives, then a summary; True when all is warm."""
+    pending = {item.node: item.revision for item in sent}
+    done: dict[str, Report] = {}
+    live = sys.stdout.isatty()
+    started = time.monotonic()
+    while pending and (left := started + timeout - time.monotonic()) > 0:
+        if live:
+            _progress(len(done), len(sent), time.monotonic() - started)
+        try:
+            report = reports.get(timeout=min(left, 0.5))
         except queue.Empty:
             continue
         node = report.get("node", "")
-        if node in pending and report.get("revision", 0) >= pending[node]:
-            pending.pop(node)
+        if report.get("revision", 0) >= pending.get(node, sys.maxsize):
+            del pending[node]
             done[node] = report
-            cli.echo(f"  {node}: {_report_line(report)}")
-    _print_summary(cli, done, pending)
-    failed = any(report.get("failed") for report in done.values())
-    if pending or failed:
-        sys.exit(1)
+            _clear_progress(live)
+            click.echo(f"[{len(done)}/{len(sent)}] {_report_line(node, report)}")
+    _clear_progress(live)
+    _print_summary(done, sorted(pending), timeout)
+    return not pending and not any(report.get("failed") for report in done.values())
 
 
-def _report_line(report: dict[str, Any]) -> str:
+def _progress(reported: int, total: int, elapsed: float) -> None:
+    bar_width = 30
+    filled = bar_width * reported // total
+    bar = "#" * filled + "." * (bar_width - filled)
+    click.echo(f"\r[{bar}] {reported}/{total} node(s) reported, {elapsed:.0f}s ", nl=False)
+
+
+def _clear_progress(live: bool) -> None:
+    if live:
+        click.echo("\r\033[K", nl=False)
+
+
+def _report_line(node: str, report: Report) -> str:
+    failed = len(report.get("failed", {}))
+    verdict = click.style("FAILED", fg="red") if failed else click.style("ok", fg="green")
     return (
-        f"{report.get('pulled', 0)} pulled, {report.get('present', 0)} present, "
-        f"{len(report.get('failed', {}))} failed in {report.get('seconds', 0):.1f}s"
+        f"{node}: {verdict}  {report.get('pulled', 0)} pulled, {report.get('present', 0)} "
+        f"present, {failed} failed, {len(report.get('retrying', []))} retrying "
+        f"in {report.get('seconds', 0):.1f}s"
     )
 
 
-def _print_summary(
-    cli: CLIContext, done: dict[str, dict[str, Any]], pending: dict[str, int]
-) -> None:
-    cli.echo(f"{len(done)} node(s) reported, {len(pending)} did not")
+def _print_summary(done: dict[str, Report], pending: list[str], timeout: float) -> None:
+    rows = [
+        [
+            node,
+            str(report.get("pulled", 0)),
+            str(report.get("present", 0)),
+            str(len(report.get("failed", {}))),
+            str(len(report.get("retrying", []))),
+            f"{report.get('seconds', 0):.1f}",
+        ]
+        for node, report in sorted(done.items())
+    ]
+    rows += [[node, "-", "-", "-", "-", "no report"] for node in pending]
+    click.echo()
+    _table(["NODE", "PULLED", "PRESENT", "FAILED", "RETRYING", "SECONDS"], rows)
     for node, report in sorted(done.items()):
         for image, reason in sorted(report.get("failed", {}).items()):
-            cli.echo(f"  FAILED {node} {image}: {reason}")
-    for node in sorted(pending):
-        cli.echo(f"  NO REPORT {node}")
+            click.secho(f"failed   {node}  {image}: {reason}", fg="red")
+        for image in report.get("retrying", []):
+            click.secho(f"retrying {node}  {image} (transient error, retried later)", fg="yellow")
+    failures = sum(len(report.get("failed", {})) for report in done.values())
+    if pending:
+        click.secho(f"{len(pending)} node(s) did not report within {timeout:.0f}s", fg="red")
+    if failures:
+        click.secho(f"{failures} image pull(s) failed", fg="red")
+    if not pending and not failures:
+        click.secho(f"all {len(done)} node(s) re-warmed", fg="green")
 
 
-def _print_status_table(cli: CLIContext, statuses: list[NodeStatus]) -> None:
-    cli.echo(f"{'NODE':<30} {'WARM':>9}  {'LAST RE-WARM':<20} MISSING / FAILED")
-    for status in sorted(statuses, key=lambda s: s.node):
-        last = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.last_rewarm_at))
-            if status.last_rewarm_at
-            else "never"
-        )
-        warm = f"{len(status.warm)}/{len(status.expected)}"
-        cli.echo(f"{status.node:<30} {warm:>9}  {last:<20} {len(status.missing)} missing")
+# --- warm-status ---------------------------------------------------------------------------
+
+
+def _print_status(statuses: list[NodeStatus]) -> None:
+    rows = [
+        [
+            status.node,
+            f"{len(status.warm)}/{len(status.expected)}",
+            str(len(status.missing)),
+            str(len(status.failed)),
+            _ago(status.last_rewarm_at),
+        ]
+        for status in statuses
+    ]
+    _table(["NODE", "WARM", "MISSING", "FAILED", "LAST RE-WARM"], rows)
+    for status in statuses:
         for image, reason in sorted(status.failed.items()):
-            cli.echo(f"{'':<30} failed {image}: {reason}")
+            click.secho(f"failed   {status.node}  {image}: {reason}", fg="red")
+        missing = [image for image in status.missing if image not in status.failed]
+        for image in missing[:MAX_LISTED]:
+            click.echo(f"missing  {status.node}  {image}")
+        if len(missing) > MAX_LISTED:
+            click.echo(f"missing  {status.node}  ... and {len(missing) - MAX_LISTED} more (--json)")
+
+
+def _ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    seconds = max(0, int(time.time() - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> None:
+    """Columns fitted to their content: text (``left``) aligned left, numbers right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    click.echo(line(header))
+    for row in rows:
+        click.echo(line(row))

@@ -21,6 +21,7 @@ REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-
 # NATS JetStream key-value buckets.
 CATALOG_BUCKET = "warm-catalog"  # images.<key> -> CatalogEntry, nodes.<node> -> NodeSlice
 STATUS_BUCKET = "warm-status"  # <node> -> NodeStatus
+BEAT_BUCKET = "warm-beat"  # leader -> the beat that may dispatch (expires unless renewed)
 
 
 def pull_events_subject(node: str) -> str:

@@ -3,19 +3,32 @@
 A re-warm never sends one task per (node, image) pair, nor the image list: each node gets
 ``rewarm_node(node, revision)`` on its own queue, reads its slice of the catalog and pulls only
 what its runtime lacks. 5,000 nodes cost 5,000 messages whatever the catalog's size.
+
+The revision sent is the catalog bucket's latest, read once (not one KV read per node): every
+slice is at or below it, so a node's report for it covers whatever the slice holds now.
+
+With a ``window``, the sends are paced evenly over that many seconds by the sender itself, so
+thousands of nodes do not hit the registry in the same second. Pacing in the sender, not with
+ETA/countdown messages, because on Redis an ETA task sits unacknowledged in a worker's memory
+and is redelivered after the visibility timeout; a paced send is an ordinary message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
 
+from .bus import NatsBus
 from .catalog import CatalogStore, UnknownNode
 from .images import normalize_image
-from .names import REWARM_NODE
+from .names import CATALOG_BUCKET, REWARM_NODE
 from .routing import queue_for_node
+
+# Sleeping shorter than this costs more in wake-ups than it buys in evenness.
+MIN_PAUSE = 0.01
 
 
 @dataclass(frozen=True)
@@ -26,29 +39,48 @@ class RewarmSent:
 
 def dispatch_rewarm(
     app: Celery,
-    catalog: CatalogStore,
+    bus: NatsBus,
     nodes: Sequence[str] = (),
     images: Sequence[str] = (),
+    *,
+    window: float = 0.0,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> list[RewarmSent]:
     """Send ``rewarm_node`` to ``nodes`` (default: every node in the catalog).
 
     ``images`` narrows each node's re-warm to those references. An unknown node raises
     :class:`UnknownNode` before anything is sent, so a typo does not re-warm half a list.
+    ``keep_going`` is asked before each pause of a paced send; False stops the fan-out (beat
+    uses it to renew its lease, and to stop if it lost it).
     """
     wanted = [normalize_image(image) for image in images]
-    known = catalog.nodes()
-    missing = sorted(set(nodes) - set(known))
-    if missing:
-        raise UnknownNode(f"not in the catalog: {', '.join(missing)}")
+    targets = _targets(CatalogStore(bus), nodes)
+    revision = bus.kv_revision(CATALOG_BUCKET)
+    kwargs: dict[str, object] = {"revision": revision}
+    if wanted:
+        kwargs["images"] = wanted
     sent = []
+    started = time.monotonic()
     with app.producer_or_acquire() as producer:
-        for node in nodes or known:
-            _, revision = catalog.get_slice(node)
+        for index, node in enumerate(targets):
+            pause = started + window * index / len(targets) - time.monotonic()
+            if pause >= MIN_PAUSE:
+                if not keep_going():
+                    break
+                time.sleep(pause)
             app.send_task(
                 REWARM_NODE,
-                kwargs={"node": node, "revision": revision, "images": wanted},
+                kwargs={"node": node, **kwargs},
                 queue=queue_for_node(node),
                 producer=producer,
             )
             sent.append(RewarmSent(node, revision))
     return sent
+
+
+def _targets(catalog: CatalogStore, nodes: Sequence[str]) -> list[str]:
+    known = catalog.nodes()
+    missing = sorted(set(nodes) - set(known))
+    if missing:
+        raise UnknownNode(f"not in the catalog: {', '.join(missing)}")
+    return list(dict.fromkeys(nodes)) if nodes else known

@@ -85,6 +85,11 @@ class WatchSettings:
 @dataclass(frozen=True)
 class RewarmSettings:
     interval: float = 1800.0
+    # A periodic re-warm's sends are paced over this many seconds, so thousands of nodes do not
+    # hit the registry in the same second (0: all at once).
+    window: float = 60.0
+    # The beat leader's lease lives this long without renewal; a standby takes over after it.
+    lock_ttl: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             ignore_namespaces=source.words("WARM_IGNORE_NAMESPACES", ()),
             explicit_images=source.json_list("WARM_EXPLICIT_IMAGES"),
         ),
-        rewarm=RewarmSettings(interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float)),
+        rewarm=RewarmSettings(
+            interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),
+            window=source.number("WARM_REWARM_WINDOW", 60.0, float, minimum=0),
+            lock_ttl=source.number("WARM_BEAT_LOCK_TTL", 30.0, float, minimum=2),
+        ),
         probes=ProbeSettings(
             health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
             metrics_port=source.number("WARM_METRICS_PORT", 9808, int, minimum=0),

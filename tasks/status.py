@@ -2,6 +2,10 @@
 
 Each node worker owns its key (``<node>`` in the status bucket) and is its only writer, so
 updates need no coordination across nodes; within a worker a lock orders them.
+
+A re-warm refreshes the whole record: the images expected, the ones found present (recorded as
+such, since nothing was pulled for them), and each pull's outcome as it finishes. So after a
+re-warm the record says what the runtime holds, not what was pulled once and since removed.
 """
 
 from __future__ import annotations
@@ -44,10 +48,17 @@ class NodeStatus:
 
     @property
     def failed(self) -> dict[str, str]:
+        return self._with_outcome(Outcome.FAILED)
+
+    @property
+    def retrying(self) -> dict[str, str]:
+        return self._with_outcome(Outcome.RETRYING)
+
+    def _with_outcome(self, outcome: Outcome) -> dict[str, str]:
         return {
             image: status.reason
             for image, status in self.images.items()
-            if status.outcome == Outcome.FAILED and image in self.expected
+            if status.outcome == outcome and image in self.expected
         }
 
     def _outcome(self, image: str) -> str | None:
@@ -64,12 +75,15 @@ class NodeStatus:
         return cls(images=images, **data)
 
     def summary(self) -> dict[str, Any]:
+        """The JSON of ``celery -A tasks warm-status --json``: counts, and lists to act on."""
         return {
             "node": self.node,
             "warm": len(self.warm),
             "expected": len(self.expected),
+            "warm_images": self.warm,
             "missing": self.missing,
             "failed": self.failed,
+            "retrying": self.retrying,
             "last_rewarm_at": self.last_rewarm_at,
             "last_rewarm_revision": self.last_rewarm_revision,
         }
@@ -85,8 +99,11 @@ class StatusStore:
         found = self._bus.kv_get(self._bucket, node)
         return NodeStatus.from_json(found[0]) if found and found[0] else NodeStatus(node=node)
 
+    def nodes(self) -> list[str]:
+        return self._bus.kv_keys(self._bucket)
+
     def all(self) -> list[NodeStatus]:
-        return [self.get(node) for node in self._bus.kv_keys(self._bucket)]
+        return [self.get(node) for node in self.nodes()]
 
     def record(self, result: PullResult) -> None:
         with self._lock:
@@ -99,10 +116,16 @@ class StatusStore:
             )
             self._bus.kv_put(self._bucket, result.node, status.to_json())
 
-    def record_rewarm(self, node: str, expected: list[str], revision: int) -> None:
+    def record_rewarm(
+        self, node: str, expected: list[str], revision: int, present: list[str] | None = None
+    ) -> None:
+        """A re-warm's diff: what the node should hold and what its runtime already holds."""
         with self._lock:
             status = self.get(node)
             status.expected = sorted(expected)
-            status.last_rewarm_at = time.time()
+            now = time.time()
+            for image in present or ():
+                status.images[image] = ImageStatus(outcome=Outcome.PRESENT.value, at=now)
+            status.last_rewarm_at = now
             status.last_rewarm_revision = revision
             self._bus.kv_put(self._bucket, node, status.to_json())

@@ -3,6 +3,9 @@ product's own processes (watcher and one worker per node) started as users start
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -76,6 +79,54 @@ def sim_cluster(
     nats_server: NatsServer,
     registry: Registry,
 ) -> Iterator[SimCluster]:
+    with run_cluster(workdir, registry, f"{redis_server.url}/1", nats_server.url) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def broker_cluster(
+    request: pytest.FixtureRequest, workdir: Path, redis_server: RedisServer, registry: Registry
+) -> Iterator[SimCluster]:
+    """A cluster on each broker, with a NATS of its own: a re-warm of "every node" then means
+    this cluster's nodes, not those other modules' clusters left in a shared catalog."""
+    broker = request.param
+    with contextlib.ExitStack() as stack:
+        nats = stack.enter_context(NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}"))
+        if broker == "redis":
+            broker_url = f"{redis_server.url}/2"
+        else:
+            broker_url = stack.enter_context(rabbitmq_vhost())
+        cluster = stack.enter_context(
+            run_cluster(workdir, registry, broker_url, nats.url, WARM_CATALOG_GRACE_PERIOD="0")
+        )
+        yield cluster
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A vhost of the machine's RabbitMQ for this run (the default vhost without rabbitmqctl)."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+    except OSError:
+        pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        yield "amqp://guest:guest@127.0.0.1:5672//"
+        return
+    vhost = f"warm-e2e-{uuid.uuid4().hex[:6]}"
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    try:
+        grant = [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+        subprocess.run(grant, check=True, capture_output=True, timeout=60)
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
+
+
+@contextlib.contextmanager
+def run_cluster(
+    workdir: Path, registry: Registry, broker_url: str, nats_url: str, **extra_env: str
+) -> Iterator[SimCluster]:
     suffix = uuid.uuid4().hex[:6]
     base = workdir / f"c{suffix}"
     kube = FakeKubeAPI(bookmark_interval=0.5).start()
@@ -88,7 +139,7 @@ def sim_cluster(
     create_nodes(api, names)
     kubeconfig = kube.write_kubeconfig(base / "kubeconfig")
     env = product.product_env(
-        broker_url=f"{redis_server.url}/1", nats_url=nats_server.url, kubeconfig=kubeconfig
+        broker_url=broker_url, nats_url=nats_url, kubeconfig=kubeconfig, **extra_env
     )
     cluster = SimCluster(
         kube, api, nodes, {n: CriProbe(c.endpoint) for n, c in nodes.items()}, env, base / "logs"

@@ -1,0 +1,180 @@
+"""Re-warm, status and Flower through the real CLI, on Redis and on RabbitMQ.
+
+Every check of what a node holds reads its containerd through CRI (CriProbe), never the
+product's own status, so the status is checked against the runtime and not against itself.
+The tests of a module share one cluster and run in order: a healthy catalog first, then one
+with an image the registry does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+from kubernetes import client
+
+from localcluster import Registry, free_port, push_image
+from localcluster.manifests import deployment
+from localcluster.product import celery
+
+from .conftest import SimCluster
+
+pytestmark = pytest.mark.e2e
+
+WARM_TIMEOUT = 60.0
+FLOWER_AUTH = ("warm", "s3cret")
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
+        time.sleep(0.1)
+
+
+def in_catalog(cluster: SimCluster, ref: str) -> Callable[[], bool]:
+    def check() -> bool:
+        listed = cluster.cli("catalog", "--json")
+        return listed.returncode == 0 and ref in {e["image"] for e in json.loads(listed.stdout)}
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def warm_image(broker_cluster: SimCluster, registry: Registry) -> str:
+    """A Deployment's image, warm on every node."""
+    name = f"app-{uuid.uuid4().hex[:6]}"
+    image = push_image(registry.host, f"e2e/{name}", "v1", size_mib=4)
+    apps = client.AppsV1Api(broker_cluster.api)
+    apps.create_namespaced_deployment("default", deployment(name, image.ref, replicas=0))
+    probes = broker_cluster.probes.values()
+    wait_for(
+        lambda: all(image.ref in p.tags() for p in probes), WARM_TIMEOUT, "warm", broker_cluster
+    )
+    return image.ref
+
+
+def test_rewarm_wait_restores_a_removed_image_and_exits_zero(
+    broker_cluster: SimCluster, warm_image: str
+) -> None:
+    node = sorted(broker_cluster.nodes)[0]
+    broker_cluster.probes[node].remove(warm_image)
+
+    done = broker_cluster.cli("rewarm", "--wait", "--timeout", "60")
+
+    assert done.returncode == 0, done.stdout + done.stderr + broker_cluster.logs()
+    assert warm_image in broker_cluster.probes[node].tags()
+    assert f"{node}: ok  1 pulled" in done.stdout
+    assert "all 2 node(s) re-warmed" in done.stdout
+
+
+def test_catalog_lists_the_image_with_its_workload_and_nodes(
+    broker_cluster: SimCluster, warm_image: str
+) -> None:
+    listed = broker_cluster.cli("catalog", "--json")
+
+    entries = {entry["image"]: entry for entry in json.loads(listed.stdout)}
+    assert entries[warm_image]["target_nodes"] == 2
+    name = warm_image.rsplit("/", 1)[1].split(":")[0]  # the Deployment is named as its repo
+    assert any(name in w and "Deployment" in w for w in entries[warm_image]["workloads"])
+    table = broker_cluster.cli("catalog")
+    assert warm_image in table.stdout
+
+
+def test_rewarm_wait_exits_non_zero_when_an_image_cannot_be_pulled(
+    broker_cluster: SimCluster, registry: Registry, warm_image: str
+) -> None:
+    missing = f"{registry.host}/e2e/missing-{uuid.uuid4().hex[:6]}:v1"  # never pushed
+    apps = client.AppsV1Api(broker_cluster.api)
+    apps.create_namespaced_deployment("default", deployment("broken", missing, replicas=0))
+    wait_for(in_catalog(broker_cluster, missing), WARM_TIMEOUT, "catalog", broker_cluster)
+
+    done = broker_cluster.cli("rewarm", "--wait", "--timeout", "60")
+
+    assert done.returncode == 1, done.stdout + done.stderr + broker_cluster.logs()
+    assert "FAILED" in done.stdout
+    assert f"failed   {sorted(broker_cluster.nodes)[0]}  {missing}:" in done.stdout
+    assert "image pull(s) failed" in done.stdout
+
+
+def test_warm_status_json_matches_what_the_runtimes_hold(
+    broker_cluster: SimCluster, warm_image: str
+) -> None:
+    shown = broker_cluster.cli("warm-status", "--json")
+
+    assert shown.returncode == 0, shown.stderr
+    statuses = {status["node"]: status for status in json.loads(shown.stdout)}
+    assert set(statuses) == set(broker_cluster.nodes)
+    for node, probe in broker_cluster.probes.items():
+        status, held = statuses[node], probe.tags()
+        expected = set(status["warm_images"]) | set(status["missing"])
+        assert status["expected"] == len(expected) == 2  # the good image and the broken one
+        assert set(status["warm_images"]) == expected & held
+        assert set(status["missing"]) == expected - held
+        assert set(status["failed"]) == expected - held
+        assert all(reason for reason in status["failed"].values())
+        assert status["last_rewarm_at"] is not None
+
+
+def test_rewarm_wait_times_out_non_zero_for_a_node_that_does_not_answer(
+    broker_cluster: SimCluster,
+) -> None:
+    node = sorted(broker_cluster.nodes)[1]
+    worker = next(p for p in broker_cluster.processes if p.name == f"worker-{node}")
+    worker.stop()
+    try:
+        done = broker_cluster.cli("rewarm", "--wait", "--timeout", "3", "--node", node)
+    finally:
+        worker.start()
+
+    assert done.returncode == 1
+    assert "1 node(s) did not report within 3s" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def flower(broker_cluster: SimCluster) -> Iterator[str]:
+    port = free_port()
+    env = {**broker_cluster.env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
+    args = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    process = broker_cluster.start(celery("flower", args, env, broker_cluster.logdir))
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{url}/healthcheck"), 30, "Flower", broker_cluster)
+    yield url
+    process.stop()
+
+
+def test_flower_lists_the_node_workers_and_serves_metrics(
+    broker_cluster: SimCluster, flower: str
+) -> None:
+    assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
+
+    expected = {f"warm@{node}" for node in broker_cluster.nodes}
+    seen: set[str] = set()
+
+    def listed() -> bool:
+        answer = requests.get(
+            f"{flower}/api/workers", params={"refresh": 1}, auth=FLOWER_AUTH, timeout=30
+        )
+        seen.update(answer.json() if answer.ok else {})
+        return expected <= seen
+
+    wait_for(listed, 60, "node workers in Flower", broker_cluster)
+    workers = requests.get(f"{flower}/api/workers", auth=FLOWER_AUTH, timeout=30).json()
+    node = sorted(broker_cluster.nodes)[0]
+    queues = {queue["name"] for queue in workers[f"warm@{node}"].get("active_queues", [])}
+    assert queues == {f"warm.node.{node}"}
+    metrics = requests.get(f"{flower}/metrics", auth=FLOWER_AUTH, timeout=10)
+    assert metrics.status_code == 200
+    assert "flower_" in metrics.text
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
