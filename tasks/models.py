@@ -65,6 +65,10 @@ class CatalogEntry:
     workloads: tuple[str, ...] = ()  # "namespace/Kind/name"
     pull_secrets: tuple[str, ...] = ()  # "namespace/name"
     target_nodes: int = 0
+    # Where it may run, one rule per distinct placement of its users, e.g.
+    # "kubernetes.io/arch=arm64; tolerates dedicated=gpu:NoSchedule"; "any node" when unrestricted.
+    target: tuple[str, ...] = ()
+    workload_count: int = 0  # workloads lists at most a sample; this counts them all
 
     def to_json(self) -> bytes:
         return _dump(asdict(self))
@@ -77,7 +81,21 @@ class CatalogEntry:
             workloads=tuple(data.get("workloads", ())),
             pull_secrets=tuple(data.get("pull_secrets", ())),
             target_nodes=int(data.get("target_nodes", 0)),
+            target=tuple(data.get("target", ())),
+            workload_count=int(data.get("workload_count", 0)),
         )
+
+
+@dataclass(frozen=True)
+class InvalidImage:
+    """Published when a workload names an image reference that breaks the grammar."""
+
+    workload: str  # "namespace/Kind/name"
+    reference: str
+    reason: str
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
 
 
 @dataclass(frozen=True)

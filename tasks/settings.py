@@ -70,16 +70,46 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
-    health_port: int = 8080  # /healthz; 0 disables
-    metrics_port: int = 9808  # Prometheus /metrics; 0 disables
-
-
-@dataclass(frozen=True)
 class WatchSettings:
     namespaces: tuple[str, ...] = ("*",)
     ignore_namespaces: tuple[str, ...] = ()
     explicit_images: tuple[str, ...] = ()
+    # The same images with their optional node selectors (objects in WARM_EXPLICIT_IMAGES).
+    explicit: tuple[ExplicitImage, ...] = ()
+    namespace_selector: str = ""  # label selector on Namespaces, e.g. "team=web,env!=dev"
+    opt_in: bool = False  # only workloads annotated warm-images.io/warm: "true" count
+    include_images: tuple[str, ...] = ()  # globs on the normalized reference; empty: all
+    exclude_images: tuple[str, ...] = ()
+    # An image no workload uses any more stays this long (a rollout replaces its users).
+    catalog_grace_period: float = 600.0
+    resync_interval: float = 3600.0  # seconds between full re-lists of every watched kind
+    stale_after: float = 600.0  # a watch silent this long makes /healthz fail
+
+
+@dataclass(frozen=True)
+class ExplicitImage:
+    """An image to warm before any workload uses it, on the nodes its selector matches."""
+
+    image: str
+    node_selector: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Leader election among watcher replicas, through a coordination.k8s.io Lease."""
+
+    enabled: bool = False
+    lease_name: str = "warm-images-watcher"
+    namespace: str = "default"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    health_port: int = 8080  # /healthz; 0 disables
+    metrics_port: int = 9808  # Prometheus /metrics; 0 disables
 
 
 @dataclass(frozen=True)
@@ -100,12 +130,14 @@ class Settings:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     rewarm: RewarmSettings = field(default_factory=RewarmSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ``) and the config file."""
     source = _Source(_merged(os.environ if environ is None else environ))
+    explicit = source.explicit_images("WARM_EXPLICIT_IMAGES")
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
@@ -134,12 +166,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
             ignore_namespaces=source.words("WARM_IGNORE_NAMESPACES", ()),
-            explicit_images=source.json_list("WARM_EXPLICIT_IMAGES"),
+            explicit_images=tuple(item.image for item in explicit),
+            explicit=explicit,
+            namespace_selector=source.text("WARM_NAMESPACE_SELECTOR", ""),
+            opt_in=source.flag("WARM_OPT_IN", False),
+            include_images=source.words("WARM_INCLUDE_IMAGES", ()),
+            exclude_images=source.words("WARM_EXCLUDE_IMAGES", ()),
+            catalog_grace_period=source.number(
+                "WARM_CATALOG_GRACE_PERIOD", 600.0, float, minimum=0
+            ),
+            resync_interval=source.number("WARM_RESYNC_INTERVAL", 3600.0, float),
+            stale_after=source.number("WARM_WATCH_STALE_AFTER", 600.0, float),
         ),
         rewarm=RewarmSettings(
             interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),
             window=source.number("WARM_REWARM_WINDOW", 60.0, float, minimum=0),
             lock_ttl=source.number("WARM_BEAT_LOCK_TTL", 30.0, float, minimum=2),
+        ),
+        leader=LeaderSettings(
+            enabled=source.flag("WARM_LEADER_ELECTION", False),
+            lease_name=source.text("WARM_LEASE_NAME", "warm-images-watcher"),
+            namespace=source.text("WARM_POD_NAMESPACE", "default"),
+            lease_duration=source.number("WARM_LEASE_DURATION", 15.0, float, minimum=2),
+            renew_deadline=source.number("WARM_LEASE_RENEW_DEADLINE", 10.0, float),
+            retry_period=source.number("WARM_LEASE_RETRY_PERIOD", 2.0, float, minimum=0.1),
         ),
         probes=ProbeSettings(
             health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
@@ -223,3 +273,33 @@ class _Source:
         if raw in ("false", "0", "no", "off"):
             return False
         raise SettingsError(f"{name}={raw!r} is not true or false")
+
+    def explicit_images(self, name: str) -> tuple[ExplicitImage, ...]:
+        """A JSON list of references, or of {"image": ..., "nodeSelector": {...}} objects."""
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, list):
+            raise SettingsError(f"{name} must be a JSON list of image references")
+        return tuple(_explicit_image(name, item) for item in value)
+
+
+def _explicit_image(name: str, item: object) -> ExplicitImage:
+    if isinstance(item, str):
+        return ExplicitImage(item)
+    selector = (item.get("nodeSelector") or {}) if isinstance(item, dict) else None
+    if (
+        not isinstance(item, dict)
+        or not isinstance(item.get("image"), str)
+        or not isinstance(selector, dict)
+        or not all(isinstance(v, str) for v in selector.values())
+    ):
+        raise SettingsError(
+            f"{name} must be a JSON list of image references or of "
+            '{"image": "...", "nodeSelector": {"label": "value"}} objects'
+        )
+    return ExplicitImage(item["image"], tuple(sorted(selector.items())))

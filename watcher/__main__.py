@@ -13,7 +13,9 @@ from tasks.app import app
 from tasks.bus import NatsBus
 from tasks.settings import SettingsError, load_settings
 
+from . import metrics
 from .service import Watcher
+from .targeting import InvalidSelector
 
 log = logging.getLogger("watcher")
 
@@ -22,14 +24,14 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
-        api = _api_client()
-    except (SettingsError, config.ConfigException) as error:
+        watcher = Watcher(settings, _api_client(), app, NatsBus(settings.nats))
+    except (SettingsError, InvalidSelector, config.ConfigException) as error:
         print(f"watcher: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    watcher = Watcher(settings, api, app, NatsBus(settings.nats))
+    metrics.serve(settings.probes.metrics_port)
     watcher.run(stop)
     return 0
 

@@ -1,33 +1,47 @@
 """Turning catalog changes into KV writes, Celery tasks and NATS events.
 
-Per node and batch: a few new images become ``pull_image`` tasks, more become one
-``rewarm_node`` (the node diffs its slice against its runtime), and a node that joins gets one
-``rewarm_node`` for its whole slice. Slices are written before any task is sent, so a node
-that reads its slice always finds what the task was sent for.
+Only new (node, image) pairs become work. Per node and batch: a few new images become
+``pull_image`` tasks, more become one ``rewarm_node`` (the node diffs its slice against its
+runtime), and a node that joins gets one ``rewarm_node`` for its whole slice. A node's slice
+key is written only when its content changed, and always before any task is sent, so a node
+that reads its slice finds what the task was sent for. A node that leaves loses its slice key
+and its queue.
 
-When NATS or the broker fails mid-flush, the dispatcher remembers that it owes a full sync and
-does it on the next flush: every slice rewritten, every node re-warmed. Re-warms only pull what
-is missing, so owing too much is cheap and owing too little is impossible.
+When NATS or the broker fails mid-flush, the dispatcher owes a full sync and does it on the
+next flush: every key rewritten, stale keys deleted, every node re-warmed. Re-warms only pull
+what is missing, so owing too much is cheap and owing too little is impossible. A replica that
+becomes leader starts with a full sync too: it cannot know what the previous leader sent.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import Enum
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tasks.bus import BusUnavailable, NatsBus
-from tasks.catalog import CatalogStore
+from tasks.catalog import IMAGE_PREFIX, CatalogStore, image_key
 from tasks.models import CatalogChange, CatalogEntry, NodeSlice, SliceImage
-from tasks.names import CATALOG_EVENTS, PULL_IMAGE, REWARM_NODE
+from tasks.names import CATALOG_BUCKET, CATALOG_EVENTS, PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
+from . import metrics
 from .catalog import CatalogState, Changes
+from .slices import SliceIndex
 
 log = logging.getLogger(__name__)
 
 MAX_SINGLE_PULLS = 3  # more new images than this for one node: send one re-warm instead
+ENTRY_WORKLOADS = 50  # users listed in a catalog entry; workload_count has them all
+INVALID_EVENTS = f"{CATALOG_EVENTS}.invalid"  # one InvalidImage per malformed reference
+
+
+class Sync(Enum):
+    INCREMENTAL = 0  # publish what changed
+    REWRITE = 1  # rewrite every key (periodic resync: heals a NATS that lost its data)
+    FULL = 2  # rewrite every key and re-warm every node (start, failover, after a failure)
 
 
 class Dispatcher:
@@ -36,36 +50,123 @@ class Dispatcher:
         self._bus = bus
         self._catalog = CatalogStore(bus)
         self._state = state
-        self._owe_full_sync = True  # the first flush publishes everything
+        self._index = SliceIndex(state)
+        self._written: dict[str, tuple[SliceImage, ...]] = {}  # node -> slice as last written
+        self._owed = Sync.FULL
         self.revision = 0
+
+    @property
+    def owes(self) -> bool:
+        """Whether the next flush must publish even without changes."""
+        return self._owed is not Sync.INCREMENTAL
+
+    def owe(self, sync: Sync) -> None:
+        """Make the next flush at least a ``sync``."""
+        self._owed = max(self._owed, sync, key=lambda s: s.value)
 
     def flush(self, changes: Changes) -> bool:
         """Publish ``changes``; returns False (and owes a full sync) when a service failed."""
-        full = self._owe_full_sync
+        sync, self._owed = self._owed, Sync.INCREMENTAL
         try:
-            self._publish(changes, full)
+            self._publish(changes, sync)
         except (BusUnavailable, OperationalError, OSError) as error:
             log.error("catalog not published, will resync when reachable: %s", error)
-            self._owe_full_sync = True
+            metrics.PUBLISH_FAILURES.inc()
+            self._owed = Sync.FULL
             return False
-        self._owe_full_sync = False
         return True
 
-    def _publish(self, changes: Changes, full: bool) -> None:
-        nodes = sorted(self._state.nodes)
-        slices_changed = (
-            full or changes.added_images or changes.removed_images or (changes.touched_images)
-        )
-        for node in changes.left_nodes:
-            self._catalog.delete_slice(node)
-        rewrite = nodes if slices_changed else sorted(changes.joined_nodes)
+    def _publish(self, changes: Changes, sync: Sync) -> None:
+        rewrite = sync is not Sync.INCREMENTAL
+        affected = self._index.update(changes, rebuild=rewrite)
+        recount = self._images_of(changes.left_nodes)  # their target_nodes fell
+        for node in sorted(changes.left_nodes - set(self._state.nodes)):
+            self._forget_node(node)
         if rewrite:
-            node_slice = self._slice_images()
-            for node in rewrite:
-                self.revision = self._catalog.put_slice(NodeSlice(node, node_slice))
-        self._write_entries(changes, full, len(nodes))
-        self._send_tasks(changes, nodes, full)
-        if changes or full:
+            self._delete_stale_keys()
+        new_images = self._write_slices(affected, rewrite)
+        recount |= self._images_of(changes.joined_nodes | changes.changed_nodes)
+        self._write_entries(changes, rewrite, recount)
+        joined = set(self._state.nodes) if sync is Sync.FULL else changes.joined_nodes
+        self._send_tasks(new_images, joined & set(self._state.nodes))
+        self._publish_events(changes, sorted(new_images))
+        metrics.CATALOG_IMAGES.set(len(self._state.images))
+        metrics.NODES.set(len(self._state.nodes))
+        metrics.NODE_CLASSES.set(self._index.class_count)
+
+    def _write_slices(self, affected: set[str], rewrite: bool) -> dict[str, set[str]]:
+        """Write changed slices; returns each node's images that are new to it."""
+        new_images: dict[str, set[str]] = {}
+        # Nodes of one class share their slice objects, so each (old, new) pair is diffed once;
+        # the pair is kept in the value so that no id is reused while the loop runs.
+        diffs: dict[tuple[int, int], tuple[object, object, set[str]]] = {}
+        for node in sorted(affected):
+            content = self._index.slice_of(node)
+            old = self._written.get(node, ())
+            if content is old and not rewrite:
+                continue
+            if content != old or rewrite:
+                self.revision = self._catalog.put_slice(NodeSlice(node, content))
+                metrics.SLICE_WRITES.inc()
+            self._written[node] = content
+            pair = (id(old), id(content))
+            if pair not in diffs:
+                added = {i.image for i in content} - {i.image for i in old}
+                diffs[pair] = (old, content, added)
+            if diffs[pair][2]:
+                new_images[node] = diffs[pair][2]
+        return new_images
+
+    def _images_of(self, nodes: set[str]) -> set[str]:
+        """Images in the last written slices of ``nodes``, and in their current ones."""
+        found = {i.image for node in nodes for i in self._written.get(node, ())}
+        present = nodes & set(self._state.nodes)
+        return found | {i.image for node in present for i in self._index.slice_of(node)}
+
+    def _write_entries(self, changes: Changes, rewrite: bool, recount: set[str]) -> None:
+        state = self._state
+        for image in sorted(changes.removed_images - set(state.images)):
+            self._catalog.delete_entry(image)
+        touched = set(state.images) if rewrite else changes.touched_images | changes.added_images
+        touched |= changes.retargeted_images | recount
+        for image in sorted(touched & set(state.images)):
+            self.revision = self._catalog.put_entry(self._entry(image))
+
+    def _entry(self, image: str) -> CatalogEntry:
+        use = self._state.images[image]
+        users = sorted(use.users)
+        return CatalogEntry(
+            image=image,
+            workloads=tuple(users[:ENTRY_WORKLOADS]),
+            pull_secrets=use.pull_secrets(),
+            target_nodes=self._index.target_nodes(image),
+            target=tuple(sorted(rule.describe() for rule in use.targets())),
+            workload_count=len(users),
+        )
+
+    def _send_tasks(self, new_images: dict[str, set[str]], joined: set[str]) -> None:
+        if not new_images and not joined:
+            return
+        with self._app.producer_or_acquire() as producer:
+            for node in sorted(set(new_images) | joined):
+                queue = queue_for_node(node)
+                images = sorted(new_images.get(node, ()))
+                if node in joined or len(images) > MAX_SINGLE_PULLS:
+                    kwargs: dict[str, object] = {"node": node, "revision": self.revision}
+                    self._app.send_task(REWARM_NODE, kwargs=kwargs, queue=queue, producer=producer)
+                    metrics.TASKS_SENT.labels(REWARM_NODE).inc()
+                    continue
+                for image in images:
+                    secrets = list(self._state.images[image].pull_secrets())
+                    kwargs = {"node": node, "image": image, "pull_secrets": secrets}
+                    self._app.send_task(PULL_IMAGE, kwargs=kwargs, queue=queue, producer=producer)
+                    metrics.TASKS_SENT.labels(PULL_IMAGE).inc()
+
+    def _publish_events(self, changes: Changes, nodes: list[str]) -> None:
+        for invalid in changes.invalid:
+            metrics.INVALID_IMAGES.inc()
+            self._bus.publish(INVALID_EVENTS, invalid.to_json())
+        if changes.added_images or changes.removed_images or nodes:
             event = CatalogChange(
                 added=tuple(sorted(changes.added_images)),
                 removed=tuple(sorted(changes.removed_images)),
@@ -74,29 +175,23 @@ class Dispatcher:
             )
             self._bus.publish(CATALOG_EVENTS, event.to_json())
 
-    def _slice_images(self) -> tuple[SliceImage, ...]:
-        state = self._state
-        return tuple(SliceImage(image, state.pull_secrets(image)) for image in state.images())
+    def _forget_node(self, node: str) -> None:
+        """A node left: its slice key and its queue go (tasks for it could never run)."""
+        self._written.pop(node, None)
+        self._catalog.delete_slice(node)
+        queue = self._app.amqp.queues[queue_for_node(node)]
+        with self._app.connection_for_write() as connection:
+            bound = queue(connection.default_channel)
+            bound.declare()  # the channel deletes only queues it knows (kombu's Redis transport)
+            bound.delete()
+        log.info("node %s left: slice and queue %s deleted", node, queue.name)
 
-    def _write_entries(self, changes: Changes, full: bool, node_count: int) -> None:
-        state = self._state
-        for image in changes.removed_images:
-            self._catalog.delete_entry(image)
-        touched = set(state.images()) if full else changes.touched_images | changes.added_images
-        for image in sorted(touched - changes.removed_images):
-            workloads = tuple(sorted(state.users.get(image, ())))
-            entry = CatalogEntry(image, workloads, state.pull_secrets(image), node_count)
-            self._catalog.put_entry(entry)
-
-    def _send_tasks(self, changes: Changes, nodes: list[str], full: bool) -> None:
-        new_images = sorted(changes.added_images)
-        with self._app.producer_or_acquire() as producer:
-            for node in nodes:
-                queue = queue_for_node(node)
-                if full or node in changes.joined_nodes or len(new_images) > MAX_SINGLE_PULLS:
-                    kwargs = {"node": node, "revision": self.revision}
-                    self._app.send_task(REWARM_NODE, kwargs=kwargs, queue=queue, producer=producer)
-                    continue
-                for image in new_images:
-                    kwargs = {"node": node, "image": image}
-                    self._app.send_task(PULL_IMAGE, kwargs=kwargs, queue=queue, producer=producer)
+    def _delete_stale_keys(self) -> None:
+        """Keys of nodes and images this state does not know: left while nobody led."""
+        for node in self._catalog.nodes():
+            if node not in self._state.nodes:
+                self._forget_node(node)
+        wanted = {image_key(image) for image in self._state.images}
+        for key in self._bus.kv_keys(CATALOG_BUCKET, IMAGE_PREFIX):
+            if key not in wanted:
+                self._bus.kv_delete(CATALOG_BUCKET, key)

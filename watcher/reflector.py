@@ -4,9 +4,11 @@ The loop clients get wrong: a watch ends (server timeout, a dropped connection, 
 restart) and a naive watcher silently stops seeing changes. Here a watch that ends is resumed
 from the last resourceVersion (kept fresh by bookmarks), a 410 Gone leads to a fresh list, and
 API errors are retried with capped exponential backoff. Objects are read as raw JSON and boiled
-down right away by a summarizer, so memory holds only what the catalog needs.
+down right away by a summarizer, so memory holds only what the catalog needs; lists are read in
+pages, so 100,000 pods are never one response in memory.
 
-:attr:`Reflector.last_contact` tells a health check when the API last answered.
+:attr:`Reflector.last_contact` tells a health check when the API last answered, and
+:meth:`Reflector.relist` forces a fresh list (the periodic resync).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from . import metrics
+
 log = logging.getLogger(__name__)
+
+PAGE_SIZE = 500  # objects per list page, as kubectl and client-go's reflector use
+# A kind the API does not serve (an old cluster) or may not be read (RBAC): after the first
+# failure it counts as listed-empty, so the other kinds are not held back; it is retried.
+NOT_SERVED = (403, 404)
 
 Summary = Any  # what a summarizer makes of one object; opaque to the reflector
 
@@ -78,6 +87,8 @@ class Reflector:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"reflector-{kind}", daemon=True)
         self._response: Any = None
+        self._relist = False
+        self._events = metrics.WATCH_EVENTS.labels(kind)
         self.resource_version: str | None = None
         self.last_contact = 0.0
         self.synced = threading.Event()
@@ -88,16 +99,32 @@ class Reflector:
 
     def stop(self) -> None:
         self._stop.set()
+        self._interrupt()
+        self._thread.join(timeout=5)
+
+    def relist(self) -> None:
+        """End the current watch and list again: catches anything a watch may have missed."""
+        self._relist = True
+        self._interrupt()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} in {self._namespace}" if self._namespace else self.kind
+
+    def _interrupt(self) -> None:
         response = self._response
         if response is not None:
             response.close()  # unblocks the watch read
-        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                if self.resource_version is None:
+                if self.resource_version is None or self._relist:
+                    self._relist = False
                     self.resource_version = self._list()
                 self._watch()
                 failures = 0
@@ -107,12 +134,23 @@ class Reflector:
             except Exception as error:
                 if self._stop.is_set():
                     return
-                if isinstance(error, ApiException) and error.status == 410:
-                    self.resource_version = None  # the watch request itself was refused as Gone
+                if self._relist:
+                    continue  # relist() closed the watch on purpose
                 failures += 1
+                self._failed(error)
                 delay = min(self._max_backoff, 0.5 * 2**failures)
                 log.warning("%s: %s; retrying in %.1fs", self.kind, _describe(error), delay)
                 self._stop.wait(delay)
+
+    def _failed(self, error: Exception) -> None:
+        metrics.API_ERRORS.labels(self.kind).inc()
+        status = error.status if isinstance(error, ApiException) else None
+        if status == 410:
+            self.resource_version = None  # the watch request itself was refused as Gone
+        if status in NOT_SERVED and not self.synced.is_set():
+            log.error("%s: cannot be listed (%s); counted as empty", self.kind, status)
+            self._sink(Listed(self.kind, self._namespace, {}))
+            self.synced.set()
 
     def _call(self, **kwargs: Any) -> Any:
         if self._namespace is not None:
@@ -120,15 +158,25 @@ class Reflector:
         return self._list_fn(_preload_content=False, **kwargs)
 
     def _list(self) -> str:
-        response = self._call()
-        data = json.loads(response.data)
-        items = {}
-        for obj in data.get("items") or ():
-            items[object_key(obj)] = self._summarize(obj)
-        self._touch()
+        items: dict[str, Summary] = {}
+        token: str | None = None
+        while True:
+            page = {"limit": PAGE_SIZE, **({"_continue": token} if token else {})}
+            data = json.loads(self._call(**page).data)
+            for obj in data.get("items") or ():
+                summary = self._summarize(obj)
+                if summary is not None:
+                    items[object_key(obj)] = summary
+            self._touch()
+            meta = data.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                break
+        metrics.RELISTS.labels(self.kind).inc()
+        self._events.inc(len(items))
         self._sink(Listed(self.kind, self._namespace, items))
         self.synced.set()
-        return str((data.get("metadata") or {}).get("resourceVersion") or "0")
+        return str(meta.get("resourceVersion") or "0")
 
     def _watch(self) -> None:
         self._response = self._call(
@@ -138,6 +186,7 @@ class Reflector:
             timeout_seconds=self._watch_timeout,
             _request_timeout=(10, self._watch_timeout + 30),
         )
+        self._touch()
         try:
             for line in iter_resp_lines(self._response):
                 if self._stop.is_set():
@@ -156,6 +205,8 @@ class Reflector:
                 raise Gone()
             raise ApiException(status=obj.get("code"), reason=obj.get("message"))
         version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind != "BOOKMARK":
+            self._events.inc()
         if kind in ("ADDED", "MODIFIED"):
             self._sink(Changed(self.kind, object_key(obj), self._summarize(obj)))
         elif kind == "DELETED":

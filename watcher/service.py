@@ -2,15 +2,20 @@
 
 Reflector threads only parse and summarize; this loop alone owns the catalog, so it needs no
 locks. It waits for every reflector's first list before the first flush, so a restart does not
-publish a half-empty catalog.
+publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches, and
+a replica that becomes leader starts with a full sync. A periodic resync lists everything
+again (catching anything a watch could have missed) and rewrites the KV catalog.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
+from typing import Any
 
 from celery import Celery
 from kubernetes import client
@@ -19,7 +24,9 @@ from tasks.bus import NatsBus
 from tasks.settings import Settings
 
 from .catalog import CatalogState, Changes
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Sync
+from .health import HealthServer
+from .leader import LeaderElector
 from .reflector import Event, Reflector
 from .sources import reflectors
 
@@ -30,46 +37,123 @@ RETRY_FLUSH = 5.0  # seconds between attempts while NATS or the broker is down
 
 
 class Watcher:
-    def __init__(self, settings: Settings, api: client.ApiClient, app: Celery, bus: NatsBus):
+    def __init__(
+        self,
+        settings: Settings,
+        api: client.ApiClient,
+        app: Celery,
+        bus: NatsBus,
+        *,
+        identity: str | None = None,
+    ) -> None:
+        self._settings = settings
         self.state = CatalogState(settings.watch)
         self.dispatcher = Dispatcher(app, bus, self.state)
         self._events: queue.Queue[Event] = queue.Queue()
         self.reflectors: list[Reflector] = reflectors(
-            api, settings.watch.namespaces, self._events.put
+            api, settings.watch, self._events.put, watch_namespaces=self.state.watches_namespaces
         )
+        self.identity = identity or f"{socket.gethostname()}_{os.getpid()}"
+        self.elector = (
+            LeaderElector(api, settings.leader, self.identity) if settings.leader.enabled else None
+        )
+        self.health: HealthServer | None = None
+        self._started = self._turned = time.monotonic()
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading.is_set()
 
     def run(self, stop: threading.Event) -> None:
+        self._serve_health()
         for reflector in self.reflectors:
             reflector.start()
+        elector = self._start_elector(stop)
         try:
             self._wait_for_first_lists(stop)
-            self.state.start_with_explicit()
             self._loop(stop)
         finally:
             for reflector in self.reflectors:
                 reflector.stop()
+            if elector is not None:
+                elector.join(timeout=10)  # releases the lease, so a standby takes over now
+            if self.health is not None:
+                self.health.stop()
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        """Health: every watch alive and recently heard from, and the main loop turning."""
+        now, limit = time.monotonic(), self._settings.watch.stale_after
+        stale = [
+            reflector.name
+            for reflector in self.reflectors
+            if not reflector.alive()
+            or now - (reflector.last_contact if reflector.synced.is_set() else self._started)
+            > limit
+        ]
+        loop_stuck = now - self._turned > limit
+        details = {
+            "stale_watches": stale,
+            "loop_stuck": loop_stuck,
+            "leader": self.leading,
+            "images": len(self.state.images),
+            "nodes": len(self.state.nodes),
+        }
+        return not stale and not loop_stuck, details
+
+    def _serve_health(self) -> None:
+        port = self._settings.probes.health_port
+        if not port:
+            return
+        try:
+            self.health = HealthServer(port, self.check).start()
+        except OSError as error:  # a port taken costs the probe, never the watcher
+            log.warning("health endpoint not served on port %d: %s", port, error)
+
+    def _start_elector(self, stop: threading.Event) -> threading.Thread | None:
+        if self.elector is None:
+            return None
+        thread = threading.Thread(target=self.elector.run, args=(stop,), name="leader")
+        thread.start()
+        return thread
 
     def _wait_for_first_lists(self, stop: threading.Event) -> None:
         pending = list(self.reflectors)
         while pending and not stop.is_set():
+            self._turned = time.monotonic()
             pending = [r for r in pending if not r.synced.wait(0.5)]
-        log.info("initial lists done: %d kinds", len(self.reflectors))
+        log.info("initial lists done: %d reflectors", len(self.reflectors))
 
     def _loop(self, stop: threading.Event) -> None:
         owed = Changes()
+        was_leading = False
         last_failure = 0.0
+        next_resync = time.monotonic() + self._settings.watch.resync_interval
         while not stop.is_set():
-            batch = self._drain()
-            changes = _merge(owed, self.state.apply(batch))
-            if not changes and not self._due_retry(last_failure, owed):
+            owed.merge(self.state.apply(self._drain()))
+            now = self._turned = time.monotonic()
+            if now >= next_resync:
+                next_resync = now + self._settings.watch.resync_interval
+                self._resync()
+            if not self.leading:
+                owed, was_leading = Changes(), False  # the leader publishes; this one keeps state
                 continue
-            if self.dispatcher.flush(changes):
-                owed = Changes()
+            if not was_leading:
+                self.dispatcher.owe(Sync.FULL)
+                was_leading = True
+            if not owed and not self.dispatcher.owes:
+                continue
+            if last_failure and now - last_failure < RETRY_FLUSH:
+                continue
+            if self.dispatcher.flush(owed):
+                owed, last_failure = Changes(), 0.0
             else:
-                owed, last_failure = changes, time.monotonic()
+                last_failure = now
 
-    def _due_retry(self, last_failure: float, owed: Changes) -> bool:
-        return last_failure > 0 and time.monotonic() - last_failure > RETRY_FLUSH
+    def _resync(self) -> None:
+        log.info("periodic resync: listing every kind again")
+        for reflector in self.reflectors:
+            reflector.relist()
+        self.dispatcher.owe(Sync.REWRITE)
 
     def _drain(self) -> list[Event]:
         try:
@@ -83,15 +167,3 @@ class Watcher:
             except queue.Empty:
                 break
         return batch
-
-
-def _merge(owed: Changes, new: Changes) -> Changes:
-    if not owed:
-        return new
-    owed.added_images = (owed.added_images - new.removed_images) | new.added_images
-    owed.removed_images = (owed.removed_images - new.added_images) | new.removed_images
-    owed.touched_images |= new.touched_images
-    owed.joined_nodes = (owed.joined_nodes - new.left_nodes) | new.joined_nodes
-    owed.left_nodes = (owed.left_nodes - new.joined_nodes) | new.left_nodes
-    owed.invalid += new.invalid
-    return owed

@@ -1,4 +1,8 @@
-"""Which Kubernetes resources the watcher lists and watches, and through which API calls."""
+"""Which Kubernetes resources the watcher lists and watches, and through which API calls.
+
+Every kind that carries a pod template is watched, because a workload scaled to zero (the
+scale-from-zero case) and a CronJob between runs have no Pods, yet their images must be warm.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from typing import Any
 
 from kubernetes import client
 
-from .catalog import NODE_KIND
+from tasks.settings import WatchSettings
+
+from .catalog import NAMESPACE_KIND, NODE_KIND
 from .reflector import Event, Reflector
-from .workloads import summarize_node, summarize_workload
+from .targeting import node_facts
+from .workloads import Summarizer, summarize_namespace
 
 
 @dataclass(frozen=True)
@@ -21,27 +28,47 @@ class Source:
     namespaced: Callable[..., Any] | None  # None for cluster-scoped kinds
 
 
-def sources(api: client.ApiClient) -> list[Source]:
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+def workload_sources(api: client.ApiClient) -> list[Source]:
+    core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
     return [
-        Source(NODE_KIND, core.list_node, None),
         Source("Pod", core.list_pod_for_all_namespaces, core.list_namespaced_pod),
         Source(
             "Deployment", apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment
         ),
+        Source(
+            "ReplicaSet", apps.list_replica_set_for_all_namespaces, apps.list_namespaced_replica_set
+        ),
+        Source(
+            "StatefulSet",
+            apps.list_stateful_set_for_all_namespaces,
+            apps.list_namespaced_stateful_set,
+        ),
+        Source(
+            "DaemonSet", apps.list_daemon_set_for_all_namespaces, apps.list_namespaced_daemon_set
+        ),
+        Source("Job", batch.list_job_for_all_namespaces, batch.list_namespaced_job),
+        Source("CronJob", batch.list_cron_job_for_all_namespaces, batch.list_namespaced_cron_job),
     ]
 
 
 def reflectors(
-    api: client.ApiClient, namespaces: tuple[str, ...], sink: Callable[[Event], None]
+    api: client.ApiClient,
+    settings: WatchSettings,
+    sink: Callable[[Event], None],
+    *,
+    watch_namespaces: bool,
 ) -> list[Reflector]:
-    """One reflector per kind, or per kind and namespace when namespaces are listed."""
-    result = []
-    for source in sources(api):
-        summarize: Callable[[dict[str, Any]], Any] = (
-            summarize_node if source.kind == NODE_KIND else partial(summarize_workload, source.kind)
-        )
-        if source.namespaced is None or "*" in namespaces:
+    """Nodes (and Namespaces when selected by label), and one reflector per workload kind, or
+    per kind and namespace when namespaces are listed."""
+    core = client.CoreV1Api(api)
+    result = [Reflector(NODE_KIND, core.list_node, node_facts, sink)]
+    if watch_namespaces:
+        result.append(Reflector(NAMESPACE_KIND, core.list_namespace, summarize_namespace, sink))
+    summarizer = Summarizer(settings)
+    namespaces = [n for n in settings.namespaces if n not in settings.ignore_namespaces]
+    for source in workload_sources(api):
+        summarize = partial(summarizer.workload, source.kind)
+        if source.namespaced is None or "*" in settings.namespaces:
             result.append(Reflector(source.kind, source.all_namespaces, summarize, sink))
             continue
         for namespace in namespaces:

@@ -1,0 +1,41 @@
+"""The watcher's Prometheus metrics (served on WARM_METRICS_PORT).
+
+Module-level, as prometheus_client expects: one registry per process, shared by every
+:class:`watcher.service.Watcher` a test may start in it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+
+WATCH_EVENTS = Counter("warm_watcher_events", "Watch events and listed objects received", ["kind"])
+RELISTS = Counter(
+    "warm_watcher_relists", "Full lists of a kind (start, 410 Gone, resync)", ["kind"]
+)
+API_ERRORS = Counter("warm_watcher_api_errors", "Failed list or watch calls", ["kind"])
+INVALID_IMAGES = Counter(
+    "warm_watcher_invalid_images", "Image references skipped because they are malformed"
+)
+CATALOG_IMAGES = Gauge("warm_watcher_catalog_images", "Images in the catalog")
+NODES = Gauge("warm_watcher_nodes", "Nodes known to the watcher")
+NODE_CLASSES = Gauge("warm_watcher_node_classes", "Classes of equivalent nodes")
+TASKS_SENT = Counter("warm_watcher_tasks_sent", "Celery tasks sent to node queues", ["task"])
+SLICE_WRITES = Counter("warm_watcher_slice_writes", "Node slices written to NATS key-value")
+PUBLISH_FAILURES = Counter(
+    "warm_watcher_publish_failures", "Flushes that failed because NATS or the broker did"
+)
+LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")
+
+
+def serve(port: int) -> None:
+    """Serve /metrics; a port already taken costs the metrics, never the watcher."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as error:
+        log.warning("metrics not served on port %d: %s", port, error)
