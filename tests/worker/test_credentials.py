@@ -54,7 +54,9 @@ def docker_config(host: str, user: str = USER, password: str = PASSWORD) -> dict
 
 
 def create_pull_secret(kube: FakeKubeAPI, name: str, config: dict[str, object]) -> str:
-    data = {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}
+    data: dict[str, bytes | str] = {
+        ".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()
+    }
     secret = client.V1Secret(
         metadata=client.V1ObjectMeta(name=name, namespace="default"),
         type="kubernetes.io/dockerconfigjson",

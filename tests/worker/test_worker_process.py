@@ -1,0 +1,222 @@
+"""``python -m worker`` as a user runs it: Celery on Redis, results on NATS, pulls through CRI.
+
+What only the real process shows: Celery's retries with backoff when the registry is down for a
+while, a missing tag costing exactly one attempt however many re-warms follow, a worker
+SIGKILLed in the middle of a pull whose message comes back (late ack) so the image still ends
+up warm, and the health and metrics endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from worker_testing import Events, registry_requests
+
+from localcluster import Containerd, Registry, free_port, product, push_image
+from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
+from tasks.catalog import CatalogStore
+from tasks.models import NodeSlice, Outcome, SliceImage
+from tasks.names import PULL_IMAGE, REWARM_NODE, pull_events_subject, rewarm_events_subject
+from tasks.routing import queue_for_node
+
+READY_TIMEOUT = 30.0
+WARM_TIMEOUT = 60.0
+VISIBILITY_TIMEOUT = 5
+
+
+class Worker:
+    """One ``python -m worker`` process for a node, and a Celery client to send it tasks."""
+
+    def __init__(self, process: product.ProductProcess, node: str, broker_url: str) -> None:
+        self.process = process
+        self.node = node
+        self.client = Celery("tests", broker=broker_url)
+        self.client.conf.update(task_serializer="json", accept_content=["json"])
+
+    def start(self) -> Worker:
+        self.process.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while " ready." not in self.process.log_tail(20_000):
+            if not self.process.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready:\n{self.process.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def send(self, task: str, **kwargs: object) -> None:
+        kwargs["node"] = self.node
+        self.client.send_task(task, kwargs=kwargs, queue=queue_for_node(self.node))
+
+    def stop(self) -> None:
+        self.process.stop()
+        self.client.close()
+
+
+def start_worker(
+    node: Containerd, redis: RedisServer, nats: NatsServer, logdir: Path, **env: str
+) -> Worker:
+    name = f"proc-{uuid.uuid4().hex[:6]}"
+    broker = f"{redis.url}/2"
+    settings = {
+        "WARM_PULL_RETRY_BACKOFF_MAX": "2",
+        "WARM_PULL_MAX_RETRIES": "10",
+        "WARM_DISK_BUDGET_PERCENT": "99",
+        "WARM_METRICS_PORT": "0",
+        "WARM_HEALTH_PORT": "0",
+        **env,
+    }
+    environment = product.product_env(
+        broker_url=broker, nats_url=nats.url, kubeconfig=None, **settings
+    )
+    process = product.worker(name, node.endpoint, environment, logdir)
+    return Worker(process, name, broker).start()
+
+
+@pytest.fixture(scope="module")
+def ports() -> dict[str, int]:
+    return {"metrics": free_port(), "health": free_port()}
+
+
+@pytest.fixture(scope="module")
+def worker(
+    node: Containerd,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    workdir: Path,
+    ports: dict[str, int],
+) -> Iterator[Worker]:
+    running = start_worker(
+        node,
+        redis_server,
+        nats_server,
+        workdir / "logs",
+        WARM_METRICS_PORT=str(ports["metrics"]),
+        WARM_HEALTH_PORT=str(ports["health"]),
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def worker_events(bus: NatsBus, worker: Worker) -> Events:
+    collected = Events()
+    bus.subscribe(pull_events_subject(worker.node), collected.add)
+    return collected
+
+
+def get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def test_a_registry_down_for_a_while_is_retried_with_backoff_until_warm(
+    worker: Worker,
+    worker_events: Events,
+    node: Containerd,
+    workdir: Path,
+    ports: dict[str, int],
+) -> None:
+    with Registry(workdir / f"flaky-{uuid.uuid4().hex[:4]}") as flaky:
+        node.add_insecure_registry(flaky.host)
+        image = push_image(flaky.host, "wt/flaky", "v1", size_mib=5)
+        flaky.pause()
+        worker.send(PULL_IMAGE, image=image.ref)
+        worker_events.wait_for(
+            lambda: any(e.outcome is Outcome.RETRYING for e in worker_events.of(image.ref)),
+            WARM_TIMEOUT,
+            "a transient failure",
+        )
+        time.sleep(3)  # the registry stays down over several retries
+        flaky.resume()
+        worker_events.wait_for(
+            lambda: any(e.outcome is Outcome.PULLED for e in worker_events.of(image.ref)),
+            WARM_TIMEOUT,
+            "the pull after the registry came back",
+        )
+
+    attempts = [e.attempt for e in worker_events.of(image.ref)]
+    assert attempts == list(range(1, len(attempts) + 1))  # one result per retry, in order
+    assert len(attempts) <= 10  # backoff, not a storm: at most max retries in 3+ seconds
+    assert image.ref in node.image_refs()
+    assert get(f"http://127.0.0.1:{ports['health']}/healthz")[0] == 200
+    _, metrics = get(f"http://127.0.0.1:{ports['metrics']}/metrics")
+    assert 'warm_pulls_total{outcome="retrying"}' in metrics
+    assert 'warm_pulls_total{outcome="pulled"}' in metrics
+
+
+def test_a_missing_tag_costs_one_attempt_however_many_rewarms_follow(
+    worker: Worker, worker_events: Events, bus: NatsBus, registry: Registry
+) -> None:
+    repository = f"wt/typo-{uuid.uuid4().hex[:6]}"
+    missing = f"{registry.host}/{repository}:does-not-exist"
+    CatalogStore(bus).put_slice(NodeSlice(worker.node, (SliceImage(missing),)))
+    rewarms: list[bytes] = []
+    bus.subscribe(rewarm_events_subject(worker.node), lambda _subject, data: rewarms.append(data))
+
+    worker.send(PULL_IMAGE, image=missing)
+    worker_events.wait_for(lambda: bool(worker_events.of(missing)), WARM_TIMEOUT, "the failure")
+    asked = len(registry_requests(registry, f"/v2/{repository}/manifests/"))
+    for _ in range(2):
+        worker.send(REWARM_NODE, revision=0)
+    worker_events.wait_for(lambda: len(rewarms) == 2, WARM_TIMEOUT, "two re-warms")
+    time.sleep(3)  # room for any retry that should not happen
+
+    (failure,) = worker_events.of(missing)
+    assert failure.outcome is Outcome.FAILED and failure.attempt == 1
+    assert "not found" in failure.reason
+    assert asked >= 1
+    assert len(registry_requests(registry, f"/v2/{repository}/manifests/")) == asked
+
+
+def test_a_worker_killed_mid_pull_leaves_the_image_to_its_successor(
+    node: Containerd,
+    registry: Registry,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    workdir: Path,
+    bus: NatsBus,
+) -> None:
+    image = push_image(registry.host, f"wt/big-{uuid.uuid4().hex[:6]}", "v1", size_mib=200)
+    worker = start_worker(
+        node,
+        redis_server,
+        nats_server,
+        workdir / "logs",
+        WARM_BROKER_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+    )
+    events = Events()
+    bus.subscribe(pull_events_subject(worker.node), events.add)
+    repository = image.ref.split("/", 1)[1].split(":")[0]
+    try:
+        worker.send(PULL_IMAGE, image=image.ref)
+        deadline = time.monotonic() + WARM_TIMEOUT
+        while not registry_requests(registry, f"GET /v2/{repository}/blobs/"):
+            assert time.monotonic() < deadline, worker.process.log_tail()
+            time.sleep(0.01)
+        assert worker.process.pid is not None
+        os.kill(worker.process.pid, signal.SIGKILL)  # mid-pull: no ack, no goodbye
+        killed_at = time.monotonic()
+        assert not events.received  # it died before reporting anything
+        assert image.ref not in node.image_refs()
+
+        # Redis hands an unacknowledged message out again once its visibility timeout has
+        # passed; a starting worker sweeps for such messages at once (later ones, only every
+        # ~100 s), so the successor starts after the timeout, as a restart after a crash would.
+        time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT + 1 - time.monotonic()))
+        worker.start()  # the same node's worker, as the DaemonSet restarts it
+        events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the redelivered pull")
+    finally:
+        worker.stop()
+
+    (result,) = events.of(image.ref)
+    assert result.outcome in (Outcome.PULLED, Outcome.PRESENT)
+    assert image.ref in node.image_refs()
+    print(f"\nSIGKILL mid-pull -> {result.outcome} {time.monotonic() - killed_at:.1f}s later")
