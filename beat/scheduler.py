@@ -35,7 +35,7 @@ class RewarmScheduler(Scheduler):
         self._rewarm = settings.rewarm
         self._bus = LeaseBus(settings.nats, settings.rewarm.lock_ttl)
         self._lease = Lease(self._bus, settings.rewarm.lock_ttl)
-        self._leading = False
+        self._leading: bool | None = None  # unknown until the first tick
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -69,6 +69,8 @@ class RewarmScheduler(Scheduler):
     def _lead(self) -> bool:
         held = self._still_lead()
         took_over = held and not self._leading
+        if not held and self._leading is not False:
+            log.info("another beat holds the leader lease: standing by")
         self._leading = held
         if took_over:
             self._rewarm_now()

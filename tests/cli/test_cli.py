@@ -1,0 +1,206 @@
+"""The CLI as users run it (``celery -A tasks ...`` in a subprocess), against a private broker
+and NATS, with node reports and statuses written by the test in the worker's place.
+
+These check the commands' own logic (matching reports, exit codes, tables, JSON) quickly; the
+e2e tests run the same commands against real workers and containerd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster import product
+from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
+from tasks.catalog import CatalogStore
+from tasks.models import CatalogEntry, NodeSlice, Outcome, PullResult, SliceImage
+from tasks.names import rewarm_events_subject
+from tasks.settings import NatsSettings
+from tasks.status import StatusStore
+
+GOOD, BAD = "registry.example/web:v1", "registry.example/typo:v1"
+
+
+@pytest.fixture
+def nats(workdir: Path) -> Iterator[NatsServer]:
+    with NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as server:
+        yield server
+
+
+@pytest.fixture
+def bus(nats: NatsServer) -> Iterator[NatsBus]:
+    with NatsBus(NatsSettings(url=nats.url)) as connected:
+        yield connected
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, nats: NatsServer) -> dict[str, str]:
+    return product.product_env(broker_url=f"{redis_server.url}/7", nats_url=nats.url)
+
+
+@pytest.fixture
+def nodes(bus: NatsBus) -> list[str]:
+    names = [f"cli-{uuid.uuid4().hex[:4]}-{i}" for i in range(2)]
+    catalog = CatalogStore(bus)
+    for name in names:
+        catalog.put_slice(NodeSlice(name, (SliceImage(GOOD), SliceImage(BAD))))
+    catalog.put_entry(CatalogEntry(GOOD, ("Deployment:default/web",), (), 2))
+    catalog.put_entry(CatalogEntry(BAD, ("Deployment:default/typo",), (), 2))
+    return names
+
+
+def celery(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", *args]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(argv, env=env, stdout=pipe, stderr=pipe, text=True)
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = celery(env, *args)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def report(bus: NatsBus, node: str, revision: int, **fields: object) -> None:
+    body = {"node": node, "revision": revision, "pulled": 0, "present": 0, "failed": {}}
+    bus.publish(rewarm_events_subject(node), json.dumps({**body, **fields}).encode())
+    bus.flush()
+
+
+def answer_rewarm(
+    bus: NatsBus, process: subprocess.Popen[str], **by_node: dict[str, object]
+) -> None:
+    """Wait for the CLI's 'sent' line, then publish each node's report as its worker would."""
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert "re-warm sent to" in first, first + (process.stderr.read() if process.stderr else "")
+    revision = int(first.rsplit(" ", 1)[1])
+    report(bus, next(iter(by_node)), revision - 1)  # an older re-warm's report: not ours
+    for node, fields in by_node.items():
+        report(bus, node, revision, **fields)
+
+
+def test_rewarm_wait_exits_zero_and_summarizes_when_every_node_reports_success(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    process = celery(env, "rewarm", "--wait", "--timeout", "30")
+    answer_rewarm(bus, process, **{n: {"pulled": 1, "present": 1, "seconds": 0.5} for n in nodes})
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 0, out + err
+    assert f"[1/2] {nodes[0]}: ok  1 pulled, 1 present, 0 failed, 0 retrying in 0.5s" in out
+    assert "all 2 node(s) re-warmed" in out
+    header = next(line for line in out.splitlines() if line.startswith("NODE"))
+    assert header.split() == ["NODE", "PULLED", "PRESENT", "FAILED", "RETRYING", "SECONDS"]
+
+
+def test_rewarm_wait_exits_one_and_names_the_image_and_reason_when_a_pull_failed(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    process = celery(env, "rewarm", "--wait", "--timeout", "30")
+    answer_rewarm(
+        bus,
+        process,
+        **{nodes[0]: {"pulled": 1}, nodes[1]: {"pulled": 1, "failed": {BAD: "not found"}}},
+    )
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, out + err
+    assert f"failed   {nodes[1]}  {BAD}: not found" in out
+    assert "1 image pull(s) failed" in out
+
+
+def test_rewarm_wait_exits_one_when_a_node_does_not_report_in_time(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    process = celery(env, "rewarm", "--wait", "--timeout", "2")
+    answer_rewarm(bus, process, **{nodes[0]: {"pulled": 1}})
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, out + err
+    assert "1 node(s) did not report within 2s" in out
+    assert f"{nodes[1]}" in out and "no report" in out
+
+
+def test_rewarm_of_an_unknown_node_is_a_usage_error_and_sends_nothing(
+    env: dict[str, str], nodes: list[str]
+) -> None:
+    code, out, err = run(env, "rewarm", "--node", nodes[0], "--node", "ghost")
+
+    assert code == 2
+    assert "not in the catalog: ghost" in err
+    assert "re-warm sent" not in out
+
+
+def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    status = StatusStore(bus)
+    status.record_rewarm(nodes[0], [GOOD, BAD], revision=3, present=[GOOD])
+    status.record(PullResult(nodes[0], BAD, Outcome.FAILED, reason="manifest unknown"))
+
+    code, out, _ = run(env, "warm-status", "--json")
+    code_table, table, _ = run(env, "warm-status", "--node", nodes[0])
+
+    assert code == code_table == 0
+    by_node = {item["node"]: item for item in json.loads(out)}
+    assert by_node[nodes[0]]["warm_images"] == [GOOD]
+    assert by_node[nodes[0]]["failed"] == {BAD: "manifest unknown"}
+    assert by_node[nodes[0]]["last_rewarm_revision"] == 3
+    assert by_node[nodes[1]]["warm"] == 0 and by_node[nodes[1]]["expected"] == 2  # never reported
+    assert by_node[nodes[1]]["last_rewarm_at"] is None
+    row = next(line for line in table.splitlines() if line.startswith(nodes[0]))
+    assert row.split()[1:4] == ["1/2", "1", "1"]
+    assert "s ago" in row
+    assert f"failed   {nodes[0]}  {BAD}: manifest unknown" in table
+
+
+def test_catalog_lists_images_with_their_workloads_and_target_nodes(
+    env: dict[str, str], nodes: list[str]
+) -> None:
+    code, out, _ = run(env, "catalog", "--json")
+    _, table, _ = run(env, "catalog")
+
+    assert code == 0
+    entries = {entry["image"]: entry for entry in json.loads(out)}
+    assert entries[GOOD]["workloads"] == ["Deployment:default/web"]
+    assert entries[GOOD]["target_nodes"] == 2
+    assert table.splitlines()[0].split() == ["IMAGE", "NODES", "WORKLOADS"]
+    assert any(line.split() == [GOOD, "2", "Deployment:default/web"] for line in table.splitlines())
+    assert "2 image(s)" in table
+
+
+def test_commands_fail_clearly_when_nats_is_unreachable(env: dict[str, str]) -> None:
+    code, _, err = run({**env, "WARM_NATS_URL": "nats://127.0.0.1:1"}, "warm-status")
+
+    assert code == 1
+    assert "NATS" in err and "WARM_NATS_URL" in err
+
+
+def test_rewarm_wait_draws_a_live_progress_bar_on_a_terminal_only(
+    env: dict[str, str], nodes: list[str]
+) -> None:
+    leader, follower = os.openpty()
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "rewarm", "--wait", "--timeout", "2"]
+    process = subprocess.Popen([*argv, "--node", nodes[0]], env=env, stdout=follower)
+    os.close(follower)
+    process.wait(timeout=60)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    _, piped, _ = run(env, "rewarm", "--wait", "--timeout", "1", "--node", nodes[0])
+
+    assert process.returncode == 1
+    assert b"\r[..............................] 0/1 node(s) reported, 1s" in shown
+    assert "\r" not in piped  # no carriage returns in logs and scripts
