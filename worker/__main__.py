@@ -44,26 +44,31 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, InvalidNodeName, RuntimeUnavailable) as error:
         print(f"worker: {error}", file=sys.stderr)
         return 2
-    install_agent(NodeAgent(settings, node, runtime, NatsBus(settings.nats)))
+    bus = NatsBus(settings.nats)
+    install_agent(NodeAgent(settings, node, runtime, bus))
     log.info("node %s: consuming %s through %s", node, queue, runtime.name)
     _check_settings(settings, runtime)
     metrics.serve(settings.probes.metrics_port)
     health.serve(settings.probes.health_port, runtime)
     concurrency = settings.runtime.max_concurrent_pulls + 1  # one slot for a re-warm
-    app.worker_main(
-        [
-            "worker",
-            f"--queues={queue}",
-            f"--hostname=warm@{node}",
-            "--pool=threads",
-            f"--concurrency={concurrency}",
-            "--without-gossip",
-            "--without-mingle",
-            f"--heartbeat-interval={HEARTBEAT_INTERVAL}",
-            "--loglevel=INFO",
-            *(argv or []),
-        ]
-    )
+    try:
+        app.worker_main(
+            [
+                "worker",
+                f"--queues={queue}",
+                f"--hostname=warm@{node}",
+                "--pool=threads",
+                f"--concurrency={concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+                f"--heartbeat-interval={HEARTBEAT_INTERVAL}",
+                "--loglevel=INFO",
+                *(argv or []),
+            ]
+        )
+    finally:
+        bus.close()  # drains: the last pulls' events leave before the process does
+        runtime.close()
     return 0
 
 

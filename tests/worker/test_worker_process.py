@@ -220,3 +220,33 @@ def test_a_worker_killed_mid_pull_leaves_the_image_to_its_successor(
     assert result.outcome in (Outcome.PULLED, Outcome.PRESENT)
     assert image.ref in node.image_refs()
     print(f"\nSIGKILL mid-pull -> {result.outcome} {time.monotonic() - killed_at:.1f}s later")
+
+
+def test_sigterm_lets_the_running_pull_finish_before_the_worker_exits(
+    node: Containerd,
+    registry: Registry,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    workdir: Path,
+    bus: NatsBus,
+) -> None:
+    image = push_image(registry.host, f"wt/term-{uuid.uuid4().hex[:6]}", "v1", size_mib=150)
+    worker = start_worker(node, redis_server, nats_server, workdir / "logs")
+    events = Events()
+    bus.subscribe(pull_events_subject(worker.node), events.add)
+    repository = image.ref.split("/", 1)[1].split(":")[0]
+    try:
+        worker.send(PULL_IMAGE, image=image.ref)
+        deadline = time.monotonic() + WARM_TIMEOUT
+        while not registry_requests(registry, f"GET /v2/{repository}/blobs/"):
+            assert time.monotonic() < deadline, worker.process.log_tail()
+            time.sleep(0.01)
+        worker.process.stop(grace=WARM_TIMEOUT)  # SIGTERM: Celery's warm shutdown
+    finally:
+        worker.stop()
+
+    assert "Warm shutdown" in worker.process.log_tail(20_000)
+    events.wait_for(lambda: bool(events.of(image.ref)), 5, "the pull's result")
+    (result,) = events.of(image.ref)
+    assert result.outcome is Outcome.PULLED
+    assert image.ref in node.image_refs()

@@ -1,0 +1,216 @@
+"""Pull benchmark: the node worker's time to warm images, beside raw CRI pulls, in one run.
+
+What it measures, on a real containerd pulling from a real registry on loopback:
+
+1. One 100 MiB image: from sending the pull task to the worker's NATS event (the whole product
+   path: Celery on Redis, the presence check, the disk budget, the CRI pull, the report),
+   against one raw CRI PullImage of another 100 MiB image. Target: ratio <= 1.10.
+2. Ten 20 MiB images sent to the worker at once (default concurrency, 2), against ten raw CRI
+   pulls one after another.
+
+Every pull is of an image with its own content: containerd stores blobs by digest, so pulling
+the same bytes twice would measure a cache hit. Rounds alternate which side goes first, and the
+median is reported. Run: ``python bench/bench_pull.py [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from celery import Celery
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from localcluster import Containerd, Registry, ensure_system_packages, product, push_image
+from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
+from tasks.models import Outcome, PullResult
+from tasks.names import PULL_IMAGE, pull_events_subject
+from tasks.routing import queue_for_node
+from tasks.settings import NatsSettings
+from worker.runtime._cri import api_pb2 as pb
+from worker.runtime._cri import api_pb2_grpc as rpc
+
+NODE = "bench-node"
+TIMEOUT = 300.0
+
+
+class RawCri:
+    """CRI PullImage and nothing else: the baseline a worker cannot beat on one image."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._channel = grpc.insecure_channel(endpoint)
+        self._images = rpc.ImageServiceStub(self._channel)
+
+    def pull(self, reference: str) -> float:
+        started = time.perf_counter()
+        request = pb.PullImageRequest(image=pb.ImageSpec(image=reference))
+        self._images.PullImage(request, timeout=TIMEOUT)
+        return time.perf_counter() - started
+
+    def pull_sequentially(self, references: list[str]) -> float:
+        started = time.perf_counter()
+        for reference in references:
+            self.pull(reference)
+        return time.perf_counter() - started
+
+
+class WorkerClient:
+    """Sends pull tasks to the worker's queue and times them by the worker's NATS events."""
+
+    def __init__(self, broker_url: str, bus: NatsBus) -> None:
+        self._celery = Celery("bench", broker=broker_url)
+        self._celery.conf.update(task_serializer="json", accept_content=["json"])
+        self._done: dict[str, tuple[float, PullResult]] = {}
+        self._changed = threading.Condition()
+        bus.subscribe(pull_events_subject(NODE), self._on_event)
+
+    def warm(self, references: list[str]) -> float:
+        """Seconds from sending the first task to the last image reported warm."""
+        started = time.perf_counter()
+        with self._celery.producer_or_acquire() as producer:
+            for reference in references:
+                self._celery.send_task(
+                    PULL_IMAGE,
+                    kwargs={"node": NODE, "image": reference},
+                    queue=queue_for_node(NODE),
+                    producer=producer,
+                )
+        finished = max(self._wait(reference) for reference in references)
+        return finished - started
+
+    def _on_event(self, _subject: str, data: bytes) -> None:
+        at = time.perf_counter()
+        result = PullResult.from_json(data)
+        with self._changed:
+            self._done[result.image] = (at, result)
+            self._changed.notify_all()
+
+    def _wait(self, reference: str) -> float:
+        with self._changed:
+            if not self._changed.wait_for(lambda: reference in self._done, TIMEOUT):
+                raise TimeoutError(f"the worker did not report {reference}")
+            at, result = self._done[reference]
+        if result.outcome is not Outcome.PULLED:
+            raise RuntimeError(f"{reference}: {result.outcome} {result.reason}")
+        return at
+
+    def close(self) -> None:
+        self._celery.close()
+
+
+def images(registry: Registry, count: int, size_mib: float) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    return [
+        push_image(registry.host, f"bench/img{size_mib:g}m-{i}", tag, size_mib=size_mib).ref
+        for i in range(count)
+    ]
+
+
+def alternate(
+    rounds: int, first: Callable[[], float], second: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """Run both sides ``rounds`` times, swapping which goes first, so drift hits both."""
+    a, b = [], []
+    for index in range(rounds):
+        if index % 2:
+            b.append(second())
+            a.append(first())
+        else:
+            a.append(first())
+            b.append(second())
+    return a, b
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    ensure_system_packages()
+    workdir = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    try:
+        return run(workdir, args.rounds)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(workdir: Path, rounds: int) -> int:
+    with (
+        RedisServer(workdir / "redis") as redis,
+        NatsServer(workdir / "nats") as nats,
+        Registry(workdir / "registry") as registry,
+        Containerd(workdir, "node", insecure_registries=[registry.host]) as node,
+        NatsBus(NatsSettings(url=nats.url)) as bus,
+    ):
+        print(f"pushing test images to {registry.host} ...", file=sys.stderr)
+        big = images(registry, 2 * rounds, 100)
+        small_worker, small_raw = images(registry, 10, 20), images(registry, 10, 20)
+        warmup = images(registry, 2, 1)
+        env = product.product_env(
+            broker_url=f"{redis.url}/0",
+            nats_url=nats.url,
+            # The shared machine's disk may sit above the default budget; not what is measured.
+            WARM_DISK_BUDGET_PERCENT="99",
+            WARM_METRICS_PORT="0",
+            WARM_HEALTH_PORT="0",
+        )
+        worker = product.worker(NODE, node.endpoint, env, workdir / "logs").start()
+        raw = RawCri(node.endpoint)
+        client = WorkerClient(f"{redis.url}/0", bus)
+        try:
+            wait_ready(worker)
+            client.warm(warmup[:1])  # connections made, code paths loaded: not measured
+            raw.pull(warmup[1])
+            one = iter(big)
+            warm_100, raw_100 = alternate(
+                rounds, lambda: client.warm([next(one)]), lambda: raw.pull(next(one))
+            )
+            warm_10 = client.warm(small_worker)
+            raw_10 = raw.pull_sequentially(small_raw)
+        finally:
+            client.close()
+            worker.stop()
+    report(rounds, warm_100, raw_100, warm_10, raw_10)
+    return 0
+
+
+def wait_ready(worker: product.ProductProcess) -> None:
+    deadline = time.monotonic() + 60
+    while " ready." not in worker.log_tail(20_000):
+        if not worker.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{worker.log_tail()}")
+        time.sleep(0.1)
+
+
+def report(
+    rounds: int, warm_100: list[float], raw_100: list[float], warm_10: float, raw_10: float
+) -> None:
+    worker, raw = statistics.median(warm_100), statistics.median(raw_100)
+    print(f"Pull benchmark: containerd CRI, loopback registry; 100 MiB median of {rounds} rounds")
+    print()
+    print(f"{'case':<46} {'worker':>9} {'baseline':>9} {'ratio':>7}")
+    print(
+        f"{'100 MiB image, task sent -> warm (raw CRI pull)':<46} "
+        f"{worker:>8.3f}s {raw:>8.3f}s {worker / raw:>7.3f}   target <= 1.10"
+    )
+    print(
+        f"{'10 x 20 MiB, default concurrency (sequential)':<46} "
+        f"{warm_10:>8.3f}s {raw_10:>8.3f}s {warm_10 / raw_10:>7.3f}"
+    )
+    print()
+    print("100 MiB rounds, worker: " + " ".join(f"{s:.3f}" for s in warm_100))
+    print("100 MiB rounds, raw:    " + " ".join(f"{s:.3f}" for s in raw_100))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
