@@ -88,12 +88,13 @@ class NatsBus:
         if loop is None or thread is None:
             return
         client, self._client = self._client, None
-        if client is not None and not client.is_closed:
-            future = asyncio.run_coroutine_threadsafe(client.drain(), loop)
-            with contextlib.suppress(Exception):
-                future.result(timeout=5)
+        future = asyncio.run_coroutine_threadsafe(_shut_down(client), loop)
+        with contextlib.suppress(Exception):
+            future.result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
         self._buckets.clear()
 
     def __enter__(self) -> NatsBus:
@@ -202,6 +203,18 @@ class NatsBus:
 
     async def _kv_delete(self, bucket: str, key: str) -> None:
         await (await self._bucket(bucket)).delete(key)
+
+
+async def _shut_down(client: Client | None) -> None:
+    """Drain the connection, then end every task nats-py left on the loop, so none is
+    destroyed pending when the loop stops."""
+    if client is not None and not client.is_closed:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.drain(), 5)
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _ignore(error: Exception) -> None:
