@@ -65,9 +65,9 @@ class Watcher:
         return self.elector is None or self.elector.leading.is_set()
 
     def run(self, stop: threading.Event) -> None:
-        self._serve_health()
         for reflector in self.reflectors:
             reflector.start()
+        self._serve_health()
         elector = self._start_elector(stop)
         try:
             self._wait_for_first_lists(stop)
