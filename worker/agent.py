@@ -103,19 +103,9 @@ class NodeAgent:
                 held=held,
                 known_absent=known_absent,
             )
-        except InvalidImageReference as error:
-            result = self._result(reference, Outcome.FAILED, error.rule, started, attempt)
-        except DiskBudgetExceeded as error:
-            result = self._result(reference, Outcome.SKIPPED, str(error), started, attempt)
-        except PullFailed as error:
-            outcome = Outcome.RETRYING if error.kind is FailureKind.TRANSIENT else Outcome.FAILED
-            result = self._result(reference, outcome, error.reason, started, attempt)
-        except RuntimeUnavailable as error:
-            result = self._result(reference, Outcome.RETRYING, str(error), started, attempt)
-        except Exception as error:  # a bug must cost one image a retry, never the worker
-            log.exception("pull of %s failed unexpectedly", reference)
-            reason = f"internal error: {error!r}"
-            result = self._result(reference, Outcome.RETRYING, reason, started, attempt)
+        except Exception as error:  # whatever goes wrong costs this image, never the worker
+            outcome, reason = _failure(reference, error)
+            result = self._result(reference, outcome, reason, started, attempt)
         else:
             result = PullResult(
                 node=self.node,
@@ -152,7 +142,7 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current)
+        self.status.record_rewarm(self.node, expected, current, present)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
             results = list(pool.map(self._pull_missing, missing))
@@ -222,6 +212,21 @@ class NodeAgent:
     ) -> PullResult:
         seconds = round(time.perf_counter() - started, 4)
         return PullResult(self.node, image, outcome, reason, seconds, attempt=attempt)
+
+
+def _failure(reference: str, error: Exception) -> tuple[Outcome, str]:
+    """What a failed attempt is: retried later (transient), recorded (permanent) or skipped."""
+    if isinstance(error, InvalidImageReference):
+        return Outcome.FAILED, error.rule
+    if isinstance(error, DiskBudgetExceeded):
+        return Outcome.SKIPPED, str(error)
+    if isinstance(error, PullFailed):
+        transient = error.kind is FailureKind.TRANSIENT
+        return (Outcome.RETRYING if transient else Outcome.FAILED), error.reason
+    if isinstance(error, RuntimeUnavailable):
+        return Outcome.RETRYING, str(error)
+    log.exception("pull of %s failed unexpectedly", reference)  # a bug: retried, bounded
+    return Outcome.RETRYING, f"internal error: {error!r}"
 
 
 def _held_as(entry: SliceImage, held: list[RuntimeImage]) -> RuntimeImage | None:

@@ -57,8 +57,13 @@ class DockerRuntime:
         self._root: str | None = None
 
     def version(self, timeout: float | None = None) -> str:
-        answer = self._query(lambda: self._api.version())
-        return f"docker {answer.get('Version', '?')}"
+        def ask() -> Any:
+            url = self._api._url("/version")
+            response = self._api.get(url, timeout=timeout or _QUERY_TIMEOUT)
+            response.raise_for_status()
+            return response.json()
+
+        return f"docker {self._query(ask).get('Version', '?')}"
 
     def list_images(self) -> list[RuntimeImage]:
         return [_runtime_image(item) for item in self._query(lambda: self._api.images())]
