@@ -2,7 +2,7 @@
 
 The same agent logic as on containerd (skip-if-present, failure classes, credentials, the pull
 deadline), through the Engine API instead of CRI, and ``WARM_RUNTIME=auto`` telling the two
-apart by their endpoints.
+apart by their endpoints; and ``python -m worker`` on a Docker node.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_testing import worker_settings
+from worker_testing import WARM_TIMEOUT, Events, start_worker, worker_settings
 
 from localcluster import Containerd, Registry, push_image
 from localcluster.docker import DockerDaemon
 from localcluster.packages import which
-from localcluster.services import NatsServer
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.models import Outcome
+from tasks.names import PULL_IMAGE, pull_events_subject
 from tasks.settings import RuntimeSettings
 from worker.agent import NodeAgent
 from worker.runtime import open_runtime
@@ -148,3 +149,28 @@ def test_auto_tells_docker_from_cri_by_the_endpoint(
     assert docker.version().startswith("docker ")
     docker.close()
     cri.close()
+
+
+def test_python_m_worker_warms_a_docker_node(
+    dockerd: DockerDaemon,
+    registry: Registry,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    workdir: Path,
+    bus: NatsBus,
+) -> None:
+    image = push_image(registry.host, f"wt/dk-proc-{uuid.uuid4().hex[:6]}", "v1", size_mib=5)
+    worker = start_worker(dockerd.endpoint, redis_server, nats_server, workdir / "logs")
+    events = Events()
+    bus.subscribe(pull_events_subject(worker.node), events.add)
+    try:
+        worker.send(PULL_IMAGE, image=image.ref)
+        events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")
+    finally:
+        worker.stop()
+
+    assert events.of(image.ref)[0].outcome is Outcome.PULLED
+    assert "through docker" in worker.process.log_tail(20_000)
+    runtime = DockerRuntime(dockerd.endpoint)
+    assert runtime.image_status(image.ref) is not None
+    runtime.close()

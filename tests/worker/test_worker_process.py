@@ -17,67 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
-from worker_testing import Events, registry_requests
+from worker_testing import WARM_TIMEOUT, Events, Worker, registry_requests, start_worker
 
-from localcluster import Containerd, Registry, free_port, product, push_image
+from localcluster import Containerd, Registry, free_port, push_image
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import NodeSlice, Outcome, SliceImage
 from tasks.names import PULL_IMAGE, REWARM_NODE, pull_events_subject, rewarm_events_subject
-from tasks.routing import queue_for_node
 
-READY_TIMEOUT = 30.0
-WARM_TIMEOUT = 60.0
 VISIBILITY_TIMEOUT = 5
-
-
-class Worker:
-    """One ``python -m worker`` process for a node, and a Celery client to send it tasks."""
-
-    def __init__(self, process: product.ProductProcess, node: str, broker_url: str) -> None:
-        self.process = process
-        self.node = node
-        self.client = Celery("tests", broker=broker_url)
-        self.client.conf.update(task_serializer="json", accept_content=["json"])
-
-    def start(self) -> Worker:
-        self.process.start()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while " ready." not in self.process.log_tail(20_000):
-            if not self.process.alive() or time.monotonic() > deadline:
-                raise AssertionError(f"worker not ready:\n{self.process.log_tail()}")
-            time.sleep(0.1)
-        return self
-
-    def send(self, task: str, **kwargs: object) -> None:
-        kwargs["node"] = self.node
-        self.client.send_task(task, kwargs=kwargs, queue=queue_for_node(self.node))
-
-    def stop(self) -> None:
-        self.process.stop()
-        self.client.close()
-
-
-def start_worker(
-    node: Containerd, redis: RedisServer, nats: NatsServer, logdir: Path, **env: str
-) -> Worker:
-    name = f"proc-{uuid.uuid4().hex[:6]}"
-    broker = f"{redis.url}/2"
-    settings = {
-        "WARM_PULL_RETRY_BACKOFF_MAX": "2",
-        "WARM_PULL_MAX_RETRIES": "10",
-        "WARM_DISK_BUDGET_PERCENT": "99",
-        "WARM_METRICS_PORT": "0",
-        "WARM_HEALTH_PORT": "0",
-        **env,
-    }
-    environment = product.product_env(
-        broker_url=broker, nats_url=nats.url, kubeconfig=None, **settings
-    )
-    process = product.worker(name, node.endpoint, environment, logdir)
-    return Worker(process, name, broker).start()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +43,7 @@ def worker(
     ports: dict[str, int],
 ) -> Iterator[Worker]:
     running = start_worker(
-        node,
+        node.endpoint,
         redis_server,
         nats_server,
         workdir / "logs",
@@ -186,7 +135,7 @@ def test_a_worker_killed_mid_pull_leaves_the_image_to_its_successor(
 ) -> None:
     image = push_image(registry.host, f"wt/big-{uuid.uuid4().hex[:6]}", "v1", size_mib=200)
     worker = start_worker(
-        node,
+        node.endpoint,
         redis_server,
         nats_server,
         workdir / "logs",
@@ -231,7 +180,7 @@ def test_sigterm_lets_the_running_pull_finish_before_the_worker_exits(
     bus: NatsBus,
 ) -> None:
     image = push_image(registry.host, f"wt/term-{uuid.uuid4().hex[:6]}", "v1", size_mib=150)
-    worker = start_worker(node, redis_server, nats_server, workdir / "logs")
+    worker = start_worker(node.endpoint, redis_server, nats_server, workdir / "logs")
     events = Events()
     bus.subscribe(pull_events_subject(worker.node), events.add)
     repository = image.ref.split("/", 1)[1].split(":")[0]
