@@ -12,14 +12,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from worker_testing import Events, FreshImage, MakeAgent, registry_requests
+from worker_testing import Events, FreshImage, MakeAgent, registry_requests, worker_settings
 
 from localcluster import Containerd, Registry, push_image
+from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import NodeSlice, Outcome, SliceImage
 from tasks.status import StatusStore
 from worker import metrics
+from worker.agent import NodeAgent
+from worker.runtime.cri import CriRuntime
 
 
 def test_a_present_image_is_not_pulled_again(
@@ -170,3 +173,35 @@ def test_above_the_disk_budget_a_pull_is_skipped_and_reported(
 
     roomy, _ = make_agent(disk_budget_percent=99.9)
     assert roomy.pull(image.ref).outcome is Outcome.PULLED
+
+
+def test_a_rewarm_pulls_a_tag_the_catalog_saw_move(
+    make_agent: MakeAgent, registry: Registry, bus: NatsBus, node_name: str
+) -> None:
+    agent, runtime = make_agent()
+    repository = f"wt/rewarm-moving-{uuid.uuid4().hex[:6]}"
+    old = push_image(registry.host, repository, "latest")
+    agent.pull(old.ref, pull_secrets=())
+    new = push_image(registry.host, repository, "latest")
+    CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(new.ref, digest=new.digest),)))
+
+    moved = agent.rewarm(0, [])
+    settled = agent.rewarm(0, [])
+
+    assert (moved.pulled, moved.present) == (1, 0)
+    assert (settled.pulled, settled.present) == (0, 1)
+    assert len(runtime.pulls) == 2
+
+
+def test_a_runtime_that_is_down_is_a_transient_failure(
+    nats_server: NatsServer, bus: NatsBus, tmp_path: Path
+) -> None:
+    gone = CriRuntime(f"unix://{tmp_path}/containerd.sock")
+    settings = worker_settings(nats_server.url, gone.endpoint)
+    agent = NodeAgent(settings, "node-without-runtime", gone, bus)
+
+    result = agent.pull("127.0.0.1:1/wt/any:v1")
+
+    assert result.outcome is Outcome.RETRYING
+    assert "UNAVAILABLE" in result.reason
+    gone.close()
