@@ -7,8 +7,9 @@ and falls back to the node's own credentials file (kubelet's config.json) when c
 
 Matching follows kubelet: a docker config maps registry keys ("host[:port][/path]", optionally
 with a scheme, a ``*`` glob in the host) to credentials; a key matches an image when its host
-matches the image's registry (ports must match) and its path is a prefix of the repository; the
-most specific key wins. Nothing here logs a credential or puts one in an exception.
+matches the image's registry (ports must match) and its path is a prefix of the repository; in
+each config the most specific key wins. Like kubelet, every secret's match is a candidate, tried
+in order until one is accepted. Nothing here logs a credential or puts one in an exception.
 """
 
 from __future__ import annotations
@@ -62,16 +63,13 @@ class CredentialSource:
         self._api: Any = None
         self._lock = threading.Lock()
 
-    def for_image(self, image: ImageRef, secrets: Sequence[str]) -> Credentials | None:
-        """Credentials for pulling ``image``, or None to pull anonymously."""
-        if self._use_secrets:
-            for name in secrets:
-                found = match(self._read_secret(name), image)
-                if found is not None:
-                    return found
+    def for_image(self, image: ImageRef, secrets: Sequence[str]) -> list[Credentials]:
+        """Credentials to try for ``image``, in order; empty to pull anonymously."""
+        configs = [self._read_secret(name) for name in secrets] if self._use_secrets else []
         if self._kubelet_file:
-            return match(_read_file(self._kubelet_file), image)
-        return None
+            configs.append(_read_file(self._kubelet_file))
+        candidates = [match(auths, image) for auths in configs]
+        return [found for found in candidates if found is not None]
 
     def _read_secret(self, name: str) -> dict[str, Any]:
         namespace, _, secret_name = name.partition("/")

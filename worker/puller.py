@@ -23,7 +23,8 @@ from tasks.models import Outcome
 
 from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, RuntimeImage
 
-CredentialLookup = Callable[[], Credentials | None]
+# Called only when a pull is needed: the candidates to try in order (none: anonymous).
+CredentialLookup = Callable[[], list[Credentials]]
 
 
 @dataclass(frozen=True)
@@ -111,16 +112,28 @@ class Puller:
     def _pull(
         self, image: ImageRef, credentials: CredentialLookup | None, started: float
     ) -> PullDone:
-        auth = credentials() if credentials is not None else None
+        candidates = credentials() if credentials is not None else []
         with self._slots:
             self._check_disk()
-            image_id = self._runtime.pull(image.pull_ref, credentials=auth, timeout=self._timeout)
+            image_id = self._pull_with(image, candidates)
         held = self._runtime.image_status(image.pull_ref)
         if held is None:  # the runtime said yes but does not hold it: treat as transient
             raise PullFailed(
                 str(image), FailureKind.TRANSIENT, "pulled but not listed by the runtime"
             )
         return PullDone(Outcome.PULLED, image_id, held.size, time.perf_counter() - started)
+
+    def _pull_with(self, image: ImageRef, candidates: list[Credentials]) -> str:
+        """Pull with each candidate in turn until one is accepted (kubelet does the same)."""
+        tries: list[Credentials | None] = [*candidates] or [None]
+        *others, last = tries
+        for auth in others:
+            try:
+                return self._runtime.pull(image.pull_ref, credentials=auth, timeout=self._timeout)
+            except PullFailed as error:
+                if error.kind is FailureKind.TRANSIENT:
+                    raise
+        return self._runtime.pull(image.pull_ref, credentials=last, timeout=self._timeout)
 
     def _check_disk(self) -> None:
         if self._disk_budget is None:

@@ -97,6 +97,21 @@ def test_a_private_image_is_pulled_with_the_secret_named_in_the_catalog(
         assert PASSWORD not in published
 
 
+def test_each_matching_secret_is_tried_until_one_is_accepted(
+    make_agent: MakeAgent, private_registry: Registry, kube: FakeKubeAPI, kubeconfig: Path
+) -> None:
+    image = push_image(private_registry.host, "team/rotated", "v1", auth=(USER, PASSWORD))
+    host = private_registry.host
+    stale = create_pull_secret(kube, f"old-{uuid.uuid4().hex[:6]}", docker_config(host, USER, "x"))
+    fresh = create_pull_secret(kube, f"new-{uuid.uuid4().hex[:6]}", docker_config(host))
+    agent, runtime = make_agent()
+
+    result = agent.pull(image.ref, pull_secrets=(stale, fresh))
+
+    assert result.outcome is Outcome.PULLED
+    assert runtime.pulls == [image.ref, image.ref]  # refused with the stale one, then accepted
+
+
 def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     make_agent: MakeAgent, private_registry: Registry, kubeconfig: Path
 ) -> None:
