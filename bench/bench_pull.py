@@ -9,8 +9,9 @@ What it measures, on a real containerd pulling from a real registry on loopback:
    pulls one after another.
 
 Every pull is of an image with its own content: containerd stores blobs by digest, so pulling
-the same bytes twice would measure a cache hit. Rounds alternate which side goes first, and the
-median is reported. Run: ``python bench/bench_pull.py [--rounds N]``.
+the same bytes twice would measure a cache hit. Rounds alternate which side goes first; medians
+are reported, and each ratio is the median of the per-round ratios (a round's two sides run back
+to back, so a busy machine slows both). Run: ``python bench/bench_pull.py [--rounds N]``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def alternate(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     ensure_system_packages()
     workdir = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
@@ -154,7 +155,7 @@ def run(workdir: Path, rounds: int) -> int:
     ):
         print(f"pushing test images to {registry.host} ...", file=sys.stderr)
         big = images(registry, 2 * rounds, 100)
-        small_worker, small_raw = images(registry, 10, 20), images(registry, 10, 20)
+        batches = [images(registry, 10, 20) for _ in range(2 * rounds)]
         warmup = images(registry, 2, 1)
         env = product.product_env(
             broker_url=f"{redis.url}/0",
@@ -175,8 +176,12 @@ def run(workdir: Path, rounds: int) -> int:
             warm_100, raw_100 = alternate(
                 rounds, lambda: client.warm([next(one)]), lambda: raw.pull(next(one))
             )
-            warm_10 = client.warm(small_worker)
-            raw_10 = raw.pull_sequentially(small_raw)
+            batch = iter(batches)
+            warm_10, raw_10 = alternate(
+                rounds,
+                lambda: client.warm(next(batch)),
+                lambda: raw.pull_sequentially(next(batch)),
+            )
         finally:
             client.close()
             worker.stop()
@@ -193,29 +198,30 @@ def wait_ready(worker: product.ProductProcess) -> None:
 
 
 def report(
-    rounds: int, warm_100: list[float], raw_100: list[float], warm_10: float, raw_10: float
+    rounds: int,
+    warm_100: list[float],
+    raw_100: list[float],
+    warm_10: list[float],
+    raw_10: list[float],
 ) -> None:
-    worker, raw = statistics.median(warm_100), statistics.median(raw_100)
-    # Each round's two pulls run back to back, so a busy machine slows both: the median of the
-    # per-round ratios is steadier than the ratio of the medians.
-    ratios = [w / r for w, r in zip(warm_100, raw_100, strict=True)]
-    ratio = statistics.median(ratios)
-    print(f"Pull benchmark: containerd CRI, loopback registry; 100 MiB median of {rounds} rounds")
-    print("(ratio: median of the per-round worker/raw ratios)")
+    print(f"Pull benchmark: containerd CRI, loopback registry; medians of {rounds} rounds")
+    print("(ratio: median of the per-round worker/baseline ratios)")
     print()
     print(f"{'case':<46} {'worker':>9} {'baseline':>9} {'ratio':>7}")
-    print(
-        f"{'100 MiB image, task sent -> warm (raw CRI pull)':<46} "
-        f"{worker:>8.3f}s {raw:>8.3f}s {ratio:>7.3f}   target <= 1.10"
-    )
-    print(
-        f"{'10 x 20 MiB, default concurrency (sequential)':<46} "
-        f"{warm_10:>8.3f}s {raw_10:>8.3f}s {warm_10 / raw_10:>7.3f}"
-    )
+    row("100 MiB image, task sent -> warm (raw CRI pull)", warm_100, raw_100, "target <= 1.10")
+    row("10 x 20 MiB, default concurrency (sequential)", warm_10, raw_10, "")
     print()
-    print("100 MiB rounds, worker: " + " ".join(f"{s:.3f}" for s in warm_100))
-    print("100 MiB rounds, raw:    " + " ".join(f"{s:.3f}" for s in raw_100))
-    print("100 MiB rounds, ratio:  " + " ".join(f"{r:.3f}" for r in ratios))
+    for name, worker, raw in (("100 MiB", warm_100, raw_100), ("10 x 20 MiB", warm_10, raw_10)):
+        print(f"{name} rounds, worker: " + " ".join(f"{s:.3f}" for s in worker))
+        print(f"{name} rounds, raw:    " + " ".join(f"{s:.3f}" for s in raw))
+
+
+def row(case: str, worker: list[float], raw: list[float], note: str) -> None:
+    ratio = statistics.median(w / r for w, r in zip(worker, raw, strict=True))
+    print(
+        f"{case:<46} {statistics.median(worker):>8.3f}s {statistics.median(raw):>8.3f}s "
+        f"{ratio:>7.3f}   {note}".rstrip()
+    )
 
 
 if __name__ == "__main__":
