@@ -28,7 +28,7 @@ from tasks.names import CATALOG_BUCKET, CATALOG_EVENTS, PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
 from . import metrics
-from .catalog import CatalogState, Changes
+from .catalog import EXPLICIT_USER, CatalogState, Changes
 from .slices import SliceIndex
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ class Dispatcher:
     def _entry(self, image: str) -> CatalogEntry:
         use = self._state.images[image]
         users = sorted(use.users)
+        if use.explicit_rule is not None:
+            users.insert(0, EXPLICIT_USER)
         return CatalogEntry(
             image=image,
             workloads=tuple(users[:ENTRY_WORKLOADS]),

@@ -32,6 +32,7 @@ PAGE_SIZE = 500  # objects per list page, as kubectl and client-go's reflector u
 # A kind the API does not serve (an old cluster) or may not be read (RBAC): after the first
 # failure it counts as listed-empty, so the other kinds are not held back; it is retried.
 NOT_SERVED = (403, 404)
+MIN_WATCH = 0.5  # seconds; a shorter watch that ended cleanly waits this long before the next
 
 Summary = Any  # what a summarizer makes of one object; opaque to the reflector
 
@@ -126,8 +127,11 @@ class Reflector:
                 if self.resource_version is None or self._relist:
                     self._relist = False
                     self.resource_version = self._list()
+                began = time.monotonic()
                 self._watch()
                 failures = 0
+                if time.monotonic() - began < MIN_WATCH:
+                    self._stop.wait(MIN_WATCH)  # a watch that ends at once must not spin
             except Gone:
                 log.info("%s: resourceVersion expired (410), listing again", self.kind)
                 self.resource_version = None
@@ -147,6 +151,9 @@ class Reflector:
         status = error.status if isinstance(error, ApiException) else None
         if status == 410:
             self.resource_version = None  # the watch request itself was refused as Gone
+        if status == 404:
+            self._touch()  # a kind this cluster does not serve: nothing to watch, not stale
+        # Forbidden (RBAC) is not touched: blind to a kind, /healthz must say so.
         if status in NOT_SERVED and not self.synced.is_set():
             log.error("%s: cannot be listed (%s); counted as empty", self.kind, status)
             self._sink(Listed(self.kind, self._namespace, {}))

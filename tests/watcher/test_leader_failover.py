@@ -86,6 +86,8 @@ def test_the_standby_takes_over_when_the_leader_dies(
             leader = next(p for p in replicas if leader_identity.endswith(f"_{p.pid}"))
             standby = next(p for p in replicas if p is not leader)
 
+            # The new leader's first flush re-warms every node; new images come after it.
+            wait_for(rewarms, 30, f"the leader's first sync\n{logs()}")
             first = f"registry.test/first-{tag}:1"
             create(api, workload("Deployment", f"first-{tag}", first))
             wait_for(lambda: pulls_of(first), 30, f"the leader's pull\n{logs()}")

@@ -12,6 +12,7 @@ from watcher_testing import WatchedCluster, create, node, uid, wait_for, workloa
 
 from localcluster.ports import free_port
 from tasks.names import PULL_IMAGE, REWARM_NODE
+from tasks.settings import ExplicitImage
 
 Start = Callable[..., WatchedCluster]
 KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob")
@@ -108,12 +109,14 @@ def test_targeting_and_nodes_joining_changing_and_leaving(start_watcher: Start) 
     tag = uid()
     amd, arm, gpu = f"amd-{tag}", f"arm-{tag}", f"gpu-{tag}"
     taint = [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]
+    agent = ref(f"agent-{tag}")  # explicit: no workload uses it yet
     cluster = start_watcher(
         nodes=[
             node(amd, {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"}),
             node(arm, {"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux"}),
             node(gpu, {"kubernetes.io/arch": "amd64", "cores": "64"}, taint),
-        ]
+        ],
+        explicit=(ExplicitImage(agent, (("kubernetes.io/arch", "arm64"),)),),
     )
     anywhere, arm_only = ref(f"any-{tag}"), ref(f"arm-{tag}")
     big, on_gpu = ref(f"big-{tag}"), ref(f"gpu-{tag}")
@@ -134,7 +137,7 @@ def test_targeting_and_nodes_joining_changing_and_leaving(start_watcher: Start) 
     tolerations = [{"key": "dedicated", "operator": "Equal", "value": "gpu"}]
     create(cluster.api, workload("StatefulSet", "big", big, affinity=affinity))
     create(cluster.api, workload("Job", "train", on_gpu, tolerations=tolerations))
-    expected = {amd: {anywhere, on_gpu}, arm: {anywhere, arm_only, on_gpu}, gpu: {on_gpu}}
+    expected = {amd: {anywhere, on_gpu}, arm: {anywhere, arm_only, on_gpu, agent}, gpu: {on_gpu}}
 
     def slices() -> dict[str, set[str] | None]:
         return {name: cluster.slice_images(name) for name in expected}
@@ -142,6 +145,7 @@ def test_targeting_and_nodes_joining_changing_and_leaving(start_watcher: Start) 
     wait_for(lambda: slices() == expected, what=f"slices {expected}, have {slices()}")
     assert cluster.entries()[arm_only].target_nodes == 1
     assert cluster.entries()[big].target_nodes == 0  # tolerates no taint: not on the gpu node
+    assert cluster.entries()[agent].workloads == ("explicit (WARM_EXPLICIT_IMAGES)",)
 
     joined = f"arm2-{tag}"
     cluster.broker.delete(f"warm.node.{arm}")
@@ -248,8 +252,12 @@ def test_health_turns_unhealthy_when_the_watch_goes_stale(start_watcher: Start) 
     wait_for(lambda: status()[0] == 200, what="a healthy watcher")
     # The failure naive watchers hide: connections stay open, but nothing arrives any more.
     cluster.kube.call(lambda emulator: setattr(emulator, "bookmark_interval", 3600))
-    _, details = wait_for(lambda: (s := status())[0] == 503 and s, 30, "an unhealthy watcher")
-    assert "Pod" in details["stale_watches"]
+    _, details = wait_for(
+        lambda: (s := status())[0] == 503 and "Pod" in s[1]["stale_watches"] and s,
+        30,
+        "the Pod watch reported stale",
+    )
+    assert not details["healthy"]
     cluster.kube.call(lambda emulator: setattr(emulator, "bookmark_interval", 0.5))
     cluster.kube.kick()  # the watches end; the watcher resumes them and is heard from again
     wait_for(lambda: status()[0] == 200, what="a healthy watcher again")
