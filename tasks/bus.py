@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from .settings import NatsSettings
@@ -191,10 +192,31 @@ class NatsBus:
         return (entry.value or b""), int(entry.revision or 0)
 
     async def _kv_keys(self, bucket: str, prefix: str) -> list[str]:
+        # Not KeyValue.keys(): its push consumer may signal "no more keys" before the first
+        # key arrives (a race seen under load), returning too few. A pull consumer cannot:
+        # what it holds is counted when it is created, and fetched until none is pending.
+        await self._bucket(bucket)  # creates the bucket if missing, as every other access does
+        jetstream = (await self._connection()).jetstream(timeout=self._settings.connect_timeout)
+        scope = f"{prefix}>" if prefix.endswith(".") else ">"  # filter on the server if we can
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            headers_only=True,
+            inactive_threshold=60,
+        )
+        consumer = await jetstream.pull_subscribe(
+            f"$KV.{bucket}.{scope}", stream=f"KV_{bucket}", config=config
+        )
         try:
-            keys = await (await self._bucket(bucket)).keys()
-        except NoKeysError:
-            return []
+            pending = (await consumer.consumer_info()).num_pending
+            keys = []
+            while pending:
+                for msg in await consumer.fetch(min(pending, 1000), timeout=10):
+                    pending = msg.metadata.num_pending
+                    if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                        keys.append(msg.subject[len(f"$KV.{bucket}.") :])
+        finally:
+            await consumer.unsubscribe()
         return sorted(key for key in keys if key.startswith(prefix))
 
     async def _kv_revision(self, bucket: str) -> int:

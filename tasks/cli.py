@@ -24,6 +24,7 @@ from celery.bin.base import CeleryCommand, CLIContext
 from .bus import BusUnavailable, NatsBus
 from .catalog import CatalogStore, UnknownNode
 from .images import InvalidImageReference
+from .models import CatalogEntry
 from .names import REWARM_EVENTS
 from .rewarm import RewarmSent, dispatch_rewarm
 from .routing import InvalidNodeName
@@ -98,12 +99,15 @@ def catalog(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(entry) for entry in entries], indent=2))
         return
-    rows = [
-        [entry.image, str(entry.target_nodes), ", ".join(entry.workloads) or "(explicit)"]
-        for entry in entries
-    ]
+    rows = [[entry.image, str(entry.target_nodes), _workloads(entry)] for entry in entries]
     _table(["IMAGE", "NODES", "WORKLOADS"], rows, left=(0, 2))
     click.echo(f"{len(entries)} image(s)")
+
+
+def _workloads(entry: CatalogEntry) -> str:
+    listed = ", ".join(entry.workloads) or "(explicit)"
+    more = entry.workload_count - len(entry.workloads)  # the entry holds a sample of them
+    return f"{listed} (+{more} more)" if more > 0 else listed
 
 
 @contextmanager

@@ -53,7 +53,7 @@ def nodes(bus: NatsBus) -> list[str]:
     catalog = CatalogStore(bus)
     for name in names:
         catalog.put_slice(NodeSlice(name, (SliceImage(GOOD), SliceImage(BAD))))
-    catalog.put_entry(CatalogEntry(GOOD, ("Deployment:default/web",), (), 2))
+    catalog.put_entry(CatalogEntry(GOOD, ("Deployment:default/web",), (), 2, workload_count=3))
     catalog.put_entry(CatalogEntry(BAD, ("Deployment:default/typo",), (), 2))
     return names
 
@@ -175,7 +175,8 @@ def test_catalog_lists_images_with_their_workloads_and_target_nodes(
     assert entries[GOOD]["workloads"] == ["Deployment:default/web"]
     assert entries[GOOD]["target_nodes"] == 2
     assert table.splitlines()[0].split() == ["IMAGE", "NODES", "WORKLOADS"]
-    assert any(line.split() == [GOOD, "2", "Deployment:default/web"] for line in table.splitlines())
+    row = [GOOD, "2", "Deployment:default/web", "(+2", "more)"]  # a sample of 3 workloads
+    assert any(line.split() == row for line in table.splitlines())
     assert "2 image(s)" in table
 
 

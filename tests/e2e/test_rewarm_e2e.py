@@ -136,6 +136,29 @@ def test_rewarm_wait_times_out_non_zero_for_a_node_that_does_not_answer(
     assert "1 node(s) did not report within 3s" in done.stdout
 
 
+def test_beat_rewarms_every_interval_and_restores_a_removed_image(
+    broker_cluster: SimCluster, warm_image: str
+) -> None:
+    node = sorted(broker_cluster.nodes)[1]
+    env = {**broker_cluster.env, "WARM_REWARM_INTERVAL": "3", "WARM_REWARM_WINDOW": "1"}
+    beat = broker_cluster.start(
+        celery("beat", ["beat", "--loglevel=INFO"], env, broker_cluster.logdir)
+    )
+    try:
+        # The first re-warm runs at once (a new leader); remove the image after it, so only a
+        # periodic one can bring it back.
+        wait_for(lambda: "re-warm sent to 2 node(s)" in beat.log_tail(), 30, "beat", broker_cluster)
+        broker_cluster.probes[node].remove(warm_image)
+        wait_for(
+            lambda: warm_image in broker_cluster.probes[node].tags(),
+            WARM_TIMEOUT,
+            "a periodic re-warm to restore the image",
+            broker_cluster,
+        )
+    finally:
+        beat.stop()
+
+
 @pytest.fixture(scope="module")
 def flower(broker_cluster: SimCluster) -> Iterator[str]:
     port = free_port()
