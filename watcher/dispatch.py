@@ -16,7 +16,7 @@ becomes leader starts with a full sync too: it cannot know what the previous lea
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import IntEnum
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -38,7 +38,7 @@ ENTRY_WORKLOADS = 50  # users listed in a catalog entry; workload_count has them
 INVALID_EVENTS = f"{CATALOG_EVENTS}.invalid"  # one InvalidImage per malformed reference
 
 
-class Sync(Enum):
+class Sync(IntEnum):
     INCREMENTAL = 0  # publish what changed
     REWRITE = 1  # rewrite every key (periodic resync: heals a NATS that lost its data)
     FULL = 2  # rewrite every key and re-warm every node (start, failover, after a failure)
@@ -62,7 +62,7 @@ class Dispatcher:
 
     def owe(self, sync: Sync) -> None:
         """Make the next flush at least a ``sync``."""
-        self._owed = max(self._owed, sync, key=lambda s: s.value)
+        self._owed = max(self._owed, sync)
 
     def flush(self, changes: Changes) -> bool:
         """Publish ``changes``; returns False (and owes a full sync) when a service failed."""

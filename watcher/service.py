@@ -23,6 +23,7 @@ from kubernetes import client
 from tasks.bus import NatsBus
 from tasks.settings import Settings
 
+from . import metrics
 from .catalog import CatalogState, Changes
 from .dispatch import Dispatcher, Sync
 from .health import HealthServer
@@ -54,9 +55,11 @@ class Watcher:
             api, settings.watch, self._events.put, watch_namespaces=self.state.watches_namespaces
         )
         self.identity = identity or f"{socket.gethostname()}_{os.getpid()}"
-        self.elector = (
-            LeaderElector(api, settings.leader, self.identity) if settings.leader.enabled else None
-        )
+        self.elector = None
+        if settings.leader.enabled:
+            self.elector = LeaderElector(api, settings.leader, self.identity)
+        else:
+            metrics.LEADER.set(1)  # the only replica: it always dispatches
         self.health: HealthServer | None = None
         self._started = self._turned = time.monotonic()
 

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -71,10 +72,10 @@ def test_the_standby_takes_over_when_the_leader_dies(
     def logs() -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in replicas)
 
-    def pulls_of(image: str) -> list[bytes]:
+    def pulls_of(image: str) -> list[Any]:
         return [raw for raw in broker.lrange(f"warm.node.{name}", 0, -1) if image.encode() in raw]
 
-    def rewarms() -> list[bytes]:
+    def rewarms() -> list[Any]:
         return [raw for raw in broker.lrange(f"warm.node.{name}", 0, -1) if REWARM in raw]
 
     with NatsBus(NatsSettings(url=nats_server.url)) as bus:

@@ -8,6 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster.ports import free_port
@@ -29,7 +30,7 @@ def test_every_kind_init_containers_and_replicas_zero_reach_the_catalog(
     cluster = start_watcher(nodes=[node(f"n-{tag}")])
     for kind in KINDS:
         create(cluster.api, workload(kind, f"{kind.lower()}-{tag}", ref(f"{kind.lower()}-{tag}")))
-    pod = {
+    pod: Any = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"bare-{tag}", "namespace": "default"},
@@ -88,7 +89,8 @@ def test_namespace_and_annotation_filters_and_image_patterns(start_watcher: Star
         exclude_images=("registry.test/excluded-*",),
     )
     for name, labels in ((f"on-{tag}", {}), (f"off-{tag}", {"warm": "off"}), ("kube-system", {})):
-        cluster.core.create_namespace({"metadata": {"name": name, "labels": labels}})
+        namespace: Any = {"metadata": {"name": name, "labels": labels}}
+        cluster.core.create_namespace(namespace)
     create(cluster.api, workload("Deployment", "kept", ref(f"kept-{tag}"), namespace=f"on-{tag}"))
     create(cluster.api, workload("Deployment", "x", ref(f"off-ns-{tag}"), namespace=f"off-{tag}"))
     create(cluster.api, workload("Deployment", "s", ref(f"system-{tag}"), namespace="kube-system"))
@@ -175,6 +177,7 @@ def test_a_410_in_the_middle_of_watches_misses_no_workload(start_watcher: Start)
     tag = uid()
     cluster = start_watcher(nodes=[node(f"n-{tag}")])
     wait_for(lambda: cluster.slice_images(f"n-{tag}") is not None, what="the first sync")
+    lists_before = relists("Deployment")
     images = []
     for round_ in range(6):
         if round_ == 1:
@@ -189,18 +192,20 @@ def test_a_410_in_the_middle_of_watches_misses_no_workload(start_watcher: Start)
             image = ref(f"{kind.lower()}-{round_}-{tag}")
             images.append(image)
             if kind == "Pod":
-                cluster.core.create_namespaced_pod(
-                    "default",
-                    {
-                        "metadata": {"name": f"p-{round_}-{tag}"},
-                        "spec": {"containers": [{"name": "c", "image": image}]},
-                    },
-                )
+                pod: Any = {
+                    "metadata": {"name": f"p-{round_}-{tag}"},
+                    "spec": {"containers": [{"name": "c", "image": image}]},
+                }
+                cluster.core.create_namespaced_pod("default", pod)
             else:
                 create(cluster.api, workload(kind, f"{kind.lower()}-{round_}", image))
     wait_for(lambda: set(images) <= set(cluster.entries()), 40, "every workload after 410s")
-    relisted = [r for r in cluster.watcher.reflectors if r.resource_version is not None]
-    assert relisted and all(r.alive() for r in cluster.watcher.reflectors)
+    assert relists("Deployment") >= lists_before + 2  # each 410 led to a fresh list
+    assert all(r.alive() for r in cluster.watcher.reflectors)
+
+
+def relists(kind: str) -> float:
+    return REGISTRY.get_sample_value("warm_watcher_relists_total", {"kind": kind}) or 0.0
 
 
 def test_a_malformed_reference_is_reported_and_others_proceed(start_watcher: Start) -> None:
