@@ -65,7 +65,7 @@ def rewarm(
     with _bus() as bus:
         reports: queue.Queue[Report] = queue.Queue()
         if wait:  # before sending, or a fast node's report is missed
-            bus.subscribe(f"{REWARM_EVENTS}.*", lambda _s, data: reports.put(json.loads(data)))
+            bus.subscribe(f"{REWARM_EVENTS}.>", lambda _s, data: reports.put(json.loads(data)))
         try:
             sent = dispatch_rewarm(cli.app, bus, nodes, images, window=window)
         except (UnknownNode, InvalidImageReference, InvalidNodeName) as error:

@@ -28,7 +28,7 @@ from tasks.bus import NatsBus
 from tasks.names import REWARM_NODE
 from tasks.rewarm import dispatch_rewarm
 from tasks.routing import queue_for_node
-from tasks.settings import NatsSettings
+from tasks.settings import NatsSettings, RewarmSettings, SettingsError, load_settings
 
 SeedNodes = Callable[[int, int], list[str]]  # the seed_nodes fixture (tests/beat/conftest.py)
 SENT = re.compile(r"re-warm sent to (\d+) node\(s\)")
@@ -162,3 +162,11 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
     finally:
         for beat in beats:
             beat.stop()
+
+
+def test_rewarm_settings_come_from_the_environment() -> None:
+    assert load_settings({}).rewarm == RewarmSettings(interval=1800, window=60, lock_ttl=30)
+    custom = {"WARM_REWARM_INTERVAL": "600", "WARM_REWARM_WINDOW": "0", "WARM_BEAT_LOCK_TTL": "9"}
+    assert load_settings(custom).rewarm == RewarmSettings(interval=600, window=0, lock_ttl=9)
+    with pytest.raises(SettingsError, match="WARM_BEAT_LOCK_TTL"):
+        load_settings({"WARM_BEAT_LOCK_TTL": "1"})  # shorter than a renewal round trip allows

@@ -49,7 +49,8 @@ def env(redis_server: RedisServer, nats: NatsServer) -> dict[str, str]:
 
 @pytest.fixture
 def nodes(bus: NatsBus) -> list[str]:
-    names = [f"cli-{uuid.uuid4().hex[:4]}-{i}" for i in range(2)]
+    run = uuid.uuid4().hex[:4]
+    names = [f"cli-{run}-0", f"ip-10-0-1-12.cli-{run}.internal"]  # dotted, as on EC2
     catalog = CatalogStore(bus)
     for name in names:
         catalog.put_slice(NodeSlice(name, (SliceImage(GOOD), SliceImage(BAD))))
