@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_testing import CountingRuntime, Events, worker_settings
+from worker_testing import CountingRuntime, worker_settings
 
 from localcluster import Containerd, PushedImage, Registry, push_image
+from localcluster.harness import Events
 from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.names import pull_events_subject

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from worker_testing import Events, MakeAgent, payloads_of
+from worker_testing import MakeAgent, payloads_of
 
 from localcluster import Containerd, FakeKubeAPI, Registry, push_image
+from localcluster.harness import Events
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.images import parse_image

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_testing import WARM_TIMEOUT, Events, start_worker, worker_settings
+from worker_testing import worker_settings
 
 from localcluster import Containerd, Registry, push_image
 from localcluster.docker import DockerDaemon
+from localcluster.harness import WARM_TIMEOUT, Events, start_worker
 from localcluster.packages import which
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus

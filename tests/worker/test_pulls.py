@@ -12,9 +12,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from worker_testing import Events, FreshImage, MakeAgent, registry_requests, worker_settings
+from worker_testing import FreshImage, MakeAgent, worker_settings
 
 from localcluster import Containerd, Registry, push_image
+from localcluster.harness import Events, registry_requests
 from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore

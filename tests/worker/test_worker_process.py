@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_testing import WARM_TIMEOUT, Events, Worker, registry_requests, start_worker
 
 from localcluster import Containerd, Registry, free_port, push_image
+from localcluster.harness import WARM_TIMEOUT, Events, Worker, registry_requests, start_worker
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore

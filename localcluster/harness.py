@@ -1,0 +1,98 @@
+"""Driving and observing the product's processes, for tests, fault drills and benchmarks.
+
+A node worker started as users start it (``python -m worker``) with a Celery client to send it
+tasks, and the pull results it publishes on NATS collected in arrival order.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery import Celery
+
+from localcluster import product
+from localcluster.registry import Registry
+from localcluster.services import NatsServer, RedisServer
+from tasks.models import PullResult
+from tasks.routing import queue_for_node
+
+READY_TIMEOUT = 30.0
+WARM_TIMEOUT = 60.0
+
+
+@dataclass
+class Events:
+    """Pull results published on NATS for one node, in arrival order."""
+
+    received: list[PullResult] = field(default_factory=list)
+
+    def add(self, _subject: str, data: bytes) -> None:
+        self.received.append(PullResult.from_json(data))
+
+    def of(self, image: str) -> list[PullResult]:
+        return [event for event in self.received if event.image == image]
+
+    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.received}")
+            time.sleep(0.05)
+
+
+class Worker:
+    """One ``python -m worker`` process for a node, and a Celery client to send it tasks."""
+
+    def __init__(self, process: product.ProductProcess, node: str, broker_url: str) -> None:
+        self.process = process
+        self.node = node
+        self.client = Celery("tests", broker=broker_url)
+        self.client.conf.update(task_serializer="json", accept_content=["json"])
+
+    def start(self) -> Worker:
+        self.process.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while " ready." not in self.process.log_tail(20_000):
+            if not self.process.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready:\n{self.process.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def send(self, task: str, **kwargs: object) -> None:
+        kwargs["node"] = self.node
+        self.client.send_task(task, kwargs=kwargs, queue=queue_for_node(self.node))
+
+    def stop(self) -> None:
+        self.process.stop()
+        self.client.close()
+
+
+def start_worker(
+    endpoint: str, redis: RedisServer, nats: NatsServer, logdir: Path, **env: str
+) -> Worker:
+    """``python -m worker`` on ``endpoint``, with short retry delays, once it consumes."""
+    name = f"proc-{uuid.uuid4().hex[:6]}"
+    broker = f"{redis.url}/2"
+    settings = {
+        "WARM_PULL_RETRY_BACKOFF_MAX": "2",
+        "WARM_PULL_MAX_RETRIES": "10",
+        "WARM_DISK_BUDGET_PERCENT": "99",
+        "WARM_METRICS_PORT": "0",
+        "WARM_HEALTH_PORT": "0",
+        **env,
+    }
+    environment = product.product_env(
+        broker_url=broker, nats_url=nats.url, kubeconfig=None, **settings
+    )
+    process = product.worker(name, endpoint, environment, logdir)
+    return Worker(process, name, broker).start()
+
+
+def registry_requests(registry: Registry, fragment: str) -> list[str]:
+    """Lines of the registry's access log that mention ``fragment`` (one per HTTP request)."""
+    lines = registry.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if fragment in line and "HTTP/1.1" in line]
