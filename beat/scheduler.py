@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
+from kombu.exceptions import OperationalError
 
 from tasks.bus import BusUnavailable
 from tasks.names import REWARM_CATALOG
@@ -49,11 +50,17 @@ class RewarmScheduler(Scheduler):
         if entry.task != REWARM_CATALOG:
             super().apply_entry(entry, producer=producer)
             return
+        if not self._still_lead():  # the lease may have lapsed while beat waited on the broker
+            return
         window = min(self._rewarm.window, self._rewarm.interval / 2)
         try:
             sent = dispatch_rewarm(self.app, self._bus, window=window, keep_going=self._still_lead)
         except BusUnavailable as error:
             log.error("re-warm skipped, the catalog is unreachable: %s", error)
+            return
+        except (OperationalError, OSError) as error:
+            # Beat must outlive a broker outage; the next interval re-warms every node anyway.
+            log.error("re-warm interrupted, the broker is unreachable: %s", error)
             return
         revision = sent[0].revision if sent else 0
         log.info("re-warm sent to %d node(s) at revision %d", len(sent), revision)
@@ -88,4 +95,4 @@ class RewarmScheduler(Scheduler):
             if entry.task == REWARM_CATALOG:
                 self.reserve(entry)  # the next one is an interval from now
                 self._heap = None  # rebuilt from the schedule on the next tick
-                self.apply_entry(entry, producer=self.producer)
+                self.apply_entry(entry)

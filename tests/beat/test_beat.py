@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from beat.lease import Lease, LeaseBus
-from localcluster import product
+from localcluster import free_port, product
 from localcluster.product import ProductProcess
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
@@ -162,6 +162,21 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
     finally:
         for beat in beats:
             beat.stop()
+
+
+def test_beat_outlives_a_broker_outage(
+    private_nats: NatsServer, seed_nodes: SeedNodes, tmp_path: Path
+) -> None:
+    seed_nodes(2, 1)
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    env = product.product_env(broker_url=closed, nats_url=private_nats.url)
+    beat = start_beat("beat-outage", env, tmp_path)
+    try:
+        wait_for(lambda: "re-warm interrupted" in beat.log_tail(), 30, "the failed send", "")
+        time.sleep(1)
+        assert beat.alive(), beat.log_tail()
+    finally:
+        beat.stop()
 
 
 def test_rewarm_settings_come_from_the_environment() -> None:
