@@ -122,19 +122,27 @@ def _bus() -> Iterator[NatsBus]:
 
 
 def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
-    """Each node's status, measured against its catalog slice now (not at its last re-warm)."""
+    """Each node's status, measured against its catalog slice now (not at its last re-warm).
+
+    A node named on the command line that neither the catalog nor any status knows is a typo,
+    and a usage error, rather than a row of zeros.
+    """
     catalog, store = CatalogStore(bus), StatusStore(bus)
     names = list(nodes) or sorted(set(catalog.nodes()) | set(store.nodes()))
-    statuses = []
+    statuses, unknown = [], []
     for node in names:
         status = store.get(node)
         try:
             node_slice, _ = catalog.get_slice(node)
-        except UnknownNode:
+        except (UnknownNode, InvalidNodeName):
+            if status.last_rewarm_at is None and not status.images:
+                unknown.append(node)
             statuses.append(status)
             continue
         expected = sorted(item.image for item in node_slice.images)
         statuses.append(dataclasses.replace(status, expected=expected))
+    if unknown:
+        raise click.UsageError(f"unknown node(s): {', '.join(unknown)}")
     return statuses
 
 

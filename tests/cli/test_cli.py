@@ -165,6 +165,15 @@ def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
     assert f"failed   {nodes[0]}  {BAD}: manifest unknown" in table
 
 
+def test_warm_status_of_an_unknown_node_is_a_usage_error(
+    env: dict[str, str], nodes: list[str]
+) -> None:
+    code, out, err = run(env, "warm-status", "--node", nodes[0], "--node", "ghost")
+
+    assert code == 2
+    assert "unknown node(s): ghost" in err and out == ""
+
+
 def test_catalog_lists_images_with_their_workloads_and_target_nodes(
     env: dict[str, str], nodes: list[str]
 ) -> None:
