@@ -46,6 +46,7 @@ IMAGES = 2000
 NODES = 50
 TARGET_EVENTS_PER_SECOND = 5000
 TARGET_RSS_MB = 300
+SERIALIZE_SAMPLE = 50
 
 
 def pod(i: int, rv: int, phase: str = "Running") -> dict[str, Any]:
@@ -222,7 +223,7 @@ def child(size: int) -> dict[str, float]:
     """Run the watcher's path over ``size`` pods in this process; return the figures."""
     from tasks.settings import WatchSettings
     from watcher.catalog import CatalogState
-    from watcher.reflector import Event, Reflector
+    from watcher.reflector import Event, Listed, Reflector
     from watcher.slices import SliceIndex
     from watcher.targeting import node_facts
     from watcher.workloads import Summarizer
@@ -231,9 +232,8 @@ def child(size: int) -> dict[str, float]:
     state = CatalogState(settings)
     index = SliceIndex(state)
     batch: list[Event] = []
-    nodes = {
-        f"node-{n}": node_facts(_node(n)) for n in range(NODES)
-    }  # 3 classes: amd64, arm64, amd64 tainted for batch
+    # Three classes: amd64, arm64, and amd64 tainted for batch.
+    nodes = {f"node-{n}": node_facts(_node(n)) for n in range(NODES)}
 
     def flush() -> None:
         index.update(state.apply(batch))
@@ -243,8 +243,6 @@ def child(size: int) -> dict[str, float]:
         batch.append(event)
         if len(batch) >= BATCH:
             flush()
-
-    from watcher.reflector import Listed
 
     index.update(state.apply([Listed("Node", None, nodes)]), rebuild=True)
     render = Renderer()
@@ -274,6 +272,108 @@ def child(size: int) -> dict[str, float]:
         "images": len(state.images),
         "classes": index.class_count,
     }
+
+
+def targeting(nodes: int, pinned: int) -> dict[str, float]:
+    """Node classes at ``nodes`` nodes x IMAGES images, with ``pinned`` workloads pinned to a
+    node by hostname (which makes every node its own class: the worst case)."""
+    from tasks.models import NodeSlice
+    from tasks.settings import WatchSettings
+    from watcher.catalog import CatalogState
+    from watcher.dispatch import slice_payload
+    from watcher.reflector import Changed, Listed
+    from watcher.slices import SliceIndex
+    from watcher.targeting import node_facts
+    from watcher.workloads import Summarizer
+
+    state = CatalogState(WatchSettings())
+    index = SliceIndex(state)
+    summarize = Summarizer(WatchSettings())
+    facts = {f"node-{n}": node_facts(_pool_node(n)) for n in range(nodes)}
+    workloads = {
+        f"ns/w{i}": summarize.workload("Deployment", _placed(i, f"registry.example.com/s{i}:1"))
+        for i in range(IMAGES)
+    }
+    for i in range(pinned):
+        pin = {"kubernetes.io/hostname": f"node-{i}"}
+        obj = _placed(0, f"registry.example.com/pinned{i}:1", pin)
+        workloads[f"ns/pinned{i}"] = summarize.workload("Deployment", obj)
+    started = time.perf_counter()
+    index.update(
+        state.apply([Listed("Node", None, facts), Listed("Deployment", None, workloads)]),
+        rebuild=True,
+    )
+    built = time.perf_counter()
+    payloads: dict[int, bytes] = {}  # as the dispatcher writes a full rewrite
+    payload = 0
+    for name in facts:
+        members = index.members(name)
+        if members not in payloads:
+            payloads[members] = index.slice_json(members)
+        payload += len(slice_payload(name, payloads[members]))
+    serialized = time.perf_counter()
+    sample = list(facts)[:SERIALIZE_SAMPLE]  # baseline: NodeSlice.to_json() per node
+    for name in sample:
+        NodeSlice(name, index.slice_images(index.members(name))).to_json()
+    per_node = (time.perf_counter() - serialized) / len(sample)
+    serialized = time.perf_counter()
+    new = summarize.workload("Deployment", _placed(2, "registry.example.com/new:1"))
+    affected = index.update(state.apply([Changed("Deployment", "ns/new", new)]))
+    one_image = time.perf_counter()
+    joining = node_facts(_pool_node(nodes))
+    index.update(state.apply([Changed("Node", joining.name, joining)]))
+    joined = time.perf_counter()
+    return {
+        "classes": index.class_count,
+        "build_seconds": built - started,
+        "serialize_seconds": serialized - built - per_node * len(sample),
+        "per_node_seconds": per_node * nodes,
+        "slice_mb": payload / 2**20,
+        "new_image_ms": (one_image - serialized) * 1000,
+        "affected": len(affected),
+        "join_ms": (joined - one_image) * 1000,
+        "peak_rss_mb": _rss_mb(),
+    }
+
+
+def _pool_node(n: int) -> dict[str, Any]:
+    """A node of a 4-pool cluster, with the per-node labels real nodes carry."""
+    pool = ("general", "memory", "gpu", "edge")[n % 4]
+    labels = {
+        "kubernetes.io/arch": "arm64" if pool == "edge" else "amd64",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/hostname": f"node-{n}",
+        "topology.kubernetes.io/zone": f"zone-{n % 3}",
+        "node.kubernetes.io/instance-type": f"type-{n % 4}",
+        "pool": pool,
+    }
+    taints = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}] if pool == "gpu" else []
+    return {"metadata": {"name": f"node-{n}", "labels": labels}, "spec": {"taints": taints}}
+
+
+def _placed(i: int, image: str, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Deployment whose placement is one of six shapes, by ``i``."""
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": image}]}
+    shape = i % 6
+    if selector:
+        spec["nodeSelector"] = selector
+    elif shape == 1:
+        spec["nodeSelector"] = {"kubernetes.io/arch": "arm64"}
+    elif shape == 2:
+        spec["nodeSelector"] = {"pool": "memory"}
+    elif shape == 3:
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    elif shape == 4:
+        zones = {"key": "topology.kubernetes.io/zone", "operator": "NotIn", "values": ["zone-0"]}
+        spec["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [zones]}]
+                }
+            }
+        }
+    meta = {"name": f"w{i}", "namespace": "ns"}
+    return {"metadata": meta, "spec": {"template": {"spec": spec}}}
 
 
 def _node(n: int) -> dict[str, Any]:
@@ -313,7 +413,12 @@ def main() -> int:
     parser.add_argument("--baseline-sample", type=int, default=2000)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", type=int, default=5000, help="nodes for the targeting run")
+    parser.add_argument("--targeting-child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.targeting_child:
+        print(json.dumps(targeting(*args.targeting_child)))
+        return 0
     if args.child:
         print(json.dumps(child(args.child)))
         return 0
@@ -349,14 +454,35 @@ def main() -> int:
         f"peak RSS at 100,000 pods: {'met' if ok else 'NOT met'}"
     )
     print("typed mem: the typed objects alone (tracemalloc), on top of the process's own RSS")
+    print()
+    print_targeting(args.nodes)
     return 0 if ok else 1
 
 
-def _in_child(flag: str, size: int) -> dict[str, float]:
-    """Run one measurement in a fresh interpreter, so its peak RSS is its own."""
-    answer = subprocess.run(
-        [sys.executable, __file__, flag, str(size)], capture_output=True, text=True, check=True
+def print_targeting(nodes: int) -> None:
+    print(f"targeting: {nodes} nodes (4 pools, 3 zones, unique hostnames) x {IMAGES} images")
+    print(
+        f"{'pinned':>7} {'classes':>8} {'build':>8} {'slices':>8} {'per node':>9} "
+        f"{'slice KV':>9} {'+1 image':>9} {'nodes hit':>9} {'+1 node':>8} {'peak RSS':>9}"
     )
+    for pinned in (0, 1):
+        got = _in_child("--targeting-child", nodes, pinned)
+        print(
+            f"{pinned:>7} {got['classes']:>8.0f} {got['build_seconds']:>7.2f}s "
+            f"{got['serialize_seconds']:>7.2f}s {got['per_node_seconds']:>8.1f}s "
+            f"{got['slice_mb']:>7.0f}MB {got['new_image_ms']:>7.1f}ms {got['affected']:>9.0f} "
+            f"{got['join_ms']:>6.1f}ms {got['peak_rss_mb']:>7.0f}MB"
+        )
+    print("pinned: workloads pinned to one node by hostname (each node becomes its own class)")
+    print("slices: serializing every node's slice for a full KV rewrite, once per distinct slice")
+    print(f"per node: baseline, NodeSlice.to_json() for each node ({SERIALIZE_SAMPLE} sampled)")
+    print("slice KV: bytes a full rewrite sends to NATS (the writes themselves are not timed)")
+
+
+def _in_child(flag: str, *values: int) -> dict[str, float]:
+    """Run one measurement in a fresh interpreter, so its peak RSS is its own."""
+    argv = [sys.executable, __file__, flag, *map(str, values)]
+    answer = subprocess.run(argv, capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(answer.stdout.strip().splitlines()[-1])
     return result
 

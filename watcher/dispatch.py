@@ -22,10 +22,10 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tasks.bus import BusUnavailable, NatsBus
-from tasks.catalog import IMAGE_PREFIX, CatalogStore, image_key
-from tasks.models import CatalogChange, CatalogEntry, NodeSlice, SliceImage
+from tasks.catalog import IMAGE_PREFIX, NODE_PREFIX, CatalogStore, image_key
+from tasks.models import CatalogChange, CatalogEntry, NodeSlice
 from tasks.names import CATALOG_BUCKET, CATALOG_EVENTS, PULL_IMAGE, REWARM_NODE
-from tasks.routing import queue_for_node
+from tasks.routing import check_node_name, queue_for_node
 
 from . import metrics
 from .catalog import EXPLICIT_USER, CatalogState, Changes
@@ -51,7 +51,7 @@ class Dispatcher:
         self._catalog = CatalogStore(bus)
         self._state = state
         self._index = SliceIndex(state)
-        self._written: dict[str, tuple[SliceImage, ...]] = {}  # node -> slice as last written
+        self._written: dict[str, int] = {}  # node -> its slice's image mask as last written
         self._owed = Sync.FULL
         self.revision = 0
 
@@ -78,13 +78,14 @@ class Dispatcher:
 
     def _publish(self, changes: Changes, sync: Sync) -> None:
         rewrite = sync is not Sync.INCREMENTAL
-        affected = self._index.update(changes, rebuild=rewrite)
         recount = self._images_of(changes.left_nodes)  # their target_nodes fell
+        affected = self._index.update(changes, rebuild=rewrite)
         for node in sorted(changes.left_nodes - set(self._state.nodes)):
             self._forget_node(node)
         if rewrite:
             self._delete_stale_keys()
-        new_images = self._write_slices(affected, rewrite)
+        changed = self._index.mask_of(changes.retargeted_images | changes.added_images)
+        new_images = self._write_slices(affected, rewrite, changed)
         recount |= self._images_of(changes.joined_nodes | changes.changed_nodes)
         self._write_entries(changes, rewrite, recount)
         joined = set(self._state.nodes) if sync is Sync.FULL else changes.joined_nodes
@@ -94,34 +95,40 @@ class Dispatcher:
         metrics.NODES.set(len(self._state.nodes))
         metrics.NODE_CLASSES.set(self._index.class_count)
 
-    def _write_slices(self, affected: set[str], rewrite: bool) -> dict[str, set[str]]:
-        """Write changed slices; returns each node's images that are new to it."""
-        new_images: dict[str, set[str]] = {}
-        # Nodes of one class share their slice objects, so each (old, new) pair is diffed once;
-        # the pair is kept in the value so that no id is reused while the loop runs.
-        diffs: dict[tuple[int, int], tuple[object, object, set[str]]] = {}
+    def _write_slices(
+        self, affected: set[str], rewrite: bool, changed: int
+    ) -> dict[str, list[str]]:
+        """Write the slices whose content changed; return each node's images new to it.
+
+        Nodes of one class share one mask: each distinct slice is serialized once, and each
+        (old, new) pair of masks is diffed once.
+        """
+        new_images: dict[str, list[str]] = {}
+        payloads: dict[int, bytes] = {}
+        diffs: dict[tuple[int, int], list[str]] = {}
         for node in sorted(affected):
-            content = self._index.slice_of(node)
-            old = self._written.get(node, ())
-            if content is old and not rewrite:
-                continue
-            if content != old or rewrite:
-                self.revision = self._catalog.put_slice(NodeSlice(node, content))
+            members = self._index.members(node)
+            old = self._written.get(node, 0)
+            if rewrite or members != old or members & changed:
+                if members not in payloads:
+                    payloads[members] = self._index.slice_json(members)
+                key = NODE_PREFIX + check_node_name(node)
+                payload = slice_payload(node, payloads[members])
+                self.revision = self._bus.kv_put(CATALOG_BUCKET, key, payload)
                 metrics.SLICE_WRITES.inc()
-            self._written[node] = content
-            pair = (id(old), id(content))
-            if pair not in diffs:
-                added = {i.image for i in content} - {i.image for i in old}
-                diffs[pair] = (old, content, added)
-            if diffs[pair][2]:
-                new_images[node] = diffs[pair][2]
+            self._written[node] = members
+            if members & ~old:
+                if (old, members) not in diffs:
+                    diffs[(old, members)] = self._index.images(members & ~old)
+                new_images[node] = diffs[(old, members)]
         return new_images
 
     def _images_of(self, nodes: set[str]) -> set[str]:
-        """Images in the last written slices of ``nodes``, and in their current ones."""
-        found = {i.image for node in nodes for i in self._written.get(node, ())}
-        present = nodes & set(self._state.nodes)
-        return found | {i.image for node in present for i in self._index.slice_of(node)}
+        """Images in the last written slices of ``nodes``."""
+        mask = 0
+        for node in nodes:
+            mask |= self._written.get(node, 0)
+        return set(self._index.images(mask))
 
     def _write_entries(self, changes: Changes, rewrite: bool, recount: set[str]) -> None:
         state = self._state
@@ -146,13 +153,13 @@ class Dispatcher:
             workload_count=len(users),
         )
 
-    def _send_tasks(self, new_images: dict[str, set[str]], joined: set[str]) -> None:
+    def _send_tasks(self, new_images: dict[str, list[str]], joined: set[str]) -> None:
         if not new_images and not joined:
             return
         with self._app.producer_or_acquire() as producer:
             for node in sorted(set(new_images) | joined):
                 queue = queue_for_node(node)
-                images = sorted(new_images.get(node, ()))
+                images = new_images.get(node, [])
                 if node in joined or len(images) > MAX_SINGLE_PULLS:
                     kwargs: dict[str, object] = {"node": node, "revision": self.revision}
                     self._app.send_task(REWARM_NODE, kwargs=kwargs, queue=queue, producer=producer)
@@ -197,3 +204,10 @@ class Dispatcher:
         for key in self._bus.kv_keys(CATALOG_BUCKET, IMAGE_PREFIX):
             if key not in wanted:
                 self._bus.kv_delete(CATALOG_BUCKET, key)
+
+
+def slice_payload(node: str, images_json: bytes) -> bytes:
+    """``NodeSlice(node, images).to_json()`` (what CatalogStore.put_slice writes), with the
+    images already serialized: once per distinct slice instead of once per node."""
+    empty = NodeSlice(node, ()).to_json()
+    return empty.replace(b'"images":[]', b'"images":' + images_json, 1)

@@ -117,7 +117,7 @@ class TargetRule:
             return False
         return all(any(t.tolerates(taint) for t in self.tolerations) for taint in taints)
 
-    def keys(self) -> frozenset[str]:
+    def label_keys(self) -> frozenset[str]:
         """The label keys this rule reads: nodes that differ only in others are equivalent."""
         found = {requirement.key for requirement in self.selector}
         found.update(requirement.key for term in self.terms for requirement in term)

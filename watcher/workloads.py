@@ -25,6 +25,7 @@ from tasks.settings import WatchSettings
 from .targeting import TargetRule, rule_for_pod_spec
 
 WARM_ANNOTATION = "warm-images.io/warm"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 # Owner kinds whose own template already carries the owned object's images.
 WATCHED_OWNERS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"}
@@ -73,6 +74,8 @@ class Summarizer:
         namespace = str(meta.get("namespace") or "")
         if not self._namespace_watched(namespace) or _owned_by_watched_kind(meta):
             return None
+        if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+            return None  # a static pod's mirror: it runs on its own node only, by definition
         if not self._opted_in(kind, obj):
             return None
         pod_spec = pod_spec_of(kind, obj)

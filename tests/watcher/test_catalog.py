@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from tasks.models import NodeSlice
 from tasks.settings import ExplicitImage, WatchSettings
-from watcher.catalog import CatalogState, Changes
+from watcher.catalog import CatalogState
+from watcher.dispatch import slice_payload
 from watcher.reflector import Changed, Listed
 from watcher.slices import SliceIndex
 from watcher.targeting import node_facts
@@ -64,6 +66,13 @@ def test_owned_objects_are_counted_through_their_owner() -> None:
     assert summarize.workload("ReplicaSet", owned_rs) is None
     assert summarize.workload("Job", owned_job) is None
     assert summarize.workload("Pod", foreign) is not None
+    mirror = workload(
+        "Pod",
+        "kube-apiserver-n1",
+        {"containers": [{"image": "registry.k8s.io/kube-apiserver:v1.31.0"}]},
+        annotations={"kubernetes.io/config.mirror": "abc"},
+    )
+    assert summarize.workload("Pod", mirror) is None  # a static pod, bound to its node
 
 
 def test_annotation_opt_out_and_opt_in() -> None:
@@ -156,15 +165,37 @@ def test_slices_per_node_class() -> None:
     changes = state.apply([Listed("Node", None, nodes), Changed("DaemonSet", "default/arm", arm)])
     index.update(changes, rebuild=True)
     assert index.class_count == 2  # the id label is read by no rule
-    assert [i.image for i in index.slice_of("n0")] == ["docker.io/library/arm:1"]
-    assert index.slice_of("n0") is index.slice_of("n1")
-    assert index.slice_of("n2") == ()
+
+    def images(node: str) -> list[str]:
+        return index.images(index.members(node))
+
+    assert images("n0") == ["docker.io/library/arm:1"]
+    assert index.members("n0") == index.members("n1")
+    assert images("n2") == []
     # A node that gains the edge label moves to a class that holds the explicit image.
     edge = node_facts(
         {"metadata": {"name": "n2", "labels": {"kubernetes.io/arch": "amd64", "pool": "edge"}}}
     )
     affected = index.update(state.apply([Changed("Node", "n2", edge)]))
     assert "n2" in affected
-    assert [i.image for i in index.slice_of("n2")] == ["docker.io/library/pause:3.9"]
+    assert images("n2") == ["docker.io/library/pause:3.9"]
     assert index.target_nodes("docker.io/library/arm:1") == 2
-    assert not Changes()
+    # The slice as the dispatcher writes it is the contract's NodeSlice, byte for byte.
+    mask = index.members("n0")
+    payload = slice_payload("n0", index.slice_json(mask))
+    assert payload == NodeSlice("n0", index.slice_images(mask)).to_json()
+    assert NodeSlice.from_json(payload).images[0].image == "docker.io/library/arm:1"
+
+
+def test_a_freed_image_bit_is_not_reused_in_the_same_update() -> None:
+    state = CatalogState(WatchSettings(catalog_grace_period=0))
+    index = SliceIndex(state)
+    summarize = Summarizer(WatchSettings())
+    nodes = {"n0": node_facts({"metadata": {"name": "n0"}})}
+    one = summarize.workload("Pod", workload("Pod", "a", {"containers": [{"image": "one"}]}))
+    index.update(state.apply([Listed("Node", None, nodes), Changed("Pod", "ns/a", one)]))
+    before = index.members("n0")
+    two = summarize.workload("Pod", workload("Pod", "a", {"containers": [{"image": "two"}]}))
+    index.update(state.apply([Changed("Pod", "ns/a", two)]))
+    after = index.members("n0")
+    assert index.images(after & ~before) == ["docker.io/library/two:latest"]

@@ -174,7 +174,7 @@ def test_equal_rules_are_one_object_and_describe_themselves() -> None:
     assert rule_for_pod_spec(spec).describe() == (
         "kubernetes.io/arch=arm64; tolerates dedicated=gpu:NoSchedule"
     )
-    assert rule_for_pod_spec(spec).keys() == {"kubernetes.io/arch"}
+    assert rule_for_pod_spec(spec).label_keys() == {"kubernetes.io/arch"}
     assert ANY_NODE.describe() == "any node"
     assert rule_for_selector([("pool", "edge")]).describe() == "pool=edge"
 
