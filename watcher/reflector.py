@@ -171,7 +171,7 @@ class Reflector:
             page = {"limit": PAGE_SIZE, **({"_continue": token} if token else {})}
             data = json.loads(self._call(**page).data)
             for obj in data.get("items") or ():
-                summary = self._summarize(obj)
+                summary = self._summary(obj)
                 if summary is not None:
                     items[object_key(obj)] = summary
             self._touch()
@@ -215,11 +215,20 @@ class Reflector:
         if kind != "BOOKMARK":
             self._events.inc()
         if kind in ("ADDED", "MODIFIED"):
-            self._sink(Changed(self.kind, object_key(obj), self._summarize(obj)))
+            self._sink(Changed(self.kind, object_key(obj), self._summary(obj)))
         elif kind == "DELETED":
             self._sink(Changed(self.kind, object_key(obj), None))
         if version:
             self.resource_version = str(version)
+
+    def _summary(self, obj: dict[str, Any]) -> Summary:
+        """The object's summary; an object too malformed to read counts as absent, so it
+        cannot stop the list or the watch that every other object arrives through."""
+        try:
+            return self._summarize(obj)
+        except Exception as error:
+            log.warning("%s %s: skipped, cannot be read: %r", self.kind, object_key(obj), error)
+            return None
 
     def _touch(self) -> None:
         self.last_contact = time.monotonic()

@@ -47,7 +47,8 @@ class FlakyApi:
 
 
 def _pod(name: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ns"}}
+    labels = {"app": "web"} if name == "b" else None
+    return {"metadata": {"name": name, "namespace": "ns", "labels": labels}}
 
 
 def run(api: FlakyApi) -> tuple[Reflector, list[Event]]:
@@ -88,5 +89,19 @@ def test_a_forbidden_kind_does_not_hold_back_the_start_but_is_not_heard_from() -
         assert reflector.synced.wait(10)
         assert events == [Listed("Pod", None, {})]
         assert reflector.last_contact == 0  # /healthz reports it stale
+    finally:
+        reflector.stop()
+
+
+def test_a_malformed_object_is_skipped_and_the_others_arrive() -> None:
+    def summarize(obj: dict[str, Any]) -> str:
+        return str(obj["metadata"]["labels"]["app"])  # raises for pod a, which has none
+
+    api = FlakyApi(failures=0, status=500)
+    events: list[Event] = []
+    reflector = Reflector("Pod", api, summarize, events.append, max_backoff=0.05).start()
+    try:
+        assert reflector.synced.wait(10)
+        assert events == [Listed("Pod", None, {"ns/b": "web"})]
     finally:
         reflector.stop()
