@@ -54,7 +54,13 @@ class RewarmScheduler(Scheduler):
             return
         window = min(self._rewarm.window, self._rewarm.interval / 2)
         try:
-            sent = dispatch_rewarm(self.app, self._bus, window=window, keep_going=self._still_lead)
+            sent = dispatch_rewarm(
+                self.app,
+                self._bus,
+                window=window,
+                expires=self._rewarm.interval,  # the next periodic re-warm supersedes this one
+                keep_going=self._still_lead,
+            )
         except BusUnavailable as error:
             log.error("re-warm skipped, the catalog is unreachable: %s", error)
             return

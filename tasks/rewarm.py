@@ -47,6 +47,7 @@ def dispatch_rewarm(
     images: Sequence[str] = (),
     *,
     window: float = 0.0,
+    expires: float | None = None,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> list[RewarmSent]:
     """Send ``rewarm_node`` to ``nodes`` (default: every node in the catalog).
@@ -54,7 +55,8 @@ def dispatch_rewarm(
     ``images`` narrows each node's re-warm to those references. An unknown node raises
     :class:`UnknownNode` before anything is sent, so a typo does not re-warm half a list.
     ``keep_going`` is asked before each pause of a paced send; False stops the fan-out (beat
-    uses it to renew its lease, and to stop if it lost it).
+    uses it to renew its lease, and to stop if it lost it). ``expires`` (seconds) makes a node
+    that was down drop a re-warm that a newer one has superseded, instead of running them all.
     """
     wanted = [normalize_image(image) for image in images]
     targets = _targets(CatalogStore(bus), nodes)
@@ -80,6 +82,7 @@ def dispatch_rewarm(
                 queue=queue_for_node(node),
                 producer=producer,
                 declare=declare,
+                expires=expires,
                 argsrepr="()",
                 kwargsrepr=repr(message),  # Celery's safe repr costs more than the send
             )

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,20 @@ def test_a_rewarm_of_n_nodes_sends_n_small_messages(
     assert message["headers"]["task"] == REWARM_NODE
     assert args == [] and set(kwargs) == {"node", "revision"}
     assert kwargs["node"] == nodes[0] and kwargs["revision"] >= len(nodes)
+    assert message["headers"]["expires"] is None  # a manual re-warm does not expire
+
+
+def test_a_periodic_rewarm_expires_when_the_next_one_is_due(
+    private_redis: RedisServer, private_bus: NatsBus, seed_nodes: SeedNodes
+) -> None:
+    nodes = seed_nodes(1, 1)
+    client = redis.Redis.from_url(f"{private_redis.url}/8")
+
+    dispatch_rewarm(broker_app(private_redis, 8), private_bus, expires=1800)
+
+    message = json.loads(client.lindex(queue_for_node(nodes[0]), 0) or b"{}")
+    expires = datetime.fromisoformat(message["headers"]["expires"])
+    assert 1790 < (expires - datetime.now(UTC)).total_seconds() <= 1800
 
 
 def test_a_rewarm_narrowed_to_nodes_and_images_sends_only_to_those(
