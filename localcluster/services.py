@@ -59,16 +59,28 @@ class _TcpServer(Service):
 
 
 class RedisServer(_TcpServer):
+    """Redis; ``durable`` fsyncs every write to an append-only file, as a broker that must
+    survive its own restart is configured."""
+
     name = "redis"
     scheme = "redis"
 
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        self.durable = durable
+        super().__init__(workdir)
+
     def _argv(self) -> list[str]:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
         return [
             require_binary("redis-server"),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", str(self.workdir),
         ]  # fmt: skip
 
