@@ -89,7 +89,19 @@ class Dispatcher:
         recount |= self._images_of(changes.joined_nodes | changes.changed_nodes)
         self._write_entries(changes, rewrite, recount)
         joined = set(self._state.nodes) if sync is Sync.FULL else changes.joined_nodes
-        self._send_tasks(new_images, joined & set(self._state.nodes))
+        sent = self._send_tasks(new_images, joined & set(self._state.nodes))
+        if sync or changes.added_images or changes.removed_images or joined or changes.left_nodes:
+            log.info(
+                "catalog revision %d: %d images (+%d -%d), %d nodes (+%d -%d), %d tasks sent",
+                self.revision,
+                len(self._state.images),
+                len(changes.added_images),
+                len(changes.removed_images),
+                len(self._state.nodes),
+                len(joined),
+                len(changes.left_nodes),
+                sent,
+            )
         self._publish_events(changes, sorted(new_images))
         metrics.CATALOG_IMAGES.set(len(self._state.images))
         metrics.NODES.set(len(self._state.nodes))
@@ -153,9 +165,11 @@ class Dispatcher:
             workload_count=len(users),
         )
 
-    def _send_tasks(self, new_images: dict[str, list[str]], joined: set[str]) -> None:
+    def _send_tasks(self, new_images: dict[str, list[str]], joined: set[str]) -> int:
+        """Send each node its pulls (or one re-warm); returns how many tasks were sent."""
+        sent = 0
         if not new_images and not joined:
-            return
+            return sent
         with self._app.producer_or_acquire() as producer:
             for node in sorted(set(new_images) | joined):
                 queue = queue_for_node(node)
@@ -164,12 +178,15 @@ class Dispatcher:
                     kwargs: dict[str, object] = {"node": node, "revision": self.revision}
                     self._app.send_task(REWARM_NODE, kwargs=kwargs, queue=queue, producer=producer)
                     metrics.TASKS_SENT.labels(REWARM_NODE).inc()
+                    sent += 1
                     continue
                 for image in images:
                     secrets = list(self._state.images[image].pull_secrets())
                     kwargs = {"node": node, "image": image, "pull_secrets": secrets}
                     self._app.send_task(PULL_IMAGE, kwargs=kwargs, queue=queue, producer=producer)
                     metrics.TASKS_SENT.labels(PULL_IMAGE).inc()
+                    sent += 1
+        return sent
 
     def _publish_events(self, changes: Changes, nodes: list[str]) -> None:
         for invalid in changes.invalid:
