@@ -266,3 +266,30 @@ def test_health_turns_unhealthy_when_the_watch_goes_stale(start_watcher: Start) 
     cluster.kube.call(lambda emulator: setattr(emulator, "bookmark_interval", 0.5))
     cluster.kube.kick()  # the watches end; the watcher resumes them and is heard from again
     wait_for(lambda: status()[0] == 200, what="a healthy watcher again")
+
+
+def test_an_unused_image_leaves_after_the_grace_period(start_watcher: Start) -> None:
+    tag = uid()
+    name = f"n-{tag}"
+    cluster = start_watcher(nodes=[node(name)], catalog_grace_period=2.0)
+    image = ref(f"brief-{tag}")
+    create(cluster.api, workload("Deployment", f"brief-{tag}", image))
+    wait_for(lambda: image in (cluster.slice_images(name) or ()), what="the image in the slice")
+    cluster.apps.delete_namespaced_deployment(f"brief-{tag}", "default")
+    wait_for(lambda: cluster.entries()[image].workload_count == 0, what="the entry without users")
+    assert image in (cluster.slice_images(name) or ())  # still warm during the grace period
+    wait_for(lambda: image not in cluster.entries(), what="the entry gone after the grace period")
+    assert image not in (cluster.slice_images(name) or ())
+
+
+def test_a_periodic_resync_heals_a_catalog_that_lost_its_keys(start_watcher: Start) -> None:
+    tag = uid()
+    name = f"n-{tag}"
+    cluster = start_watcher(nodes=[node(name)], resync_interval=2.0)
+    image = ref(f"kept-{tag}")
+    create(cluster.api, workload("Deployment", f"kept-{tag}", image))
+    wait_for(lambda: image in (cluster.slice_images(name) or ()), what="the image in the slice")
+    cluster.catalog.delete_slice(name)  # as if NATS had lost its data
+    cluster.catalog.delete_entry(image)
+    wait_for(lambda: image in (cluster.slice_images(name) or ()), what="the slice rewritten")
+    wait_for(lambda: image in cluster.entries(), what="the entry rewritten")
