@@ -191,9 +191,15 @@ def test_flower_lists_the_node_workers_and_serves_metrics(
     node = sorted(broker_cluster.nodes)[0]
     queues = {queue["name"] for queue in workers[f"warm@{node}"].get("active_queues", [])}
     assert queues == {f"warm.node.{node}"}
-    metrics = requests.get(f"{flower}/metrics", auth=FLOWER_AUTH, timeout=10)
-    assert metrics.status_code == 200
-    assert "flower_" in metrics.text
+    # Flower turns events on at the workers; their worker-online event shows in its metrics.
+    online = f'flower_worker_online{{worker="warm@{node}"}} 1.0'
+
+    def metrics() -> str:
+        answer = requests.get(f"{flower}/metrics", auth=FLOWER_AUTH, timeout=10)
+        assert answer.status_code == 200
+        return answer.text
+
+    wait_for(lambda: online in metrics(), 30, "the node worker in Flower's metrics", broker_cluster)
 
 
 def _answers(url: str) -> bool:
