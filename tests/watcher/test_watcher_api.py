@@ -293,3 +293,25 @@ def test_a_periodic_resync_heals_a_catalog_that_lost_its_keys(start_watcher: Sta
     cluster.catalog.delete_entry(image)
     wait_for(lambda: image in (cluster.slice_images(name) or ()), what="the slice rewritten")
     wait_for(lambda: image in cluster.entries(), what="the entry rewritten")
+
+
+def test_a_list_of_namespaces_is_watched_namespace_by_namespace(start_watcher: Start) -> None:
+    tag = uid()
+    cluster = start_watcher(nodes=[node(f"n-{tag}")], namespaces=(f"a-{tag}", f"b-{tag}"))
+    assert {r.name for r in cluster.watcher.reflectors} >= {f"Pod in a-{tag}", f"Job in b-{tag}"}
+    for namespace in (f"a-{tag}", f"b-{tag}", f"c-{tag}"):
+        image = ref(f"{namespace}")
+        create(cluster.api, workload("CronJob", "nightly", image, namespace=namespace))
+    wanted = {ref(f"a-{tag}"), ref(f"b-{tag}")}
+    wait_for(lambda: wanted <= set(cluster.entries()), what="the listed namespaces' images")
+    assert ref(f"c-{tag}") not in cluster.entries()
+
+
+def test_opt_in_mode_counts_only_annotated_workloads(start_watcher: Start) -> None:
+    tag = uid()
+    cluster = start_watcher(nodes=[node(f"n-{tag}")], opt_in=True)
+    chosen = {"warm-images.io/warm": "true"}
+    create(cluster.api, workload("Deployment", "in", ref(f"in-{tag}"), annotations=chosen))
+    create(cluster.api, workload("Deployment", "plain", ref(f"plain-{tag}")))
+    wait_for(lambda: ref(f"in-{tag}") in cluster.entries(), what="the annotated workload")
+    assert ref(f"plain-{tag}") not in cluster.entries()
