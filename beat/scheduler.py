@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
-from kombu.exceptions import OperationalError
+from kombu.exceptions import KombuError
 
 from tasks.bus import BusUnavailable
 from tasks.names import REWARM_CATALOG
@@ -60,11 +60,13 @@ class RewarmScheduler(Scheduler):
                 window=window,
                 expires=self._rewarm.interval,  # the next periodic re-warm supersedes this one
                 keep_going=self._still_lead,
+                # Waiting out a broker restart must not outlast the lease it dispatches under.
+                broker_patience=self._rewarm.lock_ttl / 3,
             )
         except BusUnavailable as error:
             log.error("re-warm skipped, the catalog is unreachable: %s", error)
             return
-        except (OperationalError, OSError) as error:
+        except (KombuError, OSError) as error:
             # Beat must outlive a broker outage; the next interval re-warms every node anyway.
             log.error("re-warm interrupted, the broker is unreachable: %s", error)
             return

@@ -15,12 +15,14 @@ and is redelivered after the visibility timeout; a paced send is an ordinary mes
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import KombuError
 
 from .bus import NatsBus
 from .catalog import CatalogStore, UnknownNode
@@ -28,10 +30,14 @@ from .images import normalize_image
 from .names import CATALOG_BUCKET, REWARM_NODE
 from .routing import queue_for_node
 
+log = logging.getLogger(__name__)
+
 # Sleeping shorter than this costs more in wake-ups than it buys in evenness.
 MIN_PAUSE = 0.01
 # Messages per broker round trip: Redis gets them in one pipeline; AMQP publishes each at once.
 BATCH = 500
+# Seconds a fan-out waits out a broker that fails (a restart, a failover) before it gives up.
+BROKER_PATIENCE = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ def dispatch_rewarm(
     window: float = 0.0,
     expires: float | None = None,
     keep_going: Callable[[], bool] = lambda: True,
+    broker_patience: float = BROKER_PATIENCE,
 ) -> list[RewarmSent]:
     """Send ``rewarm_node`` to ``nodes`` (default: every node in the catalog).
 
@@ -57,6 +64,7 @@ def dispatch_rewarm(
     ``keep_going`` is asked before each pause of a paced send; False stops the fan-out (beat
     uses it to renew its lease, and to stop if it lost it). ``expires`` (seconds) makes a node
     that was down drop a re-warm that a newer one has superseded, instead of running them all.
+    ``broker_patience`` is how long a failing broker is waited out before its error is raised.
     """
     wanted = [normalize_image(image) for image in images]
     targets = _targets(CatalogStore(bus), nodes)
@@ -64,30 +72,71 @@ def dispatch_rewarm(
     kwargs: dict[str, object] = {"revision": revision}
     if wanted:
         kwargs["images"] = wanted
-    sent = []
+    send = _ChunkSender(app, kwargs, expires, broker_patience)
+    sent: list[RewarmSent] = []
+    due: list[str] = []
     started = time.monotonic()
-    with app.producer_or_acquire() as producer, producer.batch(BATCH) as batch:
-        declare = _declare(producer)
-        for index, node in enumerate(targets):
-            pause = started + window * index / len(targets) - time.monotonic()
+    for index, node in enumerate(targets):
+        pause = started + window * index / len(targets) - time.monotonic()
+        if pause >= MIN_PAUSE or len(due) >= BATCH:
+            sent += send(due, revision)  # what is due goes out before the pause
+            due = []
             if pause >= MIN_PAUSE:
-                batch.flush()  # what is due goes out before the pause
                 if not keep_going():
-                    break
+                    return sent
                 time.sleep(pause)
-            message = {"node": node, **kwargs}
-            app.send_task(
-                REWARM_NODE,
-                kwargs=message,
-                queue=queue_for_node(node),
-                producer=producer,
-                declare=declare,
-                expires=expires,
-                argsrepr="()",
-                kwargsrepr=repr(message),  # Celery's safe repr costs more than the send
-            )
-            sent.append(RewarmSent(node, revision))
-    return sent
+        due.append(node)
+    return sent + send(due, revision)
+
+
+class _ChunkSender:
+    """Sends a chunk of re-warms in one broker round trip, and again if the broker failed.
+
+    A batch that fails mid-way has an uncertain outcome (kombu says so), so the whole chunk is
+    sent again once the broker answers: a node may get a re-warm twice, which costs one
+    ListImages, but never none. After ``patience`` seconds of failures the error is
+    raised, so a broker that is gone for good is reported rather than waited on forever.
+    """
+
+    def __init__(
+        self, app: Celery, kwargs: dict[str, object], expires: float | None, patience: float
+    ) -> None:
+        self._app = app
+        self._kwargs = kwargs
+        self._expires = expires
+        self._patience = patience
+
+    def __call__(self, nodes: list[str], revision: int) -> list[RewarmSent]:
+        if not nodes:
+            return []
+        give_up = time.monotonic() + self._patience
+        delay = 0.2
+        while True:
+            try:
+                self._send(nodes)
+                return [RewarmSent(node, revision) for node in nodes]
+            except (KombuError, ConnectionError, OSError) as error:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("broker failed during a fan-out (%s); resending %d", error, len(nodes))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _send(self, nodes: list[str]) -> None:
+        with self._app.producer_or_acquire() as producer, producer.batch(BATCH):
+            declare = _declare(producer)
+            for node in nodes:
+                message = {"node": node, **self._kwargs}
+                self._app.send_task(
+                    REWARM_NODE,
+                    kwargs=message,
+                    queue=queue_for_node(node),
+                    producer=producer,
+                    declare=declare,
+                    expires=self._expires,
+                    argsrepr="()",
+                    kwargsrepr=repr(message),  # Celery's safe repr costs more than the send
+                )
 
 
 def _declare(producer: Any) -> list[Any] | None:
