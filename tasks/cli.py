@@ -34,6 +34,7 @@ from .status import NodeStatus, StatusStore
 Report = dict[str, Any]
 
 MAX_LISTED = 10  # missing images listed per node in the table; --json lists them all
+MAX_ROWS = 50  # nodes listed one by one by rewarm --wait; past it, totals and failures only
 
 
 @click.command(cls=CeleryCommand)
@@ -166,8 +167,9 @@ def _follow(sent: list[RewarmSent], reports: queue.Queue[Report], timeout: float
         if report.get("revision", 0) >= pending.get(node, sys.maxsize):
             del pending[node]
             done[node] = report
-            _clear_progress(live)
-            click.echo(f"[{len(done)}/{len(sent)}] {_report_line(node, report)}")
+            if len(sent) <= MAX_ROWS or report.get("failed"):  # thousands: the bar, failures
+                _clear_progress(live)
+                click.echo(f"[{len(done)}/{len(sent)}] {_report_line(node, report)}")
     _clear_progress(live)
     _print_summary(done, sorted(pending), timeout)
     return not pending and not any(report.get("failed") for report in done.values())
@@ -196,25 +198,22 @@ def _report_line(node: str, report: Report) -> str:
 
 
 def _print_summary(done: dict[str, Report], pending: list[str], timeout: float) -> None:
-    rows = [
-        [
-            node,
-            str(report.get("pulled", 0)),
-            str(report.get("present", 0)),
-            str(len(report.get("failed", {}))),
-            str(len(report.get("retrying", []))),
-            f"{report.get('seconds', 0):.1f}",
-        ]
-        for node, report in sorted(done.items())
-    ]
-    rows += [[node, "-", "-", "-", "-", "no report"] for node in pending]
+    """A row per node (a total row past MAX_ROWS nodes), then failures grouped by image."""
+    header = ["NODE", "PULLED", "PRESENT", "FAILED", "RETRYING", "SECONDS"]
+    if len(done) + len(pending) <= MAX_ROWS:
+        rows = [[node, *_counts(report)] for node, report in sorted(done.items())]
+        rows += [[node, "-", "-", "-", "-", "no report"] for node in pending]
+    else:
+        total = [sum(int(_counts(r)[i]) for r in done.values()) for i in range(4)]
+        slowest = max((float(r.get("seconds", 0)) for r in done.values()), default=0.0)
+        rows = [[f"{len(done)} node(s)", *map(str, total), f"max {slowest:.1f}"]]
+        rows += [[f"{len(pending)} node(s)", "-", "-", "-", "-", "no report"]] if pending else []
     click.echo()
-    _table(["NODE", "PULLED", "PRESENT", "FAILED", "RETRYING", "SECONDS"], rows)
-    for node, report in sorted(done.items()):
-        for image, reason in sorted(report.get("failed", {}).items()):
-            click.secho(f"failed   {node}  {image}: {reason}", fg="red")
-        for image in report.get("retrying", []):
-            click.secho(f"retrying {node}  {image} (transient error, retried later)", fg="yellow")
+    _table(header, rows)
+    for (image, reason), nodes in sorted(_by_image(done, "failed").items()):
+        click.secho(f"failed   {image} on {_nodes(nodes)}: {reason}", fg="red")
+    for (image, _), nodes in sorted(_by_image(done, "retrying").items()):
+        click.secho(f"retrying {image} on {_nodes(nodes)} (transient error)", fg="yellow")
     failures = sum(len(report.get("failed", {})) for report in done.values())
     if pending:
         click.secho(f"{len(pending)} node(s) did not report within {timeout:.0f}s", fg="red")
@@ -222,6 +221,34 @@ def _print_summary(done: dict[str, Report], pending: list[str], timeout: float) 
         click.secho(f"{failures} image pull(s) failed", fg="red")
     if not pending and not failures:
         click.secho(f"all {len(done)} node(s) re-warmed", fg="green")
+
+
+def _counts(report: Report) -> list[str]:
+    return [
+        str(report.get("pulled", 0)),
+        str(report.get("present", 0)),
+        str(len(report.get("failed", {}))),
+        str(len(report.get("retrying", []))),
+        f"{report.get('seconds', 0):.1f}",
+    ]
+
+
+def _by_image(done: dict[str, Report], kind: str) -> dict[tuple[str, str], list[str]]:
+    """(image, reason) -> nodes: one line for an image that failed on 4,000 nodes alike."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for node, report in sorted(done.items()):
+        found = report.get(kind) or {}
+        reasons = found if isinstance(found, dict) else dict.fromkeys(found, "")
+        for image, reason in reasons.items():
+            grouped.setdefault((image, reason), []).append(node)
+    return grouped
+
+
+def _nodes(nodes: list[str], shown: int = 3) -> str:
+    listed = ", ".join(nodes[:shown]) + (
+        f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
+    )
+    return f"{len(nodes)} node(s) ({listed})"
 
 
 # --- warm-status ---------------------------------------------------------------------------

@@ -116,8 +116,30 @@ def test_rewarm_wait_exits_one_and_names_the_image_and_reason_when_a_pull_failed
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, out + err
-    assert f"failed   {nodes[1]}  {BAD}: not found" in out
+    assert f"failed   {BAD} on 1 node(s) ({nodes[1]}): not found" in out
     assert "1 image pull(s) failed" in out
+
+
+def test_rewarm_wait_over_many_nodes_prints_totals_and_groups_failures_by_image(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    many = [f"{nodes[0]}-{i}" for i in range(60)]
+    catalog = CatalogStore(bus)
+    for node in many:
+        catalog.put_slice(NodeSlice(node, (SliceImage(GOOD), SliceImage(BAD))))
+    reports: dict[str, dict[str, object]] = {node: {"pulled": 1} for node in [*nodes, *many]}
+    for node in many[:5]:
+        reports[node] = {"pulled": 1, "failed": {BAD: "manifest unknown"}}
+    process = celery(env, "rewarm", "--wait", "--timeout", "30")
+    answer_rewarm(bus, process, **reports)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, out + err
+    assert len(out.splitlines()) < 20  # five failing nodes, a total row: not 62 rows
+    total = next(line for line in out.splitlines() if line.startswith("62 node(s)"))
+    assert total.split()[2:6] == ["62", "0", "5", "0"]
+    shown = ", ".join(sorted(many[:5])[:3])
+    assert f"failed   {BAD} on 5 node(s) ({shown} and 2 more): manifest unknown" in out
 
 
 def test_rewarm_wait_exits_one_when_a_node_does_not_report_in_time(
