@@ -266,6 +266,11 @@ def _print_status(statuses: list[NodeStatus]) -> None:
         for status in statuses
     ]
     _table(["NODE", "WARM", "MISSING", "FAILED", "LAST RE-WARM"], rows)
+    warm = sum(1 for status in statuses if not status.missing)
+    click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
+    if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text
+        click.echo("per image: --node NAME, or --json")
+        return
     for status in statuses:
         for image, reason in sorted(status.failed.items()):
             click.secho(f"failed   {status.node}  {image}: {reason}", fg="red")

@@ -140,6 +140,9 @@ def test_rewarm_wait_over_many_nodes_prints_totals_and_groups_failures_by_image(
     assert total.split()[2:6] == ["62", "0", "5", "0"]
     shown = ", ".join(sorted(many[:5])[:3])
     assert f"failed   {BAD} on 5 node(s) ({shown} and 2 more): manifest unknown" in out
+    _, status, _ = run(env, "warm-status")
+    footer = ["0/62 node(s) fully warm", "per image: --node NAME, or --json"]
+    assert status.splitlines()[-2:] == footer  # no per-image wall of text for 62 nodes
 
 
 def test_rewarm_wait_exits_one_when_a_node_does_not_report_in_time(
@@ -185,6 +188,7 @@ def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
     assert row.split()[1:4] == ["1/2", "1", "1"]
     assert "s ago" in row
     assert f"failed   {nodes[0]}  {BAD}: manifest unknown" in table
+    assert "0/1 node(s) fully warm" in table
 
 
 def test_warm_status_of_an_unknown_node_is_a_usage_error(
