@@ -129,7 +129,9 @@ class NodeAgent:
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
         wanted = [item for item in node_slice.images if not images or item.image in images]
-        held = self.runtime.list_images()  # once: ListImages ignores filters, so filter here
+        # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
+        # image would make a large catalog's re-warm quadratic.
+        held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current))
         missing, present = [], []
         for entry in wanted:
@@ -229,12 +231,17 @@ def _failure(reference: str, error: Exception) -> tuple[Outcome, str]:
     return Outcome.RETRYING, f"internal error: {error!r}"
 
 
-def _held_as(entry: SliceImage, held: list[RuntimeImage]) -> RuntimeImage | None:
+def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
+    return {name: image for image in images for name in (*image.repo_tags, *image.repo_digests)}
+
+
+def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
         image = parse_image(entry.image)
     except InvalidImageReference:
         return None
-    return next((item for item in held if is_present(image, item, entry.digest)), None)
+    candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
+    return candidate if is_present(image, candidate, entry.digest) else None
 
 
 def _count(report: RewarmReport, result: PullResult) -> None:
