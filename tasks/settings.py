@@ -50,6 +50,9 @@ class NatsSettings:
 @dataclass(frozen=True)
 class NodeSettings:
     name: str | None = None
+    # Remote control and heartbeats let Flower and `celery inspect` see the worker, at the cost
+    # of four more broker connections per node (six instead of two): off for very large fleets.
+    remote_control: bool = True
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             tls_ca_file=source.optional("WARM_NATS_TLS_CA_FILE"),
             connect_timeout=source.number("WARM_NATS_CONNECT_TIMEOUT", 5.0, float),
         ),
-        node=NodeSettings(name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME")),
+        node=NodeSettings(
+            name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME"),
+            remote_control=source.flag("WARM_WORKER_REMOTE_CONTROL", True),
+        ),
         runtime=RuntimeSettings(
             kind=source.choice("WARM_RUNTIME", "auto", RUNTIME_KINDS),
             endpoint=source.optional("WARM_RUNTIME_ENDPOINT"),

@@ -50,26 +50,34 @@ def main(argv: list[str] | None = None) -> int:
     _check_settings(settings, runtime)
     metrics.serve(settings.probes.metrics_port)
     health.serve(settings.probes.health_port, runtime)
-    concurrency = settings.runtime.max_concurrent_pulls + 1  # one slot for a re-warm
     try:
-        app.worker_main(
-            [
-                "worker",
-                f"--queues={queue}",
-                f"--hostname=warm@{node}",
-                "--pool=threads",
-                f"--concurrency={concurrency}",
-                "--without-gossip",
-                "--without-mingle",
-                f"--heartbeat-interval={HEARTBEAT_INTERVAL}",
-                "--loglevel=INFO",
-                *(argv or []),
-            ]
-        )
+        app.worker_main(_worker_argv(settings, queue, node, argv or []))
     finally:
         bus.close()  # drains: the last pulls' events leave before the process does
         runtime.close()
     return 0
+
+
+def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) -> list[str]:
+    concurrency = settings.runtime.max_concurrent_pulls + 1  # one slot for a re-warm
+    argv = [
+        "worker",
+        f"--queues={queue}",
+        f"--hostname=warm@{node}",
+        "--pool=threads",
+        f"--concurrency={concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+    ]
+    if settings.node.remote_control:
+        argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
+    else:
+        # Two broker connections (the queue and its acknowledgements) instead of six; Flower
+        # and `celery inspect` no longer see this worker.
+        app.conf.worker_enable_remote_control = False
+        argv.append("--without-heartbeat")
+    return argv + extra
 
 
 def _check_settings(settings: Settings, runtime: ImageRuntime) -> None:
