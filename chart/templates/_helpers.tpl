@@ -137,8 +137,31 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- define "warm-images.nats.auth" -}}
 {{- if .Values.nats.enabled }}
 {{- if .Values.nats.auth.enabled }}true{{ end }}
-{{- else if or .Values.externalNats.user .Values.externalNats.existingSecret }}true
+{{- else if .Values.externalNats.user }}true
+{{- else if and .Values.externalNats.existingSecret (not .Values.externalNats.existingSecretTokenKey) }}true
 {{- end }}
+{{- end }}
+
+{{/* Whether clients send a NATS token instead (external NATS only). */}}
+{{- define "warm-images.nats.token" -}}
+{{- if not .Values.nats.enabled }}
+{{- if and .Values.externalNats.user (or .Values.externalNats.token .Values.externalNats.existingSecretTokenKey) }}
+{{- fail "externalNats: set a user and password or a token, not both" }}
+{{- end }}
+{{- if .Values.externalNats.existingSecret }}
+{{- if .Values.externalNats.existingSecretTokenKey }}true{{ end }}
+{{- else if .Values.externalNats.token }}true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The CA bundle of an external NATS server with TLS, mounted in every app container. */}}
+{{- define "warm-images.nats.caDir" -}}
+/etc/warm-images/nats-ca
+{{- end }}
+
+{{- define "warm-images.nats.ca" -}}
+{{- if and (not .Values.nats.enabled) .Values.externalNats.tls.caSecret }}true{{ end }}
 {{- end }}
 
 {{- define "warm-images.nats.userKey" -}}
@@ -180,6 +203,13 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
     secretKeyRef:
       name: {{ include "warm-images.nats.secretName" . }}
       key: {{ include "warm-images.nats.passwordKey" . }}
+{{- end }}
+{{- if include "warm-images.nats.token" . }}
+- name: WARM_NATS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "warm-images.nats.secretName" . }}
+      key: {{ .Values.externalNats.existingSecretTokenKey | default "nats-token" }}
 {{- end }}
 {{- end }}
 
@@ -264,6 +294,28 @@ envFrom:
   mountPath: /tmp
 {{- end }}
 
+{{/* Volumes of every pod running the application image: /tmp, and the NATS CA when set. */}}
+{{- define "warm-images.app.volumes" -}}
+{{ include "warm-images.tmp.volume" . }}
+{{- if include "warm-images.nats.ca" . }}
+- name: nats-ca
+  secret:
+    secretName: {{ .Values.externalNats.tls.caSecret }}
+    items:
+      - key: {{ .Values.externalNats.tls.caSecretKey }}
+        path: ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "warm-images.app.mounts" -}}
+{{ include "warm-images.tmp.mount" . }}
+{{- if include "warm-images.nats.ca" . }}
+- name: nats-ca
+  mountPath: {{ include "warm-images.nats.caDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* Roll the pods when the shared configuration changes. */}}
 {{- define "warm-images.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
@@ -294,7 +346,24 @@ k3s and RKE2 report "containerd://…-k3s…" and use their own socket path.
 {{- end }}
 {{- end }}
 {{- $sockets := dict "containerd" "/run/containerd/containerd.sock" "k3s" "/run/k3s/containerd/containerd.sock" "crio" "/var/run/crio/crio.sock" "docker" "/var/run/docker.sock" }}
+{{- /* Where the runtime keeps its images: the directory the disk budget's statvfs needs. */}}
+{{- $imageFs := dict "containerd" "/var/lib/containerd" "k3s" "/var/lib/rancher/k3s/agent/containerd" "crio" "/var/lib/containers/storage" "docker" "/var/lib/docker" }}
 type: {{ $type }}
 socket: {{ .Values.worker.runtime.socketPath | default (get $sockets $type) }}
 api: {{ ternary "docker" "cri" (eq $type "docker") }}
+imageFs: {{ .Values.worker.diskBudget.imageFsPath | default (get $imageFs $type) }}
+{{- end }}
+
+{{/*
+Settings that cannot work together, refused at install time rather than found in a log later.
+With a Redis broker a message not acknowledged within the visibility timeout is handed out
+again, so a pull (or a retry's delay) longer than it would run twice. An external broker given
+through an existing Secret is not known here and is not checked.
+*/}}
+{{- define "warm-images.validate" -}}
+{{- $redis := or .Values.redis.enabled (hasPrefix "redis" .Values.externalBroker.url) }}
+{{- $longest := maxf .Values.worker.pull.timeout .Values.worker.pull.retryBackoffMax }}
+{{- if and $redis (le (.Values.config.brokerVisibilityTimeout | float64) $longest) }}
+{{- fail (printf "config.brokerVisibilityTimeout (%v) must exceed worker.pull.timeout and worker.pull.retryBackoffMax (%v): Redis would deliver a pull still running a second time" (.Values.config.brokerVisibilityTimeout | toJson) ($longest | toJson)) }}
+{{- end }}
 {{- end }}

@@ -18,6 +18,7 @@ from chart_helpers import (
     Rendered,
     env_of,
     run_helm,
+    secret_data,
     template,
     values_args,
 )
@@ -142,15 +143,31 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
     data = rendered["default"].get("ConfigMap", "config")["data"]
     assert data == {
         "WARM_NATS_URL": f"nats://{PREFIX}-nats:4222",
+        "WARM_NATS_CONNECT_TIMEOUT": "5",
+        "WARM_BROKER_VISIBILITY_TIMEOUT": "3600",
         "WARM_NAMESPACES": "*",
         "WARM_IGNORE_NAMESPACES": "",
-        "WARM_REWARM_INTERVAL": "1800",
-        "WARM_MAX_CONCURRENT_PULLS": "2",
-        "WARM_DISK_BUDGET_PERCENT": "80",
+        "WARM_NAMESPACE_SELECTOR": "",
+        "WARM_OPT_IN": "false",
+        "WARM_INCLUDE_IMAGES": "",
+        "WARM_EXCLUDE_IMAGES": "",
         "WARM_EXPLICIT_IMAGES": "[]",
-        "WARM_PULL_SECRETS": "false",
+        "WARM_CATALOG_GRACE_PERIOD": "600",
+        "WARM_RESYNC_INTERVAL": "3600",
+        "WARM_WATCH_STALE_AFTER": "600",
         "WARM_LEADER_ELECTION": "false",
         "WARM_LEASE_NAME": f"{PREFIX}-watcher",
+        "WARM_REWARM_INTERVAL": "1800",
+        "WARM_REWARM_WINDOW": "60",
+        "WARM_BEAT_LOCK_TTL": "30",
+        "WARM_MAX_CONCURRENT_PULLS": "2",
+        "WARM_WORKER_REMOTE_CONTROL": "true",
+        "WARM_PULL_TIMEOUT": "600",
+        "WARM_PULL_MAX_RETRIES": "5",
+        "WARM_PULL_RETRY_BACKOFF_MAX": "600",
+        "WARM_DISK_BUDGET_PERCENT": "80",
+        "WARM_PULL_SECRETS": "false",
+        "WARM_KUBELET_CREDENTIALS_FILE": "",
         "WARM_METRICS_PORT": "9808",
         "WARM_HEALTH_PORT": "8080",
     }
@@ -245,9 +262,78 @@ def test_external_nats_and_broker(rendered: dict[str, Rendered]) -> None:
     assert nats_ref["name"] == f"{PREFIX}-nats-client"
 
 
+APP_COMPONENTS = ("watcher", "worker", "beat", "flower", "test")
+
+
+def test_external_nats_with_token_and_private_ca(rendered: dict[str, Rendered]) -> None:
+    """A token instead of user and password, from a Secret; the CA bundle mounted read-only in
+    every component that talks to NATS, named by WARM_NATS_TLS_CA_FILE."""
+    result = rendered["external-token"]
+    data = result.get("ConfigMap", "config")["data"]
+    assert data["WARM_NATS_URL"] == "tls://nats.messaging.svc:4222"
+    assert data["WARM_NATS_TLS_CA_FILE"] == "/etc/warm-images/nats-ca/ca.crt"
+    assert "WARM_NATS_TLS_CA_FILE" not in rendered["default"].get("ConfigMap", "config")["data"]
+    client = result.get("Secret", "nats-client")
+    assert secret_data(client) == {"nats-token": "extNatsT0kenValue"}
+    for component in APP_COMPONENTS:
+        spec = result.pod_spec(component)
+        env = env_of(spec["containers"][0])
+        assert "WARM_NATS_USER" not in env and "WARM_NATS_PASSWORD" not in env, component
+        assert env["WARM_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{PREFIX}-nats-client",
+            "key": "nats-token",
+        }
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["nats-ca"]["secret"] == {
+            "secretName": "nats-ca",
+            "items": [{"key": "ca.pem", "path": "ca.crt"}],
+        }
+        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["nats-ca"] == {
+            "name": "nats-ca",
+            "mountPath": "/etc/warm-images/nats-ca",
+            "readOnly": True,
+        }
+    assert "nats-ca" not in {v["name"] for v in rendered["external"].pod_spec("watcher")["volumes"]}
+
+
+def test_external_nats_token_from_an_existing_secret(helm: Path) -> None:
+    base = ["--set", "nats.enabled=false", "--set", "externalNats.url=nats://n:4222"]
+    existing = ["--set", "externalNats.existingSecret=nats-creds"]
+    result = template(helm, *base, *existing, "--set", "externalNats.existingSecretTokenKey=tok")
+    assert result.returncode == 0, result.stderr
+    rendered = Rendered.parse("existing-token", result.stdout)
+    env = env_of(rendered.container("watcher"))
+    assert env["WARM_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "nats-creds",
+        "key": "tok",
+    }
+    assert "WARM_NATS_USER" not in env
+    assert not rendered.find("Secret", "nats-client")
+    # Without a token key the existing Secret holds a user and password, as before.
+    result = template(helm, *base, *existing)
+    env = env_of(Rendered.parse("existing-user", result.stdout).container("watcher"))
+    assert "WARM_NATS_PASSWORD" in env and "WARM_NATS_TOKEN" not in env
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (
+            [
+                "--set",
+                "nats.enabled=false",
+                "--set",
+                "externalNats.url=nats://n:4222",
+                "--set",
+                "externalNats.user=u",
+                "--set",
+                "externalNats.password=p",
+                "--set",
+                "externalNats.token=t",
+            ],
+            "set a user and password or a token, not both",
+        ),
         (["--set", "redis.enabled=false"], "set externalBroker.url"),
         (["--set", "nats.enabled=false"], "set externalNats.url"),
         (

@@ -29,7 +29,35 @@ WRONG_VALUES = [
         ["--set", "worker.runtime.type=podman"],
         "at '/worker/runtime/type': value must be one of 'auto', 'containerd', 'k3s', 'crio'",
     ),
-    (["--set", "config.diskBudgetPercent=150"], "at '/config/diskBudgetPercent': maximum"),
+    (["--set", "worker.diskBudget.percent=150"], "at '/worker/diskBudget/percent': maximum"),
+    # Moved to worker.diskBudget.percent: the old key fails loudly instead of being ignored.
+    (
+        ["--set", "config.diskBudgetPercent=70"],
+        "at '/config': additional properties 'diskBudgetPercent' not allowed",
+    ),
+    (["--set", "config.optIn=yes"], "at '/config/optIn': got string, want boolean"),
+    (
+        ["--set-string", "watcher.resyncInterval=600"],
+        "at '/watcher/resyncInterval': got string, want number",
+    ),
+    (
+        ["--set-json", "worker.pull.maxRetries=1.5"],
+        "at '/worker/pull/maxRetries': got number, want integer",
+    ),
+    (["--set", "worker.pull.maxRetries=-1"], "at '/worker/pull/maxRetries': minimum"),
+    (["--set", "beat.lockTtl=1"], "at '/beat/lockTtl': minimum"),
+    (["--set", "config.includeImages=ghcr.io/*"], "at '/config/includeImages': got string"),
+    (["--set", "config.excludeImages[0]=a b"], "at '/config/excludeImages/0'"),
+    (
+        ["--set", "config.explicitImages[0].nodeSelector.gpu=true"],
+        "at '/config/explicitImages/0'",
+    ),
+    (["--set", "worker.diskBudget.enabled=maybe"], "at '/worker/diskBudget/enabled'"),
+    (["--set", "worker.diskBudget.imageFsPath=/"], "at '/worker/diskBudget/imageFsPath'"),
+    (
+        ["--set", "worker.credentials.kubeletCredentialsFile=config.json"],
+        "at '/worker/credentials/kubeletCredentialsFile'",
+    ),
     (["--set", "watcher.replica=2"], "at '/watcher': additional properties 'replica' not allowed"),
     (["--set", "watcher.replicas=0"], "at '/watcher/replicas': minimum: got 0, want 1"),
     (

@@ -37,10 +37,19 @@ SOCKETS = {
     "docker": ("/var/run/docker.sock", "docker"),
     "full": ("/var/snap/microk8s/common/run/containerd.sock", "cri"),
 }
+# The image filesystem each value set mounts read-only for the disk budget's statvfs.
+IMAGE_FILESYSTEMS = {
+    "default": "/var/lib/containerd",
+    "k3s": "/var/lib/rancher/k3s/agent/containerd",
+    "crio": "/var/lib/containers/storage",
+    "docker": "/var/lib/docker",
+    "full": "/var/snap/microk8s/common/var/lib/containerd",
+    "settings": "/data/containerd",
+}
 # Env variables that carry a credential and must come from a Secret.
 CREDENTIAL_ENV = re.compile(r"PASSWORD|BASIC_AUTH|TOKEN|SECRET|^WARM_NATS_USER$|AUTH$")
 # Secret keys whose values are credentials (user names are not secret, and may be short words).
-CREDENTIAL_KEY = re.compile(r"password|auth|url")
+CREDENTIAL_KEY = re.compile(r"password|auth|url|token")
 
 
 def rules_of(result: Rendered, kind: str, name: str, namespace: str | None = None) -> list[Doc]:
@@ -221,15 +230,74 @@ def test_resources_everywhere(rendered: dict[str, Rendered]) -> None:
 def test_runtime_socket_mount(rendered: dict[str, Rendered], value_set: str) -> None:
     path, api = SOCKETS[value_set]
     spec = rendered[value_set].pod_spec("worker")
-    host_paths = [v for v in spec["volumes"] if "hostPath" in v]
-    # The socket alone, checked to be a socket: no directory of the host is visible.
-    assert host_paths == [{"name": "runtime-socket", "hostPath": {"path": path, "type": "Socket"}}]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # The socket itself, checked to be a socket, not the directory it is in.
+    assert volumes["runtime-socket"] == {
+        "name": "runtime-socket",
+        "hostPath": {"path": path, "type": "Socket"},
+    }
     container = spec["containers"][0]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["runtime-socket"] == path
     env = env_of(container)
     assert env["WARM_RUNTIME"]["value"] == api
     assert env["WARM_RUNTIME_ENDPOINT"]["value"] == f"unix://{path}"
+
+
+@pytest.mark.parametrize("value_set", sorted(IMAGE_FILESYSTEMS))
+def test_image_filesystem_mount(rendered: dict[str, Rendered], value_set: str) -> None:
+    """The disk budget's statvfs needs the runtime's image directory at the path the runtime
+    reports: mounted there read-only, checked to be an existing directory."""
+    path = IMAGE_FILESYSTEMS[value_set]
+    spec = rendered[value_set].pod_spec("worker")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["image-fs"]["hostPath"] == {"path": path, "type": "Directory"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["image-fs"] == {
+        "name": "image-fs",
+        "mountPath": path,
+        "readOnly": True,
+        "mountPropagation": "HostToContainer",
+    }
+
+
+def test_image_filesystem_not_mounted_when_disabled(rendered: dict[str, Rendered]) -> None:
+    """worker.diskBudget.enabled false (the minimal set): nothing of the host but the socket."""
+    spec = rendered["minimal"].pod_spec("worker")
+    host_paths = [v for v in spec["volumes"] if "hostPath" in v]
+    assert [v["name"] for v in host_paths] == ["runtime-socket"]
+    mounts = [m["name"] for m in spec["containers"][0]["volumeMounts"]]
+    assert "image-fs" not in mounts
+
+
+def test_kubelet_credentials_file_mount(rendered: dict[str, Rendered]) -> None:
+    """Only when set, and then that one file, read-only, at the path WARM_* names."""
+    path = "/var/lib/kubelet/config.json"
+    spec = rendered["settings"].pod_spec("worker")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["kubelet-credentials"]["hostPath"] == {"path": path, "type": "File"}
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["kubelet-credentials"] == {
+        "name": "kubelet-credentials",
+        "mountPath": path,
+        "readOnly": True,
+    }
+    data = rendered["settings"].get("ConfigMap", "config")["data"]
+    assert data["WARM_KUBELET_CREDENTIALS_FILE"] == path
+    default_volumes = rendered["default"].pod_spec("worker")["volumes"]
+    assert "kubelet-credentials" not in {v["name"] for v in default_volumes}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_host_mounts_are_read_only(rendered: dict[str, Rendered], value_set: str) -> None:
+    """Every hostPath but the socket (which must be written to, to talk) is mounted read-only,
+    and none is mounted with a propagation that could leak mounts back to the host."""
+    spec = rendered[value_set].pod_spec("worker")
+    host_volumes = {v["name"] for v in spec["volumes"] if "hostPath" in v}
+    for mount in spec["containers"][0]["volumeMounts"]:
+        if mount["name"] in host_volumes - {"runtime-socket"}:
+            assert mount.get("readOnly") is True, mount
+        assert mount.get("mountPropagation", "None") in {"None", "HostToContainer"}, mount
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -258,6 +326,7 @@ def credentials_of(result: Rendered, value_set: str) -> set[str]:
     for section in ("nats", "redis", "flower"):
         found.add(values.get(section, {}).get("auth", {}).get("password", ""))
     found.add(values.get("externalNats", {}).get("password", ""))
+    found.add(values.get("externalNats", {}).get("token", ""))
     found.add(values.get("externalBroker", {}).get("url", ""))
     return {value for value in found if value}
 
