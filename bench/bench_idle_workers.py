@@ -406,23 +406,27 @@ def table_rows(fleets: list[Fleet]) -> list[tuple[str, list[float]]]:
 
 
 def report(fleets: list[Fleet], options: argparse.Namespace) -> bool:
-    product_fleet, baseline = fleets
+    baseline = fleets[-1]
     print()
     print(
         f"Idle workers on a private Redis: {options.workers} workers per side, idle "
         f"{options.idle:g} s each; x{SCALE:,}: extrapolated linearly to {SCALE:,} workers"
     )
-    print("product: python -m worker; baseline: celery -A tasks worker --pool=solo (defaults)")
+    print(
+        "product: python -m worker (the default keeps remote control and heartbeats for Flower; "
+        "lean: WARM_WORKER_REMOTE_CONTROL=false); baseline: celery -A tasks worker --pool=solo"
+    )
     print()
-    heading = ["product", "baseline", f"product x{SCALE:,}", f"baseline x{SCALE:,}"]
-    print(f"{'per sample of ' + str(options.workers):<38}" + "".join(f"{h:>17}" for h in heading))
+    labels = [fleet.label for fleet in fleets]
+    heading = labels + [f"{label} x{SCALE:,}" for label in labels]
+    print(f"{'per sample of ' + str(options.workers):<38}" + "".join(f"{h:>21}" for h in heading))
     for name, values in table_rows(fleets):
-        print(f"{name:<38}" + "".join(f"{v:>17,.1f}" for v in values))
+        print(f"{name:<38}" + "".join(f"{v:>21,.1f}" for v in values))
     print()
     line = quadratic_line(baseline)
     if line:
         print(line)
-    return verdicts(product_fleet, baseline)
+    return verdicts(fleets)
 
 
 def connection_mix(fleet: Fleet) -> str:
@@ -430,18 +434,19 @@ def connection_mix(fleet: Fleet) -> str:
     return ", ".join(f"{n / fleet.workers:g} {kind}" for kind, n in sorted(fleet.clients.items()))
 
 
-def verdicts(product_fleet: Fleet, baseline: Fleet) -> bool:
+def verdicts(fleets: list[Fleet]) -> bool:
+    product_fleet, baseline = fleets[0], fleets[-1]
     most = max(product_fleet.per_worker)
     connections_met = most <= TARGET_CONNECTIONS
     gossip = gossip_traffic(product_fleet)
-    for fleet in (product_fleet, baseline):
+    for fleet in fleets:
         print(f"{fleet.label} connections per worker: {connection_mix(fleet)}")
     print(
         f"target: <= {TARGET_CONNECTIONS} broker connections per worker -> "
         f"{'MET' if connections_met else 'MISSED'} (product {most}, baseline "
         f"{max(baseline.per_worker)})"
     )
-    for fleet in (product_fleet, baseline):
+    for fleet in fleets:
         needed = max(fleet.per_worker) * SCALE
         fits = "fits in" if needed <= fleet.maxclients else "EXCEEDS"
         print(
@@ -464,6 +469,7 @@ def run_fleet(
     workdir: Path,
     nats: NatsServer,
     options: argparse.Namespace,
+    settings: dict[str, str] | None = None,
 ) -> Fleet:
     fleet = Fleet(label, options.workers)
     with RedisServer(workdir / f"redis-{label}") as redis_server:
@@ -474,6 +480,7 @@ def run_fleet(
             WARM_HEALTH_PORT="0",
             WARM_DISK_BUDGET_PERCENT="99",
         )
+        env.update(settings or {})
         processes = make(env)
         try:
             measure_fleet(fleet, processes, redis_server, options)
@@ -489,6 +496,14 @@ def run(workdir: Path, options: argparse.Namespace) -> bool:
         Containerd(workdir, "node") as node,
     ):
         fleets = [
+            run_fleet(
+                "product lean",
+                lambda env: product_workers(options.workers, env, node.endpoint, logdir),
+                workdir,
+                nats,
+                options,
+                {"WARM_WORKER_REMOTE_CONTROL": "false"},
+            ),
             run_fleet(
                 "product",
                 lambda env: product_workers(options.workers, env, node.endpoint, logdir),
