@@ -232,6 +232,7 @@ def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     full_script = rendered["full"].container("redis")["command"][-1]
     assert "appendonly yes" in full_script
     assert "maxmemory 256mb" in full_script
+    assert "maxclients 10000" in script  # room for ~1,600 nodes at six connections each
     assert "protected-mode no" in rendered["minimal"].container("redis")["command"][-1]
 
 
