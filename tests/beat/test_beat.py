@@ -113,9 +113,9 @@ def test_a_paced_rewarm_spreads_its_sends_over_the_window(
     halfway = sum(queued(client, nodes).values())
     sender.join()
 
-    assert 5 <= halfway <= 15  # about half of them after half the window
+    assert 3 <= halfway <= 17  # about half of them after half the window
     assert sum(queued(client, nodes).values()) == 20
-    assert 1.8 <= time.monotonic() - started < 4
+    assert 1.8 <= time.monotonic() - started < 6
 
 
 def test_the_lease_has_one_holder_and_passes_on_release_and_on_expiry(
@@ -128,11 +128,12 @@ def test_the_lease_has_one_holder_and_passes_on_release_and_on_expiry(
         assert first.hold()  # renewing is not taking twice
 
         first.release()
+        taken = time.monotonic()
         assert second.hold() and not first.hold()
 
         # "b" stops renewing (a hung beat): the server expires its lease, "a" takes over.
-        took = wait_for(first.hold, 6, "the lease to expire")
-        assert took >= 1.0
+        wait_for(first.hold, 15, "the lease to expire")
+        assert time.monotonic() - taken >= 1.9  # not before the TTL (2 s) since b's write
         assert not second.hold()
 
 
@@ -172,7 +173,7 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
 
         os.killpg(leader.pid or 0, signal.SIGKILL)  # no clean release: the lease must expire
         took = wait_for(lambda: dispatches(standby) > 0, 15, "the standby to take over", logs())
-        assert took < 3 + 1 + 2  # TTL, a standby's tick, slack
+        assert took < 3 + 1 + 5  # TTL, a standby's tick, slack for a loaded machine
         assert set(queued(client, nodes).values()) <= {rounds + 1, rounds + 2}
     finally:
         for beat in beats:
