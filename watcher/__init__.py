@@ -5,5 +5,5 @@
 rules; :mod:`watcher.catalog` keeps what is in use; :mod:`watcher.slices` works out which images
 belong on which node; :mod:`watcher.dispatch` writes the catalog to NATS key-value and sends
 Celery tasks to the per-node queues; :mod:`watcher.leader` elects the one replica that
-dispatches, and :mod:`watcher.health` says whether it is still watching.
+dispatches, and ``Watcher.check`` (served as ``/healthz``) says whether it is still watching.
 """

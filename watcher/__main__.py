@@ -11,9 +11,9 @@ from kubernetes import client, config
 
 from tasks.app import app
 from tasks.bus import NatsBus
+from tasks.probes import serve_metrics
 from tasks.settings import SettingsError, load_settings
 
-from . import metrics
 from .service import Watcher
 from .targeting import InvalidSelector
 
@@ -31,7 +31,7 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    metrics.serve(settings.probes.metrics_port)
+    serve_metrics(settings.probes.metrics_port)
     watcher.run(stop)
     return 0
 

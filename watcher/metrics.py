@@ -6,11 +6,7 @@ Module-level, as prometheus_client expects: one registry per process, shared by 
 
 from __future__ import annotations
 
-import logging
-
-from prometheus_client import Counter, Gauge, start_http_server
-
-log = logging.getLogger(__name__)
+from prometheus_client import Counter, Gauge
 
 WATCH_EVENTS = Counter("warm_watcher_events", "Watch events and listed objects received", ["kind"])
 RELISTS = Counter(
@@ -29,13 +25,3 @@ PUBLISH_FAILURES = Counter(
     "warm_watcher_publish_failures", "Flushes that failed because NATS or the broker did"
 )
 LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")
-
-
-def serve(port: int) -> None:
-    """Serve /metrics; a port already taken costs the metrics, never the watcher."""
-    if not port:
-        return
-    try:
-        start_http_server(port)
-    except OSError as error:
-        log.warning("metrics not served on port %d: %s", port, error)

@@ -21,12 +21,12 @@ from celery import Celery
 from kubernetes import client
 
 from tasks.bus import NatsBus
+from tasks.probes import HealthServer, serve_health
 from tasks.settings import Settings
 
 from . import metrics
 from .catalog import CatalogState, Changes
 from .dispatch import Dispatcher, Sync
-from .health import HealthServer
 from .leader import LeaderElector
 from .reflector import Event, Reflector
 from .sources import reflectors
@@ -107,10 +107,7 @@ class Watcher:
         port = self._settings.probes.health_port
         if not port:
             return
-        try:
-            self.health = HealthServer(port, self.check).start()
-        except OSError as error:  # a port taken costs the probe, never the watcher
-            log.warning("health endpoint not served on port %d: %s", port, error)
+        self.health = serve_health(port, self.check)
 
     def _start_elector(self, stop: threading.Event) -> threading.Thread | None:
         if self.elector is None:

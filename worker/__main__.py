@@ -16,13 +16,13 @@ import sys
 
 from tasks.app import app
 from tasks.bus import NatsBus
+from tasks.probes import serve_metrics
 from tasks.routing import InvalidNodeName, queue_for_node
 from tasks.settings import Settings, SettingsError, load_settings
 
 from . import (
     handlers,  # noqa: F401  (registers the task bodies on the app)
     health,
-    metrics,
 )
 from .agent import NodeAgent, install_agent
 from .runtime import ImageRuntime, RuntimeUnavailable, open_runtime
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     install_agent(NodeAgent(settings, node, runtime, bus))
     log.info("node %s: consuming %s through %s", node, queue, runtime.name)
     _check_settings(settings, runtime)
-    metrics.serve(settings.probes.metrics_port)
+    serve_metrics(settings.probes.metrics_port)
     health.serve(settings.probes.health_port, runtime)
     try:
         app.worker_main(_worker_argv(settings, queue, node, argv or []))

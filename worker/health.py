@@ -8,50 +8,22 @@ DaemonSet.
 
 from __future__ import annotations
 
-import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tasks.probes import HealthServer, serve_health
 
 from .runtime import ImageRuntime, RuntimeUnavailable
-
-log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT = 5.0
 
 
-def check(runtime: ImageRuntime) -> tuple[bool, str]:
+def check(runtime: ImageRuntime) -> tuple[bool, dict[str, Any]]:
     try:
-        return True, f"ok: {runtime.version(timeout=_PROBE_TIMEOUT)}"
+        return True, {"runtime": f"ok: {runtime.version(timeout=_PROBE_TIMEOUT)}"}
     except RuntimeUnavailable as error:
-        return False, f"runtime unavailable: {error}"
+        return False, {"runtime": f"unavailable: {error}"}
 
 
-def serve(port: int, runtime: ImageRuntime) -> ThreadingHTTPServer | None:
-    """Serve /healthz in a daemon thread; a port already taken is logged, not fatal."""
-    if not port:
-        return None
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/healthz":
-                self.send_error(404)
-                return
-            healthy, text = check(runtime)
-            body = (text + "\n").encode()
-            self.send_response(200 if healthy else 503)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Probes every few seconds would drown the worker's log."""
-
-    try:
-        server = ThreadingHTTPServer(("", port), Handler)
-    except OSError as error:
-        log.warning("health endpoint not served on port %d: %s", port, error)
-        return None
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
-    return server
+def serve(port: int, runtime: ImageRuntime) -> HealthServer | None:
+    """Serve /healthz in a daemon thread (0: not served); a port taken is logged, not fatal."""
+    return serve_health(port, lambda: check(runtime))

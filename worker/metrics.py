@@ -7,13 +7,9 @@ NATS events. The node is the scrape target's own label.
 
 from __future__ import annotations
 
-import logging
-
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from tasks.models import Outcome, PullResult
-
-log = logging.getLogger(__name__)
 
 PULLS = Counter("warm_pulls", "Pull attempts by outcome", ["outcome"])
 PULL_SECONDS = Histogram(
@@ -35,13 +31,3 @@ def observe(result: PullResult) -> None:
         PULL_SECONDS.labels(result.outcome.value).observe(result.seconds)
     if result.outcome is Outcome.SKIPPED:
         DISK_BUDGET_SKIPS.inc()
-
-
-def serve(port: int) -> None:
-    """Serve /metrics; a port already taken costs the metrics, never the worker."""
-    if not port:
-        return
-    try:
-        start_http_server(port)
-    except OSError as error:
-        log.warning("metrics not served on port %d: %s", port, error)

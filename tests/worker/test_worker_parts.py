@@ -76,7 +76,7 @@ def test_healthz_follows_the_runtime_socket_only(node: Containerd, tmp_path: Pat
     finally:
         for server in servers:
             if server is not None:
-                server.shutdown()
+                server.stop()
         up.close()
         down.close()
 

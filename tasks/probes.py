@@ -1,9 +1,9 @@
-"""``/healthz``: fails when the watcher stops watching, instead of staying green.
+"""``/healthz`` and ``/metrics`` for the long-running components (watcher and node worker).
 
-The failure users hit with naive watchers is a watch that ends or hangs while the process
-lives on. So health is not "the process answers" but "every reflector thread is alive and has
-heard from the API within ``WARM_WATCH_STALE_AFTER`` seconds (events, bookmarks and list pages
-all count), and the main loop is turning". Kubernetes restarts a pod whose probe fails.
+Each component decides what healthy means (the watcher: its watches are fresh; the worker: its
+runtime answers); this module only serves the answer. A port that is already taken costs the
+probe or the metrics, never the component: two workers on one machine (the local cluster) or a
+misconfigured port must not stop pulls.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from prometheus_client import start_http_server
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class HealthServer:
+    """Answers ``/healthz`` (and ``/readyz``) with 200 or 503 and the check's details as JSON."""
+
     def __init__(self, port: int, check: Check, host: str = "") -> None:
-        handler = _handler(check)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = ThreadingHTTPServer((host, port), _handler(check))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -42,6 +45,27 @@ class HealthServer:
         self._server.server_close()
 
 
+def serve_health(port: int, check: Check) -> HealthServer | None:
+    """Serve the probe on ``port`` (0: not served); a port already taken is logged, not fatal."""
+    if not port:
+        return None
+    try:
+        return HealthServer(port, check).start()
+    except OSError as error:
+        log.warning("health endpoint not served on port %d: %s", port, error)
+        return None
+
+
+def serve_metrics(port: int) -> None:
+    """Serve Prometheus ``/metrics`` on ``port`` (0: not served), never failing the caller."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as error:
+        log.warning("metrics not served on port %d: %s", port, error)
+
+
 def _handler(check: Check) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -57,6 +81,6 @@ def _handler(check: Check) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            log.debug(format, *args)
+            """Probes every few seconds would drown the component's log."""
 
     return Handler
