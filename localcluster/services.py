@@ -7,7 +7,12 @@ leaves nothing behind in the shared ones.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from localcluster._lifecycle import Service
@@ -97,3 +102,33 @@ class NatsServer(_TcpServer):
             "-js",
             "-sd", str(self.workdir / "jetstream"),
         ]  # fmt: skip
+
+
+RABBITMQ = ("127.0.0.1", 5672)
+
+
+def rabbitmq_answers() -> bool:
+    """Whether the machine's RabbitMQ (guest/guest, as Debian installs it) takes connections."""
+    try:
+        socket.create_connection(RABBITMQ, timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A vhost of the machine's RabbitMQ for one run, deleted after it (the default vhost when
+    rabbitmqctl is not at hand). RabbitMQ is too heavy to start per run, unlike Redis."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        yield "amqp://guest:guest@127.0.0.1:5672//"
+        return
+    vhost = f"warm-{uuid.uuid4().hex[:6]}"
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    try:
+        grant = [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+        subprocess.run(grant, check=True, capture_output=True, timeout=60)
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60, check=False)

@@ -28,6 +28,7 @@ from . import metrics
 from .catalog import CatalogState, Changes
 from .dispatch import Dispatcher, Sync
 from .leader import LeaderElector
+from .queue_depth import QueueDepthSampler
 from .reflector import Event, Reflector
 from .sources import reflectors
 
@@ -61,6 +62,7 @@ class Watcher:
         else:
             metrics.LEADER.set(1)  # the only replica: it always dispatches
         self.health: HealthServer | None = None
+        self.queue_depths = QueueDepthSampler(app, self._node_names, lambda: self.leading)
         self._started = self._turned = time.monotonic()
 
     @property
@@ -72,6 +74,9 @@ class Watcher:
             reflector.start()
         self._serve_health()
         elector = self._start_elector(stop)
+        threading.Thread(
+            target=self.queue_depths.run, args=(stop,), name="queue-depth", daemon=True
+        ).start()
         try:
             self._wait_for_first_lists(stop)
             self._loop(stop)
@@ -148,6 +153,9 @@ class Watcher:
                 owed, last_failure = Changes(), 0.0
             else:
                 last_failure = now
+
+    def _node_names(self) -> list[str]:
+        return list(self.state.nodes.copy())  # a copy: the main loop changes it meanwhile
 
     def _resync(self) -> None:
         log.info("periodic resync: listing every kind again")

@@ -4,8 +4,6 @@ product's own processes (watcher and one worker per node) started as users start
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,7 +17,7 @@ from kubernetes import client
 
 from localcluster import Containerd, FakeKubeAPI, Registry, product
 from localcluster.manifests import create_nodes
-from localcluster.services import NatsServer, RedisServer
+from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
 from worker.runtime._cri import api_pb2 as pb
 from worker.runtime._cri import api_pb2_grpc as rpc
 
@@ -95,32 +93,13 @@ def broker_cluster(
         if broker == "redis":
             broker_url = f"{redis_server.url}/2"
         else:
+            if not rabbitmq_answers():
+                pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
             broker_url = stack.enter_context(rabbitmq_vhost())
         cluster = stack.enter_context(
             run_cluster(workdir, registry, broker_url, nats.url, WARM_CATALOG_GRACE_PERIOD="0")
         )
         yield cluster
-
-
-@contextlib.contextmanager
-def rabbitmq_vhost() -> Iterator[str]:
-    """A vhost of the machine's RabbitMQ for this run (the default vhost without rabbitmqctl)."""
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
-    except OSError:
-        pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        yield "amqp://guest:guest@127.0.0.1:5672//"
-        return
-    vhost = f"warm-e2e-{uuid.uuid4().hex[:6]}"
-    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    try:
-        grant = [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
-        subprocess.run(grant, check=True, capture_output=True, timeout=60)
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
 
 
 @contextlib.contextmanager
