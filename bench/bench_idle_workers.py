@@ -41,14 +41,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from localcluster import Containerd, ensure_system_packages, product
+from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer, RedisServer
 from tasks.routing import queue_for_node
 
@@ -530,20 +529,10 @@ def options() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@contextlib.contextmanager
-def short_workdir() -> Iterator[Path]:
-    """A short path: containerd's socket path must fit in 107 bytes."""
-    workdir = Path(tempfile.mkdtemp(prefix="bi-", dir="/tmp"))
-    try:
-        yield workdir
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def main() -> int:
     args = options()
     ensure_system_packages()
-    with short_workdir() as workdir:
+    with scratch_dir("bi-") as workdir:
         return 0 if run(workdir, args) else 1
 
 

@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from localcluster import Containerd, PushedImage, Registry, ensure_system_packages, push_image
+from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -321,20 +320,10 @@ def options() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@contextlib.contextmanager
-def short_workdir() -> Iterator[Path]:
-    """A short path: containerd's socket path must fit in 107 bytes."""
-    workdir = Path(tempfile.mkdtemp(prefix="bn-", dir="/tmp"))
-    try:
-        yield workdir
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def main() -> int:
     args = options()
     ensure_system_packages()
-    with short_workdir() as workdir:
+    with scratch_dir("bn-") as workdir:
         return 0 if run(workdir, args) else 1
 
 

@@ -17,10 +17,8 @@ to back, so a busy machine slows both). Run: ``python bench/bench_pull.py [--rou
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +31,7 @@ from celery import Celery
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from localcluster import Containerd, Registry, ensure_system_packages, product, push_image
+from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.models import Outcome, PullResult
@@ -138,11 +137,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     ensure_system_packages()
-    workdir = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
-    try:
+    with scratch_dir("bp-") as workdir:
         return run(workdir, args.rounds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(workdir: Path, rounds: int) -> int:

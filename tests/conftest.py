@@ -6,14 +6,13 @@ tests never touch the machine's shared Redis and NATS, and fault tests can stop 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localcluster import Registry, ensure_system_packages
+from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.settings import NatsSettings
@@ -21,10 +20,8 @@ from tasks.settings import NatsSettings
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
-    # Short on purpose: containerd's socket paths must fit in 107 bytes.
-    path = Path(tempfile.mkdtemp(prefix="wi-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("wi-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

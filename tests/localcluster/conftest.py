@@ -7,14 +7,13 @@ socket paths are limited to about 107 bytes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from localcluster import Containerd, FakeKubeAPI, Registry, ensure_system_packages
+from localcluster.scratch import scratch_dir
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +24,8 @@ def system_packages() -> None:
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="lc-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("lc-") as path:
+        yield path
 
 
 @pytest.fixture
