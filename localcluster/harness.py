@@ -96,3 +96,14 @@ def registry_requests(registry: Registry, fragment: str) -> list[str]:
     """Lines of the registry's access log that mention ``fragment`` (one per HTTP request)."""
     lines = registry.log_path.read_text(errors="replace").splitlines()
     return [line for line in lines if fragment in line and "HTTP/1.1" in line]
+
+
+def wait_for_download(registry: Registry, image_ref: str, timeout: float = WARM_TIMEOUT) -> None:
+    """Return once the registry has served the start of a layer of ``image_ref``: the moment
+    a drill kills or stops a worker mid-pull."""
+    repository = image_ref.split("/", 1)[1].rsplit(":", 1)[0]
+    deadline = time.monotonic() + timeout
+    while not registry_requests(registry, f"GET /v2/{repository}/blobs/"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no layer of {image_ref} was requested in {timeout:.0f}s")
+        time.sleep(0.01)

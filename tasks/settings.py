@@ -258,18 +258,6 @@ class _Source:
         raw = self._values.get(name)
         return tuple(raw.replace(",", " ").split()) if raw else default
 
-    def json_list(self, name: str) -> tuple[str, ...]:
-        raw = self._values.get(name)
-        if not raw:
-            return ()
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise SettingsError(f"{name} is not valid JSON: {error}") from None
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise SettingsError(f"{name} must be a JSON list of image references")
-        return tuple(value)
-
     def flag(self, name: str, default: bool) -> bool:
         raw = (self._values.get(name) or "").strip().lower()
         if not raw:

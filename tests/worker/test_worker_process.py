@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from localcluster import Containerd, Registry, free_port, push_image
-from localcluster.harness import WARM_TIMEOUT, Events, Worker, registry_requests, start_worker
+from localcluster.harness import (
+    WARM_TIMEOUT,
+    Events,
+    Worker,
+    registry_requests,
+    start_worker,
+    wait_for_download,
+)
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -143,13 +150,9 @@ def test_a_worker_killed_mid_pull_leaves_the_image_to_its_successor(
     )
     events = Events()
     bus.subscribe(pull_events_subject(worker.node), events.add)
-    repository = image.ref.split("/", 1)[1].split(":")[0]
     try:
         worker.send(PULL_IMAGE, image=image.ref)
-        deadline = time.monotonic() + WARM_TIMEOUT
-        while not registry_requests(registry, f"GET /v2/{repository}/blobs/"):
-            assert time.monotonic() < deadline, worker.process.log_tail()
-            time.sleep(0.01)
+        wait_for_download(registry, image.ref)
         assert worker.process.pid is not None
         os.kill(worker.process.pid, signal.SIGKILL)  # mid-pull: no ack, no goodbye
         killed_at = time.monotonic()
@@ -183,13 +186,9 @@ def test_sigterm_lets_the_running_pull_finish_before_the_worker_exits(
     worker = start_worker(node.endpoint, redis_server, nats_server, workdir / "logs")
     events = Events()
     bus.subscribe(pull_events_subject(worker.node), events.add)
-    repository = image.ref.split("/", 1)[1].split(":")[0]
     try:
         worker.send(PULL_IMAGE, image=image.ref)
-        deadline = time.monotonic() + WARM_TIMEOUT
-        while not registry_requests(registry, f"GET /v2/{repository}/blobs/"):
-            assert time.monotonic() < deadline, worker.process.log_tail()
-            time.sleep(0.01)
+        wait_for_download(registry, image.ref)
         worker.process.stop(grace=WARM_TIMEOUT)  # SIGTERM: Celery's warm shutdown
     finally:
         worker.stop()
