@@ -106,15 +106,23 @@ class StatusStore:
         return [self.get(node) for node in self.nodes()]
 
     def record(self, result: PullResult) -> None:
+        self.record_many(result.node, [result])
+
+    def record_many(self, node: str, results: list[PullResult]) -> None:
+        """One read and one write for many results: a node's status holds every image it
+        should have, so writing it once per pull would make a re-warm's cost quadratic."""
+        if not results:
+            return
         with self._lock:
-            status = self.get(result.node)
-            status.images[result.image] = ImageStatus(
-                outcome=result.outcome.value,
-                reason=result.reason,
-                at=result.at,
-                seconds=result.seconds,
-            )
-            self._bus.kv_put(self._bucket, result.node, status.to_json())
+            status = self.get(node)
+            for result in results:
+                status.images[result.image] = ImageStatus(
+                    outcome=result.outcome.value,
+                    reason=result.reason,
+                    at=result.at,
+                    seconds=result.seconds,
+                )
+            self._bus.kv_put(self._bucket, node, status.to_json())
 
     def record_rewarm(
         self, node: str, expected: list[str], revision: int, present: list[str] | None = None

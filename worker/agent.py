@@ -82,6 +82,7 @@ class NodeAgent:
         attempt: int = 1,
         held: RuntimeImage | None = None,
         known_absent: bool = False,
+        record_status: bool = True,
     ) -> PullResult:
         """Make one image present and report the result; never raises for a bad image.
 
@@ -117,7 +118,7 @@ class NodeAgent:
                 attempt=attempt,
             )
         self._remember(entry, result)
-        self.report(result)
+        self.report(result, record_status=record_status)
         return result
 
     def rewarm(self, revision: int, images: list[str]) -> RewarmReport:
@@ -150,6 +151,7 @@ class NodeAgent:
             results = list(pool.map(self._pull_missing, missing))
         for result in results:
             _count(report, result)
+        self._record_status(results)  # before the report, so a reader of it sees them
         metrics.IMAGES_EXPECTED.set(len(expected))
         if not images:
             metrics.IMAGES_PRESENT.set(report.present + report.pulled)
@@ -157,8 +159,11 @@ class NodeAgent:
         self._publish(rewarm_events_subject(self.node), _report_json(report))
         return report
 
-    def report(self, result: PullResult) -> None:
-        """Publish ``result`` and record it in the node's status; best effort when NATS is down."""
+    def report(self, result: PullResult, *, record_status: bool = True) -> None:
+        """Publish ``result`` and record it in the node's status; best effort when NATS is down.
+
+        A re-warm records its results in the status all at once (``record_status=False``).
+        """
         log.info(
             "%s %s on %s in %.2fs %s",
             result.outcome,
@@ -169,14 +174,22 @@ class NodeAgent:
         )
         metrics.observe(result)
         self._publish(pull_events_subject(self.node), result.to_json())
+        if record_status:
+            self._record_status([result])
+
+    def _record_status(self, results: list[PullResult]) -> None:
         try:
-            self.status.record(result)
+            self.status.record_many(self.node, results)
         except BusUnavailable as error:
-            log.warning("status of %s not recorded: %s", result.image, error)
+            log.warning("status of %d image(s) not recorded: %s", len(results), error)
 
     def _pull_missing(self, entry: SliceImage) -> PullResult:
         return self.pull(
-            entry.image, pull_secrets=entry.pull_secrets, digest=entry.digest, known_absent=True
+            entry.image,
+            pull_secrets=entry.pull_secrets,
+            digest=entry.digest,
+            known_absent=True,
+            record_status=False,
         )
 
     def _slice_entry(self, image: str) -> SliceImage:
