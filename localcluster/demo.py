@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import tempfile
 import threading
@@ -132,6 +133,17 @@ def seed_cluster(api: client.ApiClient, images: list[PushedImage]) -> None:
     client.CoreV1Api(api).create_namespaced_pod("default", report)
 
 
+def _remove_all_but_logs(workdir: Path) -> None:
+    """Images, registry blobs and runtime state can be hundreds of MB: only the logs stay."""
+    for child in workdir.iterdir():
+        if child.name == "logs":
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("the local cluster runs containerd, which needs root")
@@ -146,6 +158,7 @@ def main() -> int:
     finally:
         print("\nstopping...", flush=True)
         demo.stop()
+        _remove_all_but_logs(workdir)
         print(f"stopped. Logs are kept in {workdir / 'logs'}", flush=True)
     return 0
 
