@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from kubernetes import client
 from localcluster import Containerd, FakeKubeAPI, Registry, product
 from localcluster.manifests import create_nodes
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
+from tasks.bus import NatsBus
+from tasks.catalog import CatalogStore
+from tasks.settings import NatsSettings
 from worker.runtime._cri import api_pb2 as pb
 from worker.runtime._cri import api_pb2_grpc as rpc
 
@@ -127,6 +131,7 @@ def run_cluster(
         for name, node in nodes.items():
             cluster.start(product.worker(name, node.endpoint, env, cluster.logdir))
         cluster.start(product.watcher(env, cluster.logdir))
+        _wait_until_watching(cluster, nats_url)
         yield cluster
     finally:
         for process in cluster.processes:
@@ -136,3 +141,14 @@ def run_cluster(
         for node in nodes.values():
             node.stop()
         kube.stop()
+
+
+def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60) -> None:
+    """Until the watcher has published every node's slice: its first lists are done, so what
+    a test creates next is timed from a running system, not from the watcher's start-up."""
+    deadline = time.monotonic() + timeout
+    with NatsBus(NatsSettings(url=nats_url)) as bus:
+        while not set(cluster.nodes) <= set(CatalogStore(bus).nodes()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the watcher never published the nodes\n{cluster.logs()}")
+            time.sleep(0.1)
