@@ -16,6 +16,7 @@ REWARM_CATALOG = "warm.rewarm_catalog"
 # NATS subjects.
 PULL_EVENTS = "warm.events.pull"  # .<node>: one PullResult per finished pull attempt
 CATALOG_EVENTS = "warm.events.catalog"  # one CatalogChange per change of the catalog
+INVALID_IMAGE_EVENTS = "warm.events.catalog.invalid"  # one per malformed reference in a workload
 REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-warm
 
 # NATS JetStream key-value buckets.

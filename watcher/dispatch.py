@@ -24,7 +24,13 @@ from kombu.exceptions import OperationalError
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import IMAGE_PREFIX, NODE_PREFIX, CatalogStore, image_key
 from tasks.models import CatalogChange, CatalogEntry, NodeSlice
-from tasks.names import CATALOG_BUCKET, CATALOG_EVENTS, PULL_IMAGE, REWARM_NODE
+from tasks.names import (
+    CATALOG_BUCKET,
+    CATALOG_EVENTS,
+    INVALID_IMAGE_EVENTS,
+    PULL_IMAGE,
+    REWARM_NODE,
+)
 from tasks.routing import check_node_name, queue_for_node
 
 from . import metrics
@@ -35,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_SINGLE_PULLS = 3  # more new images than this for one node: send one re-warm instead
 ENTRY_WORKLOADS = 50  # users listed in a catalog entry; workload_count has them all
-INVALID_EVENTS = f"{CATALOG_EVENTS}.invalid"  # one InvalidImage per malformed reference
 
 
 class Sync(IntEnum):
@@ -191,7 +196,7 @@ class Dispatcher:
     def _publish_events(self, changes: Changes, nodes: list[str]) -> None:
         for invalid in changes.invalid:
             metrics.INVALID_IMAGES.inc()
-            self._bus.publish(INVALID_EVENTS, invalid.to_json())
+            self._bus.publish(INVALID_IMAGE_EVENTS, invalid.to_json())
         if changes.added_images or changes.removed_images or nodes:
             event = CatalogChange(
                 added=tuple(sorted(changes.added_images)),

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster.ports import free_port
-from tasks.names import PULL_IMAGE, REWARM_NODE
+from tasks.names import INVALID_IMAGE_EVENTS, PULL_IMAGE, REWARM_NODE
 from tasks.settings import ExplicitImage
 
 Start = Callable[..., WatchedCluster]
@@ -222,7 +222,7 @@ def test_a_malformed_reference_is_reported_and_others_proceed(start_watcher: Sta
         what="the valid images",
     )
     invalid = wait_for(
-        lambda: [e for s, e in cluster.events if s == "warm.events.catalog.invalid"],
+        lambda: [e for s, e in cluster.events if s == INVALID_IMAGE_EVENTS],
         what="the invalid-image event",
     )
     assert invalid[0]["workload"] == f"default/Deployment/mixed-{tag}"
