@@ -24,6 +24,7 @@ T = TypeVar("T")
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 RUNTIME_KINDS = ("auto", "cri", "docker")
+REFRESH_TAGS = ("none", "latest", "all")
 
 
 class SettingsError(ValueError):
@@ -70,6 +71,10 @@ class RuntimeSettings:
     pull_secrets: bool = True
     # A docker config.json of the node's own registry credentials (kubelet's), as a fallback.
     kubelet_credentials_file: str | None = None
+    # Which present tags a re-warm pulls again, to follow a tag that moved: "none", "latest"
+    # (only :latest tags, the usual mutable ones) or "all". An unchanged tag costs the registry
+    # one manifest request per node and re-warm, so "all" is for small fleets.
+    refresh_tags: str = "latest"
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             disk_budget_percent=source.number("WARM_DISK_BUDGET_PERCENT", 80.0, float),
             pull_secrets=source.flag("WARM_PULL_SECRETS", True),
             kubelet_credentials_file=source.optional("WARM_KUBELET_CREDENTIALS_FILE"),
+            refresh_tags=source.choice("WARM_REFRESH_TAGS", "latest", REFRESH_TAGS),
         ),
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),

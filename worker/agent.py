@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore, UnknownNode
@@ -83,11 +83,13 @@ class NodeAgent:
         held: RuntimeImage | None = None,
         known_absent: bool = False,
         record_status: bool = True,
+        refreshing: RuntimeImage | None = None,
     ) -> PullResult:
         """Make one image present and report the result; never raises for a bad image.
 
         ``pull_secrets`` and ``digest`` come from the catalog entry; when a message carries
-        neither, they are read from this node's catalog slice.
+        neither, they are read from this node's catalog slice. ``refreshing`` is the image a
+        present tag points to now: it is pulled again to follow the tag if it moved.
         """
         started = time.perf_counter()
         entry = SliceImage(reference)
@@ -117,6 +119,8 @@ class NodeAgent:
                 image_id=done.image_id,
                 attempt=attempt,
             )
+        if refreshing is not None:
+            result = _as_refresh(result, refreshing)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result
@@ -134,12 +138,16 @@ class NodeAgent:
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current))
-        missing, present = [], []
+        missing, present, stale = [], [], []
         for entry in wanted:
             reason = None if images else self._failed_before(entry)
-            if _held_as(entry, held) is not None:
-                report.present += 1
+            found = _held_as(entry, held)
+            if found is not None:
                 present.append(entry.image)
+                if self._follows_tag(entry):
+                    stale.append((entry, found))
+                else:
+                    report.present += 1
             elif reason is not None:
                 report.failed[entry.image] = reason
             else:
@@ -148,7 +156,9 @@ class NodeAgent:
         self.status.record_rewarm(self.node, expected, current, present)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            results = list(pool.map(self._pull_missing, missing))
+            pulls = [pool.submit(self._pull_missing, entry) for entry in missing]
+            pulls += [pool.submit(self._refresh, entry, found) for entry, found in stale]
+            results = [pull.result() for pull in pulls]
         for result in results:
             _count(report, result)
         self._record_status(results)  # before the report, so a reader of it sees them
@@ -191,6 +201,27 @@ class NodeAgent:
             known_absent=True,
             record_status=False,
         )
+
+    def _refresh(self, entry: SliceImage, held: RuntimeImage) -> PullResult:
+        return self.pull(
+            entry.image,
+            pull_secrets=entry.pull_secrets,
+            digest=entry.digest,
+            known_absent=True,
+            record_status=False,
+            refreshing=held,
+        )
+
+    def _follows_tag(self, entry: SliceImage) -> bool:
+        """Whether a re-warm pulls this present image again, in case its tag moved."""
+        policy = self.settings.runtime.refresh_tags
+        if policy == "none" or entry.digest:  # a known digest already tells a moved tag
+            return False
+        try:
+            image = parse_image(entry.image)
+        except InvalidImageReference:
+            return False
+        return not image.digest and (policy == "all" or image.tag == "latest")
 
     def _slice_entry(self, image: str) -> SliceImage:
         """This image's entry in the node's catalog slice; a bare entry if it has none."""
@@ -255,6 +286,16 @@ def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage |
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
     return candidate if is_present(image, candidate, entry.digest) else None
+
+
+def _as_refresh(result: PullResult, held: RuntimeImage) -> PullResult:
+    """A present tag pulled again: pulled if it moved; otherwise, even if the registry failed,
+    the image is still warm, so it is neither a failure nor worth a retry."""
+    if result.outcome is Outcome.PULLED and result.image_id != held.id:
+        return replace(result, reason="the tag moved")
+    if result.outcome in (Outcome.PULLED, Outcome.PRESENT):
+        return replace(result, outcome=Outcome.PRESENT, reason="tag unchanged")
+    return replace(result, outcome=Outcome.PRESENT, reason=f"tag not refreshed: {result.reason}")
 
 
 def _count(report: RewarmReport, result: PullResult) -> None:

@@ -163,6 +163,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_MAX_CONCURRENT_PULLS": "2",
         "WARM_WORKER_REMOTE_CONTROL": "true",
         "WARM_PULL_TIMEOUT": "600",
+        "WARM_REFRESH_TAGS": "latest",
         "WARM_PULL_MAX_RETRIES": "5",
         "WARM_PULL_RETRY_BACKOFF_MAX": "600",
         "WARM_DISK_BUDGET_PERCENT": "80",

@@ -118,6 +118,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_PULL_TIMEOUT": "1800",
         "WARM_PULL_MAX_RETRIES": "0",
         "WARM_PULL_RETRY_BACKOFF_MAX": "300",
+        "WARM_REFRESH_TAGS": "all",
         "WARM_DISK_BUDGET_PERCENT": "72.5",
         "WARM_PULL_SECRETS": "false",
         "WARM_KUBELET_CREDENTIALS_FILE": "/var/lib/kubelet/config.json",

@@ -13,6 +13,7 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.nats.url == "nats://127.0.0.1:4222"
     assert settings.runtime.kind == "auto"
     assert settings.runtime.max_concurrent_pulls == 2
+    assert settings.runtime.refresh_tags == "latest"
     assert settings.watch.namespaces == ("*",)
     assert settings.rewarm.interval == 1800
 
@@ -45,6 +46,7 @@ def test_warm_node_name_wins_over_node_name() -> None:
     ("env", "message"),
     [
         ({"WARM_RUNTIME": "podman"}, "WARM_RUNTIME='podman' is not one of auto, cri, docker"),
+        ({"WARM_REFRESH_TAGS": "some"}, "WARM_REFRESH_TAGS='some' is not one of none, latest, all"),
         ({"WARM_MAX_CONCURRENT_PULLS": "two"}, "WARM_MAX_CONCURRENT_PULLS='two' is not a int"),
         ({"WARM_MAX_CONCURRENT_PULLS": "0"}, "must be at least 1"),
         ({"WARM_EXPLICIT_IMAGES": "nginx"}, "WARM_EXPLICIT_IMAGES is not valid JSON"),

@@ -206,3 +206,47 @@ def test_a_runtime_that_is_down_is_a_transient_failure(
     assert result.outcome is Outcome.RETRYING
     assert "UNAVAILABLE" in result.reason
     gone.close()
+
+
+def test_a_rewarm_follows_a_latest_tag_that_moved_without_a_digest_in_the_catalog(
+    make_agent: MakeAgent, registry: Registry, bus: NatsBus, node_name: str, node: Containerd
+) -> None:
+    agent, runtime = make_agent()  # the default: refresh :latest tags
+    repository = f"wt/refresh-{uuid.uuid4().hex[:6]}"
+    first = push_image(registry.host, repository, "latest")
+    pinned = push_image(registry.host, f"{repository}-pinned", "v1")
+    slice_ = NodeSlice(node_name, (SliceImage(first.ref), SliceImage(pinned.ref)))
+    CatalogStore(bus).put_slice(slice_)
+    agent.rewarm(0, [])
+    runtime.pulls.clear()
+
+    unchanged = agent.rewarm(0, [])
+    moved_to = push_image(registry.host, repository, "latest")
+    moved = agent.rewarm(0, [])
+
+    assert (unchanged.pulled, unchanged.present) == (0, 2)
+    assert (moved.pulled, moved.present) == (1, 1)
+    assert runtime.pulls == [first.ref, first.ref]  # :latest asked twice, v1 never
+    assert moved_to.digest_ref in _digests(node)
+
+
+def test_refresh_none_leaves_a_moved_tag_alone(
+    make_agent: MakeAgent, registry: Registry, bus: NatsBus, node_name: str, node: Containerd
+) -> None:
+    agent, runtime = make_agent(refresh_tags="none")
+    repository = f"wt/norefresh-{uuid.uuid4().hex[:6]}"
+    first = push_image(registry.host, repository, "latest")
+    CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(first.ref),)))
+    agent.rewarm(0, [])
+    moved_to = push_image(registry.host, repository, "latest")
+
+    report = agent.rewarm(0, [])
+
+    assert (report.pulled, report.present) == (0, 1)
+    assert runtime.pulls == [first.ref]
+    assert moved_to.digest_ref not in _digests(node)
+
+
+def _digests(node: Containerd) -> set[str]:
+    """Every name@digest the node's containerd holds (read through ctr, not the worker)."""
+    return {ref for ref in node.image_refs() if "@sha256:" in ref}
