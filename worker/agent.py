@@ -156,8 +156,8 @@ class NodeAgent:
         self.status.record_rewarm(self.node, expected, current, present)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            pulls = [pool.submit(self._pull_missing, entry) for entry in missing]
-            pulls += [pool.submit(self._refresh, entry, found) for entry, found in stale]
+            pulls = [pool.submit(self._pull_for_rewarm, entry) for entry in missing]
+            pulls += [pool.submit(self._pull_for_rewarm, entry, found) for entry, found in stale]
             results = [pull.result() for pull in pulls]
         for result in results:
             _count(report, result)
@@ -193,16 +193,8 @@ class NodeAgent:
         except BusUnavailable as error:
             log.warning("status of %d image(s) not recorded: %s", len(results), error)
 
-    def _pull_missing(self, entry: SliceImage) -> PullResult:
-        return self.pull(
-            entry.image,
-            pull_secrets=entry.pull_secrets,
-            digest=entry.digest,
-            known_absent=True,
-            record_status=False,
-        )
-
-    def _refresh(self, entry: SliceImage, held: RuntimeImage) -> PullResult:
+    def _pull_for_rewarm(self, entry: SliceImage, held: RuntimeImage | None = None) -> PullResult:
+        """Pull a missing image, or (``held``) a present tag again to follow a move."""
         return self.pull(
             entry.image,
             pull_secrets=entry.pull_secrets,
