@@ -160,6 +160,12 @@ class NatsBus:
         return self._client
 
     async def _bucket(self, name: str) -> KeyValue:
+        client = self._client
+        if client is not None and client.is_reconnecting:
+            # A KV request cannot succeed before the connection is back; waiting out its
+            # timeout would only hold up the caller (a pull looking up its pull secrets).
+            # Publishes are different: nats-py buffers them across a reconnect.
+            raise BusUnavailable(f"NATS at {self.url} is unreachable, reconnecting")
         if name in self._buckets:
             return self._buckets[name]
         jetstream = (await self._connection()).jetstream(timeout=self._settings.connect_timeout)
