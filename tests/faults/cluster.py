@@ -72,12 +72,14 @@ def drill_cluster(workdir: Path, registries: list[str], **settings: str) -> Iter
             broker_url=f"{redis.url}/0",
             nats_url=nats.url,
             kubeconfig=kube.write_kubeconfig(base / "kubeconfig"),
+        )
+        env.update(
             WARM_PULL_RETRY_BACKOFF_MAX="2",
             WARM_DISK_BUDGET_PERCENT="99",
             WARM_METRICS_PORT="0",
             WARM_HEALTH_PORT="0",
-            **settings,
         )
+        env.update(settings)
         worker = product.worker(node, containerd.endpoint, env, base / "logs").start()
         watcher = product.watcher(env, base / "logs").start()
         bus = NatsBus(NatsSettings(url=nats.url))
