@@ -6,11 +6,13 @@ tasks, and the pull results it publishes on NATS collected in arrival order.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from celery import Celery
 
@@ -107,3 +109,13 @@ def wait_for_download(registry: Registry, image_ref: str, timeout: float = WARM_
         if time.monotonic() > deadline:
             raise TimeoutError(f"no layer of {image_ref} was requested in {timeout:.0f}s")
         time.sleep(0.01)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A real part a test needs is missing: a failure under CI, which must provide every part
+    (``.ci/run`` installs and starts them), and a skip on a developer's partial machine."""
+    import pytest  # only tests call this; benchmarks and the demo import harness without pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must provide it", pytrace=False)
+    pytest.skip(reason)

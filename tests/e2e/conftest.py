@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from localcluster import Containerd, FakeKubeAPI, Registry, product
+from localcluster.harness import unavailable
 from localcluster.manifests import create_nodes
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
 from tasks.bus import NatsBus
@@ -98,7 +99,7 @@ def broker_cluster(
             broker_url = f"{redis_server.url}/2"
         else:
             if not rabbitmq_answers():
-                pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
+                unavailable("RabbitMQ is not answering on 127.0.0.1:5672")
             broker_url = stack.enter_context(rabbitmq_vhost())
         cluster = stack.enter_context(
             run_cluster(workdir, registry, broker_url, nats.url, WARM_CATALOG_GRACE_PERIOD="0")

@@ -7,9 +7,8 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from localcluster import build_oci_layout, free_port
+from localcluster.harness import unavailable
 from localcluster.packages import which
 
 
@@ -39,7 +38,7 @@ def test_zero_sized_layers_still_differ_by_seed(tmp_path: Path) -> None:
 def test_layout_is_valid_for_skopeo(tmp_path: Path, system_packages: None) -> None:
     skopeo = which("skopeo")
     if skopeo is None:
-        pytest.skip("skopeo not installed")
+        unavailable("skopeo is not installed")
     build_oci_layout(tmp_path / "img", "v1", [0.1, 0.1], seed="skopeo")
     proc = subprocess.run(
         [skopeo, "inspect", f"oci:{tmp_path / 'img'}:v1"],

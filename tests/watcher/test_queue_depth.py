@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 from prometheus_client import REGISTRY
 
+from localcluster.harness import unavailable
 from localcluster.services import RedisServer, rabbitmq_answers, rabbitmq_vhost
 from tasks.names import PULL_IMAGE
 from tasks.routing import queue_for_node
@@ -24,7 +25,7 @@ def broker(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterato
         app.close()
         return
     if not rabbitmq_answers():
-        pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
+        unavailable("RabbitMQ is not answering on 127.0.0.1:5672")
     with rabbitmq_vhost() as url:
         app = Celery("depth", broker=url, set_as_current=False)
         yield app

@@ -17,7 +17,7 @@ from worker_testing import worker_settings
 
 from localcluster import Containerd, Registry, push_image
 from localcluster.docker import DockerDaemon
-from localcluster.harness import WARM_TIMEOUT, Events, start_worker
+from localcluster.harness import WARM_TIMEOUT, Events, start_worker, unavailable
 from localcluster.packages import which
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
@@ -42,12 +42,12 @@ def dockerd(
     workdir: Path, registry: Registry, private_registry: Registry
 ) -> Iterator[DockerDaemon]:
     if which("dockerd") is None:
-        pytest.skip("dockerd is not installed (apt-get install docker.io)")
+        unavailable("dockerd is not installed (apt-get install docker.io)")
     daemon = DockerDaemon(workdir, "dk", insecure_registries=[registry.host, private_registry.host])
     try:
         daemon.start()
     except (RuntimeError, TimeoutError) as error:
-        pytest.skip(f"dockerd cannot run on this machine: {error}")
+        unavailable(f"dockerd cannot run on this machine: {error}")
     yield daemon
     daemon.stop()
     daemon.remove_data()
