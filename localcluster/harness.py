@@ -39,11 +39,7 @@ class Events:
         return [event for event in self.received if event.image == image]
 
     def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}: {self.received}")
-            time.sleep(0.05)
+        wait_for(check, timeout, what, lambda: f"events so far: {self.received}")
 
 
 class Worker:
@@ -98,6 +94,19 @@ def registry_requests(registry: Registry, fragment: str) -> list[str]:
     """Lines of the registry's access log that mention ``fragment`` (one per HTTP request)."""
     lines = registry.log_path.read_text(errors="replace").splitlines()
     return [line for line in lines if fragment in line and "HTTP/1.1" in line]
+
+
+def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str] = lambda: ""
+) -> float:
+    """Poll ``check`` until true; the seconds it took. On timeout the error carries ``logs()``,
+    read then (not when the wait began), so it shows what the processes did meanwhile."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
+        time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def wait_for_download(registry: Registry, image_ref: str, timeout: float = WARM_TIMEOUT) -> None:

@@ -23,6 +23,7 @@ from celery import Celery
 
 from beat.lease import Lease, LeaseBus
 from localcluster import free_port, product
+from localcluster.harness import wait_for
 from localcluster.product import ProductProcess
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
@@ -41,15 +42,6 @@ def broker_app(redis_server: RedisServer, db: int) -> Celery:
 
 def queued(client: redis.Redis, nodes: list[str]) -> dict[str, int]:
     return {node: int(client.llen(queue_for_node(node))) for node in nodes}
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, logs: str = "") -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}\n{logs}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_a_rewarm_of_n_nodes_sends_n_small_messages(
@@ -164,7 +156,7 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
     beats = [start_beat(f"beat-{i}", env, tmp_path) for i in (1, 2)]
     logs = lambda: "\n".join(f"--- {b.name}\n{b.log_tail()}" for b in beats)  # noqa: E731
     try:
-        wait_for(lambda: sum(map(dispatches, beats)) >= 3, 30, "three re-warms", logs())
+        wait_for(lambda: sum(map(dispatches, beats)) >= 3, 30, "three re-warms", logs)
         counts = [dispatches(beat) for beat in beats]
         assert min(counts) == 0, logs()  # exactly one of them dispatches
         leader, standby = beats if counts[0] else beats[::-1]
@@ -172,7 +164,7 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
         assert all(count in (rounds, rounds + 1) for count in queued(client, nodes).values())
 
         os.killpg(leader.pid or 0, signal.SIGKILL)  # no clean release: the lease must expire
-        took = wait_for(lambda: dispatches(standby) > 0, 15, "the standby to take over", logs())
+        took = wait_for(lambda: dispatches(standby) > 0, 15, "the standby to take over", logs)
         assert took < 3 + 1 + 5  # TTL, a standby's tick, slack for a loaded machine
         assert set(queued(client, nodes).values()) <= {rounds + 1, rounds + 2}
     finally:
@@ -188,7 +180,7 @@ def test_beat_outlives_a_broker_outage(
     env = product.product_env(broker_url=closed, nats_url=private_nats.url)
     beat = start_beat("beat-outage", env, tmp_path)
     try:
-        wait_for(lambda: "re-warm interrupted" in beat.log_tail(), 30, "the failed send", "")
+        wait_for(lambda: "re-warm interrupted" in beat.log_tail(), 30, "the failed send")
         time.sleep(1)
         assert beat.alive(), beat.log_tail()
     finally:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import grpc
 import pytest
 from kubernetes import client
 
-from localcluster import Containerd, FakeKubeAPI, Registry, product
+from localcluster import Containerd, FakeKubeAPI, Registry, harness, product
 from localcluster.harness import unavailable
 from localcluster.manifests import create_nodes
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
@@ -153,3 +153,8 @@ def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60
             if time.monotonic() > deadline:
                 raise AssertionError(f"the watcher never published the nodes\n{cluster.logs()}")
             time.sleep(0.1)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> float:
+    """harness.wait_for, with the cluster's process logs in a timeout's message."""
+    return harness.wait_for(check, timeout, what, cluster.logs)

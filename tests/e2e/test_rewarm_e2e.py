@@ -9,7 +9,6 @@ with an image the registry does not have.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -21,20 +20,12 @@ from localcluster import Registry, free_port, push_image
 from localcluster.manifests import deployment
 from localcluster.product import celery
 
-from .conftest import SimCluster
+from .conftest import SimCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
 WARM_TIMEOUT = 60.0
 FLOWER_AUTH = ("warm", "s3cret")
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
-        time.sleep(0.1)
 
 
 def in_catalog(cluster: SimCluster, ref: str) -> Callable[[], bool]:

@@ -17,18 +17,9 @@ from localcluster import Registry, push_image
 from localcluster.manifests import deployment
 from tasks.bus import NatsBus
 
-from .conftest import SimCluster
+from .conftest import SimCluster, wait_for
 
 WARM_TIMEOUT = 60.0
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}\n{cluster.logs()}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def on_all_nodes(cluster: SimCluster, ref: str) -> Callable[[], bool]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from kubernetes import client
 
 from localcluster import Containerd, FakeKubeAPI, product
-from localcluster.harness import Events
+from localcluster.harness import Events, wait_for
 from localcluster.manifests import create_nodes, deployment
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
@@ -43,17 +42,6 @@ class DrillCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in (self.watcher, self.worker))
-
-
-def wait_for(
-    check: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]
-) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}\n{logs()}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @contextmanager

@@ -13,25 +13,13 @@ import platform
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from drills import Drill
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "docs" / "RELIABILITY.md"
-
-
-@dataclass
-class Drill:
-    name: str
-    what: str = ""
-    nodeid: str = ""
-    figures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def record(self, key: str, value: object) -> None:
-        self.figures[key] = str(value)
 
 
 _drills: list[Drill] = []

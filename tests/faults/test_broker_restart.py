@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 from celery import Celery
-from conftest import Drill
+from drills import Drill
 
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from celery import Celery
 from cluster import WARM_TIMEOUT, drill_cluster, wait_for
-from conftest import Drill
+from drills import Drill
 
 from localcluster import Registry, push_image
 from tasks.bus import NatsBus

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import Drill
+from drills import Drill
 
 from localcluster import Containerd, Registry, push_image
 from localcluster.harness import Worker, registry_requests, start_worker
