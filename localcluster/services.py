@@ -48,10 +48,6 @@ class _TcpServer(Service):
     def stop(self) -> None:
         self._daemon.stop()
 
-    def restart(self, timeout: float = 15.0) -> None:
-        self.stop()
-        self.start(timeout)
-
     def running(self) -> bool:
         return self._daemon.alive()
 

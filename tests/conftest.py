@@ -6,6 +6,7 @@ tests never touch the machine's shared Redis and NATS, and fault tests can stop 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,4 +55,16 @@ def registry(workdir: Path, system_packages: None) -> Iterator[Registry]:
 @pytest.fixture
 def bus(nats_server: NatsServer) -> Iterator[NatsBus]:
     with NatsBus(NatsSettings(url=nats_server.url)) as connected:
+        yield connected
+
+
+@pytest.fixture  # per test: each starts with empty buckets (catalog, status, leases)
+def private_nats(workdir: Path) -> Iterator[NatsServer]:
+    with NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as server:
+        yield server
+
+
+@pytest.fixture
+def private_bus(private_nats: NatsServer) -> Iterator[NatsBus]:
+    with NatsBus(NatsSettings(url=private_nats.url)) as connected:
         yield connected

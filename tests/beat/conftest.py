@@ -12,29 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.services import NatsServer, RedisServer
+from localcluster.services import RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import NodeSlice, SliceImage
-from tasks.settings import NatsSettings
 
 
 @pytest.fixture(scope="module")
 def private_redis(workdir: Path) -> Iterator[RedisServer]:
     with RedisServer(workdir / f"redis-{uuid.uuid4().hex[:6]}") as server:
         yield server
-
-
-@pytest.fixture  # per test: each starts with an empty catalog and no leader
-def private_nats(workdir: Path) -> Iterator[NatsServer]:
-    with NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as server:
-        yield server
-
-
-@pytest.fixture
-def private_bus(private_nats: NatsServer) -> Iterator[NatsBus]:
-    with NatsBus(NatsSettings(url=private_nats.url)) as bus:
-        yield bus
 
 
 SeedNodes = Callable[[int, int], list[str]]

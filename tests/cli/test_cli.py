@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,27 +22,20 @@ from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import CatalogEntry, NodeSlice, Outcome, PullResult, SliceImage
 from tasks.names import rewarm_events_subject
-from tasks.settings import NatsSettings
 from tasks.status import StatusStore
 
 GOOD, BAD = "registry.example/web:v1", "registry.example/typo:v1"
 
 
 @pytest.fixture
-def nats(workdir: Path) -> Iterator[NatsServer]:
-    with NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as server:
-        yield server
+def bus(private_bus: NatsBus) -> NatsBus:
+    """This module's tests each get an empty catalog: the private NATS, not the session's."""
+    return private_bus
 
 
 @pytest.fixture
-def bus(nats: NatsServer) -> Iterator[NatsBus]:
-    with NatsBus(NatsSettings(url=nats.url)) as connected:
-        yield connected
-
-
-@pytest.fixture
-def env(redis_server: RedisServer, nats: NatsServer) -> dict[str, str]:
-    return product.product_env(broker_url=f"{redis_server.url}/7", nats_url=nats.url)
+def env(redis_server: RedisServer, private_nats: NatsServer) -> dict[str, str]:
+    return product.product_env(broker_url=f"{redis_server.url}/7", nats_url=private_nats.url)
 
 
 @pytest.fixture
