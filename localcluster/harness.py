@@ -19,6 +19,7 @@ from celery import Celery
 from localcluster import product
 from localcluster.registry import Registry
 from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
 from tasks.models import PullResult
 from tasks.routing import queue_for_node
 
@@ -34,6 +35,13 @@ class Events:
 
     def add(self, _subject: str, data: bytes) -> None:
         self.received.append(PullResult.from_json(data))
+
+    @classmethod
+    def follow(cls, bus: NatsBus, subject: str) -> Events:
+        """Collect every pull result published on ``subject`` from now on."""
+        events = cls()
+        bus.subscribe(subject, events.add)
+        return events
 
     def of(self, image: str) -> list[PullResult]:
         return [event for event in self.received if event.image == image]

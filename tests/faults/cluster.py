@@ -71,8 +71,7 @@ def drill_cluster(workdir: Path, registries: list[str], **settings: str) -> Iter
         worker = product.worker(node, containerd.endpoint, env, base / "logs").start()
         watcher = product.watcher(env, base / "logs").start()
         bus = NatsBus(NatsSettings(url=nats.url))
-        events = Events()
-        bus.subscribe(f"{PULL_EVENTS}.>", events.add)
+        events = Events.follow(bus, f"{PULL_EVENTS}.>")
         try:
             yield DrillCluster(node, containerd, kube, nats, redis, bus, events, watcher, worker)
         finally:

@@ -54,9 +54,7 @@ def make_agent(
 
 @pytest.fixture
 def events(bus: NatsBus, node_name: str) -> Events:
-    collected = Events()
-    bus.subscribe(pull_events_subject(node_name), collected.add)
-    return collected
+    return Events.follow(bus, pull_events_subject(node_name))
 
 
 @pytest.fixture

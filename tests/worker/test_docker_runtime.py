@@ -162,8 +162,7 @@ def test_python_m_worker_warms_a_docker_node(
 ) -> None:
     image = push_image(registry.host, f"wt/dk-proc-{uuid.uuid4().hex[:6]}", "v1", size_mib=5)
     worker = start_worker(dockerd.endpoint, redis_server, nats_server, workdir / "logs")
-    events = Events()
-    bus.subscribe(pull_events_subject(worker.node), events.add)
+    events = Events.follow(bus, pull_events_subject(worker.node))
     try:
         worker.send(PULL_IMAGE, image=image.ref)
         events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")

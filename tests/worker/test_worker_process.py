@@ -63,9 +63,7 @@ def worker(
 
 @pytest.fixture
 def worker_events(bus: NatsBus, worker: Worker) -> Events:
-    collected = Events()
-    bus.subscribe(pull_events_subject(worker.node), collected.add)
-    return collected
+    return Events.follow(bus, pull_events_subject(worker.node))
 
 
 def get(url: str) -> tuple[int, str]:
@@ -148,8 +146,7 @@ def test_a_worker_killed_mid_pull_leaves_the_image_to_its_successor(
         workdir / "logs",
         WARM_BROKER_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
     )
-    events = Events()
-    bus.subscribe(pull_events_subject(worker.node), events.add)
+    events = Events.follow(bus, pull_events_subject(worker.node))
     try:
         worker.send(PULL_IMAGE, image=image.ref)
         wait_for_download(registry, image.ref)
@@ -184,8 +181,7 @@ def test_sigterm_lets_the_running_pull_finish_before_the_worker_exits(
 ) -> None:
     image = push_image(registry.host, f"wt/term-{uuid.uuid4().hex[:6]}", "v1", size_mib=150)
     worker = start_worker(node.endpoint, redis_server, nats_server, workdir / "logs")
-    events = Events()
-    bus.subscribe(pull_events_subject(worker.node), events.add)
+    events = Events.follow(bus, pull_events_subject(worker.node))
     try:
         worker.send(PULL_IMAGE, image=image.ref)
         wait_for_download(registry, image.ref)
