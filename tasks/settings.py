@@ -81,8 +81,7 @@ class RuntimeSettings:
 class WatchSettings:
     namespaces: tuple[str, ...] = ("*",)
     ignore_namespaces: tuple[str, ...] = ()
-    explicit_images: tuple[str, ...] = ()
-    # The same images with their optional node selectors (objects in WARM_EXPLICIT_IMAGES).
+    # Images to warm before any workload uses them, with optional node selectors.
     explicit: tuple[ExplicitImage, ...] = ()
     namespace_selector: str = ""  # label selector on Namespaces, e.g. "team=web,env!=dev"
     opt_in: bool = False  # only workloads annotated warm-images.io/warm: "true" count
@@ -145,7 +144,6 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ``) and the config file."""
     source = _Source(_merged(os.environ if environ is None else environ))
-    explicit = source.explicit_images("WARM_EXPLICIT_IMAGES")
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
@@ -178,8 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
             ignore_namespaces=source.words("WARM_IGNORE_NAMESPACES", ()),
-            explicit_images=tuple(item.image for item in explicit),
-            explicit=explicit,
+            explicit=source.explicit_images("WARM_EXPLICIT_IMAGES"),
             namespace_selector=source.text("WARM_NAMESPACE_SELECTOR", ""),
             opt_in=source.flag("WARM_OPT_IN", False),
             include_images=source.words("WARM_INCLUDE_IMAGES", ()),

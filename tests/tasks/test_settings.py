@@ -35,7 +35,7 @@ def test_environment_names_from_the_contract() -> None:
     assert settings.runtime.kind == "cri"
     assert settings.watch.namespaces == ("apps", "batch")
     assert settings.watch.ignore_namespaces == ("kube-system", "kube-public")
-    assert settings.watch.explicit_images == ("nginx:1.25",)
+    assert tuple(item.image for item in settings.watch.explicit) == ("nginx:1.25",)
 
 
 def test_warm_node_name_wins_over_node_name() -> None:
