@@ -6,13 +6,15 @@ top-level keys are the same variable names. The environment wins over the file, 
 hold a site's defaults and a pod can still override one value.
 
 A malformed value fails at start-up with :class:`SettingsError`, naming the variable, the value
-and what was expected, instead of surfacing later as a confusing failure in a pull.
+and what was expected, instead of surfacing later as a confusing failure in a pull; so do values
+that each parse but contradict one another (a Lease renewed only after it expired).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -144,6 +146,50 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ``) and the config file."""
     source = _Source(_merged(os.environ if environ is None else environ))
+    return _consistent(_read(source))
+
+
+def settings_or_exit() -> Settings:
+    """:func:`load_settings` for a process starting: a bad setting ends it with one line on
+    stderr and status 1, rather than a traceback from deep inside a framework's start-up."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        print(f"warm-images: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _consistent(settings: Settings) -> Settings:
+    """Refuse settings that each parse but contradict one another."""
+    leader, rewarm = settings.leader, settings.rewarm
+    pairs = [
+        # (shorter, longer, why the first must stay below the second)
+        (
+            ("WARM_LEASE_RENEW_DEADLINE", leader.renew_deadline),
+            ("WARM_LEASE_DURATION", leader.lease_duration),
+            "a leader must renew its Lease before the Lease runs out",
+        ),
+        (
+            ("WARM_LEASE_RETRY_PERIOD", leader.retry_period),
+            ("WARM_LEASE_RENEW_DEADLINE", leader.renew_deadline),
+            "a leader must get to try again before its renew deadline",
+        ),
+    ]
+    for (short, short_value), (long, long_value), why in pairs:
+        if short_value >= long_value:
+            raise SettingsError(
+                f"{short}={short_value:g} must be less than {long}={long_value:g}: {why}"
+            )
+    if rewarm.window > rewarm.interval:
+        raise SettingsError(
+            f"WARM_REWARM_WINDOW={rewarm.window:g} must not exceed "
+            f"WARM_REWARM_INTERVAL={rewarm.interval:g}: a re-warm would still be sending "
+            "when the next one starts"
+        )
+    return settings
+
+
+def _read(source: _Source) -> Settings:
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),

@@ -178,7 +178,10 @@ def test_beat_outlives_a_broker_outage(
     seed_nodes(2, 1)
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     env = product.product_env(
-        broker_url=closed, nats_url=private_nats.url, WARM_REWARM_INTERVAL="2"
+        broker_url=closed,
+        nats_url=private_nats.url,
+        WARM_REWARM_INTERVAL="2",
+        WARM_REWARM_WINDOW="0",
     )
     beat = start_beat("beat-outage", env, tmp_path)
     try:
