@@ -180,3 +180,17 @@ def test_backoff_stays_within_its_cap() -> None:
     cap = RuntimeSettings().retry_backoff_max
     delays = [handlers.backoff_seconds(retries, cap) for retries in range(1, 30)]
     assert all(0 <= delay <= cap for delay in delays)
+
+
+def test_a_pull_with_its_catalog_entry_follows_the_digest_it_names(
+    agent: NodeAgent, runtime: FakeRuntime
+) -> None:
+    old = runtime.registry.push(APP)
+    agent.pull_entry(SliceImage(APP, digest=old))
+    new = runtime.registry.push(APP)  # the tag moves
+
+    moved = agent.pull_entry(SliceImage(APP, digest=new))
+    unchanged = agent.pull_entry(SliceImage(APP, digest=new))
+
+    assert (moved.outcome, unchanged.outcome) == (Outcome.PULLED, Outcome.PRESENT)
+    assert runtime.pulls == [APP, APP]

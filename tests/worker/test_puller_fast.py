@@ -188,3 +188,13 @@ def test_a_runtime_that_is_down_raises_for_the_caller_to_retry() -> None:
 
     with pytest.raises(RuntimeUnavailable):
         make(runtime).ensure(parse_image("example.com/app:v1"))
+
+
+def test_pull_skips_the_status_check_for_a_caller_that_listed_the_images() -> None:
+    runtime = FakeRuntime()
+    runtime.registry.push("example.com/app:v1")
+
+    done = make(runtime).pull(parse_image("example.com/app:v1"))
+
+    assert done.outcome is Outcome.PULLED
+    assert runtime.calls["image_status"] == 1  # after the pull, for its size; none before
