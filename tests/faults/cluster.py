@@ -20,6 +20,7 @@ from localcluster.harness import Events, unavailable, wait_for
 from localcluster.manifests import create_nodes, deployment
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
 from tasks.bus import NatsBus
+from tasks.models import Outcome, PullResult
 from tasks.names import PULL_EVENTS
 from tasks.settings import NatsSettings
 from worker.runtime.cri import CriRuntime
@@ -67,6 +68,16 @@ class DrillCluster:
             return runtime.image_status(ref) is not None
         finally:
             runtime.close()
+
+    def first_pulled(self, ref: str, *, after: float) -> PullResult:
+        """The first report of ``ref`` pulled since ``after`` (epoch seconds), once it arrives."""
+
+        def pulled() -> list[PullResult]:
+            found = [e for e in self.events.of(ref) if e.outcome is Outcome.PULLED and e.at > after]
+            return sorted(found, key=lambda event: event.at)
+
+        wait_for(lambda: bool(pulled()), 10, f"the report of {ref}", self.logs)
+        return pulled()[0]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in (self.watcher, self.worker))

@@ -24,7 +24,7 @@ from drills import Drill
 
 from localcluster import Containerd, Registry, push_image
 from localcluster.harness import registry_requests, wait_for
-from tasks.models import Outcome, PullResult, Trigger
+from tasks.models import Trigger
 
 RESTART_BOUND = 30.0  # seconds from a worker's restart to its node warm again
 KILLS = 20
@@ -50,7 +50,7 @@ def test_worker_killed_mid_download_is_warm_within_30s_of_its_restart(
         cluster.worker.start()
         restarted = time.time()
         warm = cluster.wait_warm(image.ref, timeout=RESTART_BOUND)
-        back = _first_pulled(cluster, image.ref, after=restarted)
+        back = cluster.first_pulled(image.ref, after=restarted)
         time.sleep(1)  # a redelivered pull, if any, has had time to cost something
         downloads = len(registry_requests(registry, f"/v2/{repository}/blobs/{layer}"))
         reports = [e for e in cluster.events.of(image.ref) if e.at > restarted]
@@ -127,15 +127,6 @@ def _digest(ingest_ref: str) -> str:
     found = re.search(r"sha256:[0-9a-f]{64}", ingest_ref)
     assert found, f"no digest in the ingest ref {ingest_ref!r}"
     return found.group(0)
-
-
-def _first_pulled(cluster: DrillCluster, ref: str, *, after: float) -> PullResult:
-    def pulled() -> list[PullResult]:
-        found = [e for e in cluster.events.of(ref) if e.outcome is Outcome.PULLED and e.at > after]
-        return sorted(found, key=lambda event: event.at)
-
-    wait_for(lambda: bool(pulled()), 10, f"the report of {ref}", cluster.logs)
-    return pulled()[0]
 
 
 def _how(trigger: Trigger) -> str:
