@@ -27,6 +27,7 @@ class ImageStatus:
     reason: str = ""
     at: float = 0.0
     seconds: float = 0.0
+    trigger: str = ""  # what asked for the pull (tasks.models.Trigger); "" when none did
 
 
 @dataclass
@@ -115,6 +116,7 @@ class StatusStore:
                     reason=result.reason,
                     at=result.at,
                     seconds=result.seconds,
+                    trigger=result.trigger.value,
                 )
             self._bus.kv_put(self._bucket, node, status.to_json())
 

@@ -20,7 +20,7 @@ from tasks.models import NodeSlice, Outcome, SliceImage
 from tasks.settings import RuntimeSettings
 from tasks.status import StatusStore
 from worker import handlers
-from worker.agent import NodeAgent, install_agent
+from worker.agent import NodeAgent, attach_agent
 from worker.runtime import FailureKind
 from worker.runtime.fake import FakeRuntime
 
@@ -148,8 +148,9 @@ def test_a_rewarm_follows_a_moved_latest_tag_and_leaves_others_alone(
 
 @pytest.fixture
 def installed(agent: NodeAgent) -> Iterator[NodeAgent]:
-    install_agent(agent)
+    attach_agent(handlers.pull_image.app, agent)
     yield agent
+    attach_agent(handlers.pull_image.app, None)
 
 
 def test_the_pull_task_retries_then_records_a_failure(
