@@ -87,16 +87,40 @@ class RedisServer(_TcpServer):
 
 
 class NatsServer(_TcpServer):
+    """NATS with JetStream storing under ``store``. ``monitor`` serves the server's own
+    statistics (``/connz``, ``/varz``) at ``monitor_url``; ``config`` is nats-server
+    configuration text (users and permissions, say) read before the command-line options."""
+
     name = "nats"
     scheme = "nats"
 
+    def __init__(self, workdir: Path, *, monitor: bool = False, config: str = "") -> None:
+        self.monitor_port = free_port() if monitor else 0
+        self.config = config
+        self.store = Path(workdir) / "jetstream"
+        super().__init__(workdir)
+
+    @property
+    def monitor_url(self) -> str:
+        if not self.monitor_port:
+            raise RuntimeError("this NATS server runs without monitoring: NatsServer(monitor=True)")
+        return f"http://127.0.0.1:{self.monitor_port}"
+
     def _argv(self) -> list[str]:
+        argv = [require_binary("nats-server")]
+        if self.config:
+            path = self.workdir / "nats.conf"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.config)
+            argv += ["-c", str(path)]
+        if self.monitor_port:
+            argv += ["-m", str(self.monitor_port)]
         return [
-            require_binary("nats-server"),
+            *argv,
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",
-            "-sd", str(self.workdir / "jetstream"),
+            "-sd", str(self.store),
         ]  # fmt: skip
 
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 from celery import Celery
 
-from beat.lease import Lease, LeaseBus
+from beat.lease import Lease
 from localcluster import free_port, product
 from localcluster.harness import wait_for
 from localcluster.product import ProductProcess
@@ -114,7 +114,7 @@ def test_the_lease_has_one_holder_and_passes_on_release_and_on_expiry(
     private_nats: NatsServer,
 ) -> None:
     settings = NatsSettings(url=private_nats.url)
-    with LeaseBus(settings, ttl=2) as bus_a, LeaseBus(settings, ttl=2) as bus_b:
+    with NatsBus(settings) as bus_a, NatsBus(settings) as bus_b:
         first, second = Lease(bus_a, ttl=2, holder="a"), Lease(bus_b, ttl=2, holder="b")
         assert first.hold() and not second.hold()
         assert first.hold()  # renewing is not taking twice
