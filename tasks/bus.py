@@ -341,10 +341,11 @@ class _Session:
         except BucketNotFoundError:
             bucket = await jetstream.create_key_value(bucket=name, history=1, ttl=ttl)
         else:
-            info = (await bucket.status()).stream_info
-            if ttl is not None and info.config.max_age != ttl:  # the setting changed since
-                info.config.max_age = ttl
-                await jetstream.update_stream(info.config)
+            if ttl is not None:
+                info = (await bucket.status()).stream_info
+                if info.config.max_age != ttl:  # the setting changed since its creation
+                    info.config.max_age = ttl
+                    await jetstream.update_stream(info.config)
         self._buckets[name] = bucket
         return bucket
 
