@@ -14,6 +14,11 @@ key gives the same guarantee with either broker:
   its next tick instead of waiting for the lease to expire.
 
 A standby beat keeps ticking and trying; it never dispatches while another holds the lease.
+
+NATS restarted without its storage ends the lease at once (the bucket comes back empty, with
+its TTL). The holder notices at its next renewal, a third of the TTL at most; a standby that
+tries in between takes the lease, so two beats may both dispatch for that long. The worst it
+costs is one re-warm sent twice, which each node answers with one diff.
 """
 
 from __future__ import annotations
