@@ -88,15 +88,15 @@ class RedisServer(_TcpServer):
 
 class NatsServer(_TcpServer):
     """NATS with JetStream storing under ``store``. ``monitor`` serves the server's own
-    statistics (``/connz``, ``/varz``) at ``monitor_url``; ``config`` is nats-server
-    configuration text (users and permissions, say) read before the command-line options."""
+    statistics (``/connz``, ``/varz``) at ``monitor_url``."""
 
     name = "nats"
     scheme = "nats"
 
-    def __init__(self, workdir: Path, *, monitor: bool = False, config: str = "") -> None:
-        self.monitor_port = free_port() if monitor else 0
+    def __init__(self, workdir: Path, *, config: Path | None = None, monitor: bool = False) -> None:
+        # A configuration file (e.g. users and permissions); the flags below win.
         self.config = config
+        self.monitor_port = free_port() if monitor else 0
         self.store = Path(workdir) / "jetstream"
         super().__init__(workdir)
 
@@ -107,16 +107,10 @@ class NatsServer(_TcpServer):
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def _argv(self) -> list[str]:
-        argv = [require_binary("nats-server")]
-        if self.config:
-            path = self.workdir / "nats.conf"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.config)
-            argv += ["-c", str(path)]
-        if self.monitor_port:
-            argv += ["-m", str(self.monitor_port)]
         return [
-            *argv,
+            require_binary("nats-server"),
+            *(["--config", str(self.config)] if self.config else []),
+            *(["-m", str(self.monitor_port)] if self.monitor_port else []),
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",

@@ -144,11 +144,11 @@ class Watcher:
             if not self.leading:
                 owed, was_leading = Changes(), False  # the leader publishes; this one keeps state
                 continue
+            if self.catalog_guard.lost(self.dispatcher.revision):
+                self.dispatcher.owe(Sync.FULL)
             if not was_leading:
                 self.dispatcher.owe(Sync.FULL)
                 was_leading = True
-            if self.catalog_guard.lost(self.dispatcher.revision):
-                self.dispatcher.owe(Sync.FULL)
             if not owed and not self.dispatcher.owes:
                 continue
             if last_failure and now - last_failure < RETRY_FLUSH:

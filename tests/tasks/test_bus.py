@@ -106,8 +106,10 @@ def test_a_permission_violation_reaches_the_log_and_the_metric(
 ) -> None:
     before = errors_counted("permission")
     caplog.set_level(logging.WARNING, logger="tasks.bus")
+    config = workdir / f"nats-limited-{uuid.uuid4().hex[:6]}.conf"
+    config.write_text(LIMITED)
     with (
-        NatsServer(workdir / f"nats-p-{uuid.uuid4().hex[:6]}", config=LIMITED) as server,
+        NatsServer(workdir / f"nats-p-{uuid.uuid4().hex[:6]}", config=config) as server,
         NatsBus(NatsSettings(url=server.url, user="limited", password="limited-pw")) as bus,
     ):
         for _ in range(5):
