@@ -72,8 +72,3 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
     drill.record("node's status written again after", f"{reported:.1f} s")
     drill.record("Deployment created after the loss, warm after", f"{warm_after:.1f} s")
     drill.record("images the node had, still in its runtime", "1/1")
-    drill.record(
-        "settings",
-        "the product's defaults; the drill cluster only shortens the retry backoff cap (2 s), "
-        "raises the disk budget and turns the metrics and health ports off",
-    )
