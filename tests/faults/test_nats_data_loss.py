@@ -33,6 +33,7 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
         cluster.wait_warm(before.ref)
         catalog, status = CatalogStore(cluster.bus), StatusStore(cluster.bus)
         revision = cluster.bus.kv_state(CATALOG_BUCKET).revision
+        held_before = set(cluster.containerd.image_refs())
 
         cluster.nats.stop()
         shutil.rmtree(cluster.nats.store)
@@ -48,7 +49,7 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
         rewritten = wait_for(
             lambda: slice_holds(before.ref), 30, "the node's slice rewritten", cluster.logs
         )
-        held_meanwhile = before.ref in cluster.containerd.image_refs()
+        held_meanwhile = set(cluster.containerd.image_refs())
         reported = wait_for(
             lambda: before.ref in status.get(cluster.node).warm,
             30,
@@ -59,16 +60,25 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
         deployed = time.monotonic()
         cluster.wait_warm(after.ref)
         warm_after = time.monotonic() - deployed
-        refs = cluster.containerd.image_refs()
+        reported_after = wait_for(
+            lambda: bool(cluster.events.of(after.ref)), 30, "the pull event", cluster.logs
+        )
+        held_after = set(cluster.containerd.image_refs())
         watcher_log = cluster.watcher.log_tail()
     assert rewritten <= REWRITTEN_WITHIN, f"the catalog came back {rewritten:.1f}s after NATS"
-    assert held_meanwhile and before.ref in refs, "the node lost an image it had"
+    assert before.ref in held_before
+    lost = held_before - (held_meanwhile & held_after)
+    assert not lost, f"the node lost images it had: {sorted(lost)}"
     assert "the catalog in NATS is gone" in watcher_log, watcher_log
     drill.record("catalog revision before NATS lost its storage", revision)
     drill.record(
         "node's slice back in the catalog after NATS restarted empty",
         f"{rewritten:.1f} s (bound {REWRITTEN_WITHIN:.0f} s; the leader checks every 2 s)",
     )
-    drill.record("node's status written again after", f"{reported:.1f} s")
+    drill.record("node's status written again, after the slice", f"{reported:.1f} s")
     drill.record("Deployment created after the loss, warm after", f"{warm_after:.1f} s")
-    drill.record("images the node had, still in its runtime", "1/1")
+    drill.record("worker's pull event seen on the emptied NATS", f"{reported_after:.1f} s after")
+    kept = len(held_before & held_meanwhile & held_after)
+    drill.record(
+        "image references the node held, still in containerd", f"{kept}/{len(held_before)}"
+    )
