@@ -77,7 +77,7 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
     )
     drill.record("node's status written again, after the slice", f"{reported:.1f} s")
     drill.record("Deployment created after the loss, warm after", f"{warm_after:.1f} s")
-    drill.record("worker's pull event seen on the emptied NATS", f"{reported_after:.1f} s after")
+    drill.record("worker's pull event on the emptied NATS, after warm", f"{reported_after:.1f} s")
     kept = len(held_before & held_meanwhile & held_after)
     drill.record(
         "image references the node held, still in containerd", f"{kept}/{len(held_before)}"
