@@ -7,8 +7,9 @@ everything the session holds (connection, opened buckets) is touched on its loop
 
 * the first call opens the connection under a lock, so threads that all make their first call
   at once share one connection instead of leaking the others;
-* ``close()`` swaps the session out under the same lock and shuts it down on its own loop, so a
-  caller that uses the bus again gets a fresh session rather than a half-closed one;
+* ``close()`` swaps the session out under the lock that calls are handed over under, and shuts
+  it down on its own loop: a call in flight ends with :class:`BusUnavailable`, never opens a
+  connection on the closing session, and a later call gets a fresh session;
 * a process forked from one that used the bus (a prefork Celery pool) forgets the parent's
   session in the child: the loop thread did not survive the fork, so the child opens its own.
 
@@ -33,6 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -236,24 +238,28 @@ class NatsBus:
         self.close()
 
     def _run(self, operation: Callable[[_Session], Coroutine[Any, Any, T]]) -> T:
-        session = self._current()
-        future = asyncio.run_coroutine_threadsafe(operation(session), session.loop)
+        future = self._submit(operation)
         deadline = self._settings.connect_timeout * 2 + 5
         try:
             return future.result(timeout=deadline)
         except (BusUnavailable, RevisionMismatch):
             raise
+        except CancelledError as error:  # close() ended it on the loop
+            raise BusUnavailable(f"the bus to NATS at {self.url} was closed meanwhile") from error
         except TimeoutError as error:
             future.cancel()
             raise BusUnavailable(f"NATS at {self.url} did not answer in {deadline:.0f}s") from error
         except (nats.errors.Error, OSError) as error:
             raise BusUnavailable(f"NATS at {self.url}: {error!r}") from error
 
-    def _current(self) -> _Session:
+    def _submit(self, operation: Callable[[_Session], Coroutine[Any, Any, T]]) -> Future[T]:
+        """Hand ``operation`` to the session's loop, under the lock ``close()`` takes: what a
+        session receives, it receives before its shutdown, which ends it."""
         with self._lock:
             if self._session is None:
                 self._session = _Session(self._settings, self._errors, self._ttls)
-            return self._session
+            session = self._session
+            return asyncio.run_coroutine_threadsafe(operation(session), session.loop)
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's loop thread is gone, and its lock may have been held
@@ -284,6 +290,7 @@ class _Session:
         self._client: Client | None = None
         self._buckets: dict[str, KeyValue] = {}
         self._connecting = asyncio.Lock()  # binds to the loop that first awaits it: ours
+        self.closed = False  # set by close(), from another thread
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="nats-bus", daemon=True)
         self._thread.start()
@@ -293,6 +300,8 @@ class _Session:
         return self._settings.url
 
     async def connection(self) -> Client:
+        if self.closed:  # a call that reached the loop after close(): no new connection
+            raise BusUnavailable(f"the bus to NATS at {self.url} was closed meanwhile")
         async with self._connecting:  # one connection, however many callers wait for it
             if self._client is None or self._client.is_closed:
                 self._client = await self._connect()
@@ -403,6 +412,7 @@ class _Session:
 
     def close(self) -> None:
         """Shut down on the loop thread, then stop it; from any thread but the loop's own."""
+        self.closed = True
         future = asyncio.run_coroutine_threadsafe(self._shut_down(), self.loop)
         with contextlib.suppress(Exception):
             future.result(timeout=10)

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from localcluster.harness import wait_for
 from localcluster.services import NatsServer
-from tasks.bus import ErrorLog, NatsBus, RevisionMismatch
+from tasks.bus import BusUnavailable, ErrorLog, NatsBus, RevisionMismatch
 from tasks.settings import NatsSettings
 
 LIMITED = """
@@ -207,3 +208,33 @@ def test_close_then_use_again_opens_a_new_session(private_nats: NatsServer) -> N
     bus.close()  # twice is harmless
     assert bus.kv_get("warm-test-close", "k") == (b"1", 1)
     bus.close()
+
+
+def test_closing_while_other_threads_use_the_bus_leaves_no_connection_behind(
+    monitored_nats: NatsServer,
+) -> None:
+    bus = NatsBus(NatsSettings(url=monitored_nats.url))
+    stop = threading.Event()
+    unexpected: list[BaseException] = []
+
+    def use() -> None:
+        while not stop.is_set():
+            try:
+                bus.kv_get("warm-test-closing", "key")
+            except BusUnavailable:
+                pass  # a call cut short by close() says so
+            except BaseException as error:
+                unexpected.append(error)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(5):
+        time.sleep(0.2)
+        bus.close()
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    bus.close()
+    assert not unexpected, unexpected
+    wait_for(lambda: not connections(monitored_nats), 10, "every connection to close")
