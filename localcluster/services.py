@@ -106,6 +106,13 @@ class NatsServer(_TcpServer):
             raise RuntimeError("this NATS server runs without monitoring: NatsServer(monitor=True)")
         return f"http://127.0.0.1:{self.monitor_port}"
 
+    def restart_empty(self) -> None:
+        """Stop, drop every stream, start on the same port: a NATS pod without a persistent
+        volume coming back."""
+        self.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+        self.start()
+
     def _argv(self) -> list[str]:
         return [
             require_binary("nats-server"),

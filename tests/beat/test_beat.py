@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -137,9 +136,7 @@ def test_the_lease_survives_nats_losing_its_storage_and_still_expires(
     with NatsBus(settings) as bus_a, NatsBus(settings) as bus_b:
         first, second = Lease(bus_a, ttl=2, holder="a"), Lease(bus_b, ttl=2, holder="b")
         assert first.hold()
-        private_nats.stop()
-        shutil.rmtree(private_nats.store)
-        private_nats.start()
+        private_nats.restart_empty()
 
         def holds_again() -> bool:
             try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -35,9 +34,7 @@ def test_nats_restarted_empty_the_catalog_is_rewritten_and_no_node_loses_an_imag
         revision = cluster.bus.kv_state(CATALOG_BUCKET).revision
         held_before = set(cluster.containerd.image_refs())
 
-        cluster.nats.stop()
-        shutil.rmtree(cluster.nats.store)
-        cluster.nats.start()
+        cluster.nats.restart_empty()
 
         def slice_holds(image: str) -> bool:
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import urllib.request
@@ -185,9 +184,7 @@ def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: Nats
         for index in range(3):
             bus.kv_put("warm-test-lost", f"k{index}", b"x")
         before = bus.kv_state("warm-test-lost")
-        private_nats.stop()
-        shutil.rmtree(private_nats.store)
-        private_nats.start()
+        private_nats.restart_empty()
 
         def writable() -> bool:
             try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from localcluster.harness import wait_for
 from localcluster.services import NatsServer
 from tasks.bus import NatsBus
@@ -22,9 +20,7 @@ def test_writes_are_not_a_loss_and_a_catalog_nats_lost_is_one(private_nats: Nats
         now[0] = 2
         assert not guard.lost(written)
 
-        private_nats.stop()
-        shutil.rmtree(private_nats.store)
-        private_nats.start()
+        private_nats.restart_empty()
         now[0] = 3
         assert not guard.lost(written)  # within the interval: no request at all
 
