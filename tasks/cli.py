@@ -136,7 +136,7 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
         try:
             node_slice, _ = catalog.get_slice(node)
         except (UnknownNode, InvalidNodeName):
-            if status.last_rewarm_at is None and not status.images:
+            if not status.reported:
                 unknown.append(node)
             statuses.append(status)
             continue

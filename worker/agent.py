@@ -133,17 +133,19 @@ class NodeAgent:
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item for item in node_slice.images if not images or item.image in images]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current))
         missing, present, stale = [], [], []
-        for entry in wanted:
-            reason = None if images else self._failed_before(entry)
+        for entry in node_slice.images:  # all of it: the status answers the whole slice
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
+            if images and entry.image not in images:
+                continue
+            reason = None if images else self._failed_before(entry)
+            if found is not None:
                 if self._follows_tag(entry):
                     stale.append((entry, found))
                 else:
