@@ -13,6 +13,7 @@ of typos costs one registry request per image, not one per re-warm.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -34,6 +35,10 @@ from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
+
+# A re-warm checks every image of the slice, and the slice's references are the same from one
+# re-warm to the next (a class slice never changes under its hash): each is parsed once.
+_parsed = functools.lru_cache(maxsize=2**15)(parse_image)
 
 
 @dataclass
@@ -212,7 +217,7 @@ class NodeAgent:
         if policy == "none" or entry.digest:  # a known digest already tells a moved tag
             return False
         try:
-            image = parse_image(entry.image)
+            image = _parsed(entry.image)
         except InvalidImageReference:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
@@ -275,7 +280,7 @@ def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
 
 def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
-        image = parse_image(entry.image)
+        image = _parsed(entry.image)
     except InvalidImageReference:
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
