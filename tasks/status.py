@@ -146,10 +146,10 @@ class StatusStore:
                     if images.pop(result.image, None) is not None:
                         warm += 1
                     continue
-                if before is None and expected is not None:
-                    if result.image not in expected:
-                        continue  # not in the slice any more: the record holds only what is
-                    warm -= 1  # expected, and an image it does not name counted as warm
+                if before is None and expected is not None and result.image in expected:
+                    warm -= 1  # an image of the slice the record did not name counted as warm
+                # An image outside the slice re-warmed is new to the node (the watcher sent
+                # it): named now, it leaves at the next re-warm if it left the slice.
                 images[result.image] = _merged(before, _image_status(result))
             self._write(replace(status, images=images, warm_count=max(0, warm)))
 

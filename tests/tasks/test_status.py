@@ -60,3 +60,20 @@ def test_a_rewarm_that_finds_everything_as_recorded_writes_nothing(private_bus: 
     assert status.images == {} and (status.expected_count, status.warm_count) == (2, 2)
     status.expected = slice_[:2]
     assert status.summary()["warm_images"] == slice_[:2]
+
+
+def test_a_failed_pull_of_an_image_new_to_the_slice_is_recorded_until_it_leaves(
+    private_bus: NatsBus,
+) -> None:
+    store = StatusStore(private_bus)
+    old, new = "docker.io/library/old:1", "docker.io/library/new:1"
+    store.record_rewarm("n1", [old], 1, [old])
+
+    store.record_many("n1", [PullResult("n1", new, Outcome.FAILED, "manifest unknown")])
+    status = StatusStore(private_bus).get("n1")
+    status.expected = [old, new]  # the slice now, as warm-status reads it
+    assert status.summary()["failed"] == {new: "manifest unknown"}
+    assert status.summary()["warm_images"] == [old]
+
+    store.record_rewarm("n1", [old], 2, [old])  # the workload went away again
+    assert StatusStore(private_bus).get("n1").images == {}
