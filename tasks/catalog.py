@@ -69,7 +69,12 @@ class CatalogStore:
         found = self._bus.kv_get(self._bucket, NODE_PREFIX + check_node_name(node))
         if found is None or not found[0]:
             raise UnknownNode(f"node {node!r} is not in the catalog")
-        return SlicePointer.from_json(found[0]), found[1]
+        try:
+            return SlicePointer.from_json(found[0]), found[1]
+        except KeyError as error:  # a whole slice, as watchers before class slices wrote
+            raise UnknownNode(
+                f"node {node!r}: an older watcher's slice, until rewritten"
+            ) from error
 
     def get_slice(self, node: str) -> tuple[NodeSlice, int]:
         """The node's slice and its pointer's revision: one small read when the slice is

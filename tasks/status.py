@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .bus import NatsBus
@@ -91,9 +91,16 @@ class NodeStatus:
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeStatus:
+        """A record, also one written by an older worker (which named every image, warm or
+        not, and listed the slice): what this model does not hold is left out."""
         data: dict[str, Any] = json.loads(raw)
-        images = {ref: ImageStatus(**value) for ref, value in data.pop("images", {}).items()}
-        return cls(images=images, **data)
+        images = {
+            ref: ImageStatus(**_known(ImageStatus, value))
+            for ref, value in data.pop("images", {}).items()
+            if value.get("outcome") not in WARM
+        }
+        data.pop("expected", None)
+        return cls(images=images, **_known(cls, data))
 
     def summary(self) -> dict[str, Any]:
         """The JSON of ``celery -A tasks warm-status --json``: counts, and lists to act on."""
@@ -189,6 +196,11 @@ class StatusStore:
         if status != self._written.get(status.node):
             self._bus.kv_put(self._bucket, status.node, status.to_json())
             self._written[status.node] = status
+
+
+def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {item.name for item in fields(model)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def _image_status(result: PullResult) -> ImageStatus:

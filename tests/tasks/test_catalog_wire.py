@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+import pytest
+
 from tasks.bus import NatsBus
-from tasks.catalog import SLICE_PREFIX, CatalogStore, slice_hash
+from tasks.catalog import SLICE_PREFIX, CatalogStore, UnknownNode, slice_hash
 from tasks.models import ClassSlice, NodeSlice, SliceImage, SlicePointer
 from tasks.names import CATALOG_BUCKET
 
@@ -61,3 +63,14 @@ def test_nodes_of_one_class_share_one_stored_slice_read_once_per_reader(
     private_bus.kv_delete(CATALOG_BUCKET, SLICE_PREFIX + digest)
     assert reader.get_slice("n2")[0] == NodeSlice("n2", images)
     assert CatalogStore(private_bus).get_pointer("n3")[0].slice == digest
+
+
+def test_a_whole_slice_left_by_an_older_watcher_reads_as_not_yet_in_the_catalog(
+    private_bus: NatsBus,
+) -> None:
+    older = b'{"images":[{"digest":null,"image":"docker.io/library/a:1","pull_secrets":[]}],'
+    older += b'"node":"n1"}'
+    private_bus.kv_put(CATALOG_BUCKET, "nodes.n1", older)
+
+    with pytest.raises(UnknownNode, match="older watcher"):
+        CatalogStore(private_bus).get_slice("n1")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from tasks.bus import NatsBus
 from tasks.models import Outcome, PullResult
 from tasks.names import STATUS_BUCKET
-from tasks.status import StatusStore
+from tasks.status import NodeStatus, StatusStore
 
 IMAGES = 2000
 GENERATIONS = 100
@@ -77,3 +78,26 @@ def test_a_failed_pull_of_an_image_new_to_the_slice_is_recorded_until_it_leaves(
 
     store.record_rewarm("n1", [old], 2, [old])  # the workload went away again
     assert StatusStore(private_bus).get("n1").images == {}
+
+
+def test_a_record_written_by_an_older_worker_still_reads() -> None:
+    old = {
+        "node": "n1",
+        "expected": ["docker.io/library/a:1", "docker.io/library/b:1"],
+        "images": {
+            "docker.io/library/a:1": {"outcome": "present", "reason": "", "at": 1.0, "seconds": 0},
+            "docker.io/library/b:1": {
+                "outcome": "failed",
+                "reason": "gone",
+                "at": 2.0,
+                "seconds": 0,
+            },
+        },
+        "last_rewarm_at": 3.0,
+        "last_rewarm_revision": 4,
+    }
+    status = NodeStatus.from_json(json.dumps(old).encode())
+    status.expected = old["expected"]  # type: ignore[assignment]
+
+    assert status.summary()["warm_images"] == ["docker.io/library/a:1"]
+    assert status.summary()["failed"] == {"docker.io/library/b:1": "gone"}
