@@ -132,12 +132,6 @@ class StatusStore:
     def nodes(self) -> list[str]:
         return self._bus.kv_keys(self._bucket)
 
-    def all(self) -> list[NodeStatus]:
-        return [self.get(node) for node in self.nodes()]
-
-    def record(self, result: PullResult) -> None:
-        self.record_many(result.node, [result])
-
     def record_many(self, node: str, results: list[PullResult]) -> None:
         """Pull results into the record, written once for all of them, and only if they
         change it (a pull of an image already warm does not)."""
