@@ -164,20 +164,13 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- if and (not .Values.nats.enabled) .Values.externalNats.tls.caSecret }}true{{ end }}
 {{- end }}
 
+{{/* Keys of the external NATS user and password in their Secret. */}}
 {{- define "warm-images.nats.userKey" -}}
-{{- if .Values.nats.enabled }}
-{{- ternary .Values.nats.auth.existingSecretUserKey "nats-user" (ne .Values.nats.auth.existingSecret "") }}
-{{- else }}
 {{- ternary .Values.externalNats.existingSecretUserKey "nats-user" (ne .Values.externalNats.existingSecret "") }}
-{{- end }}
 {{- end }}
 
 {{- define "warm-images.nats.passwordKey" -}}
-{{- if .Values.nats.enabled }}
-{{- ternary .Values.nats.auth.existingSecretPasswordKey "nats-password" (ne .Values.nats.auth.existingSecret "") }}
-{{- else }}
 {{- ternary .Values.externalNats.existingSecretPasswordKey "nats-password" (ne .Values.externalNats.existingSecret "") }}
-{{- end }}
 {{- end }}
 
 {{- define "warm-images.nats.url" -}}
@@ -190,27 +183,97 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- end }}
 {{- end }}
 
-{{/* NATS credentials as env entries, taken from a Secret. */}}
+{{/*
+The parts that hold credentials of their own on the bundled NATS and Redis: each runs as its own
+user with only the rights it needs (chart/README.md, "Security model"). Flower and the helm test
+run as "client".
+*/}}
+{{- define "warm-images.roles" -}}
+watcher worker beat client
+{{- end }}
+
+{{/* The NATS or Redis user of one role. */}}
+{{- define "warm-images.roleUser" -}}
+{{- printf "warm-%s" . }}
+{{- end }}
+
+{{/*
+NATS credentials of one role as env entries, taken from a Secret; call with
+(dict "ctx" $ "role" "worker"). The bundled NATS has one user per role; an external one the
+single user or token of externalNats.
+*/}}
 {{- define "warm-images.nats.env" -}}
-{{- if include "warm-images.nats.auth" . }}
+{{- $ctx := .ctx }}
+{{- if and $ctx.Values.nats.enabled $ctx.Values.nats.auth.enabled }}
 - name: WARM_NATS_USER
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ include "warm-images.nats.userKey" . }}
+  value: {{ include "warm-images.roleUser" .role | quote }}
 - name: WARM_NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ include "warm-images.nats.passwordKey" . }}
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ printf "%s-password" .role }}
+{{- else if include "warm-images.nats.auth" $ctx }}
+- name: WARM_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ include "warm-images.nats.userKey" $ctx }}
+- name: WARM_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ include "warm-images.nats.passwordKey" $ctx }}
 {{- end }}
-{{- if include "warm-images.nats.token" . }}
+{{- if include "warm-images.nats.token" $ctx }}
 - name: WARM_NATS_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ .Values.externalNats.existingSecretTokenKey | default "nats-token" }}
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ $ctx.Values.externalNats.existingSecretTokenKey | default "nats-token" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The subjects a role may publish and subscribe to on the bundled NATS, as YAML {publish, subscribe}.
+A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
+and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
+back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
+publish catalog events; a worker writes only status keys and its own event subjects.
+*/}}
+{{- define "warm-images.nats.permissions" -}}
+{{- $read := dict }}
+{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" }}
+{{- $stream := printf "KV_%s" $bucket }}
+{{- $_ := set $read $bucket (list
+  (printf "$JS.API.STREAM.INFO.%s" $stream)
+  (printf "$JS.API.DIRECT.GET.%s" $stream)
+  (printf "$JS.API.DIRECT.GET.%s.>" $stream)
+  (printf "$JS.API.STREAM.MSG.GET.%s" $stream)
+  (printf "$JS.API.CONSUMER.CREATE.%s" $stream)
+  (printf "$JS.API.CONSUMER.CREATE.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.MSG.NEXT.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.INFO.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.DELETE.%s.>" $stream)
+  (printf "$JS.ACK.%s.>" $stream)) }}
+{{- end }}
+{{- $common := list "$JS.API.INFO" }}
+{{- $catalog := concat (get $read "warm-catalog") (list "$JS.API.STREAM.CREATE.KV_warm-catalog" "$KV.warm-catalog.>") }}
+{{- $status := concat (get $read "warm-status") (list "$JS.API.STREAM.CREATE.KV_warm-status" "$KV.warm-status.>") }}
+{{- $lease := concat (get $read "warm-beat") (list "$JS.API.STREAM.CREATE.KV_warm-beat" "$JS.API.STREAM.UPDATE.KV_warm-beat" "$KV.warm-beat.>") }}
+{{- $roles := dict
+  "watcher" (dict
+    "publish" (concat $common $catalog (get $read "warm-status") (list "warm.events.catalog" "warm.events.catalog.>"))
+    "subscribe" (list "_INBOX.>"))
+  "worker" (dict
+    "publish" (concat $common (get $read "warm-catalog") $status (list "warm.events.pull.>" "warm.events.rewarm.>"))
+    "subscribe" (list "_INBOX.>"))
+  "beat" (dict
+    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") $lease)
+    "subscribe" (list "_INBOX.>"))
+  "client" (dict
+    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") (get $read "warm-beat"))
+    "subscribe" (list "_INBOX.>" "warm.events.>")) }}
+{{- toYaml $roles }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------- broker */}}
@@ -232,44 +295,61 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- end }}
 
 {{/*
-WARM_BROKER_URL, never as plain text when it carries a password: from the chart's Redis Secret
-(which holds the whole URL), or, with an existing Redis Secret that only holds the password,
-assembled by the kubelet from WARM_REDIS_PASSWORD (dependent environment variable).
+WARM_BROKER_URL of one role, never as plain text when it carries a password: from the chart's
+Redis Secret (which holds each role's whole URL), or, with an existing Redis Secret that only
+holds the passwords, assembled by the kubelet from WARM_REDIS_PASSWORD (dependent environment
+variable). Call with (dict "ctx" $ "role" "worker").
 */}}
 {{- define "warm-images.broker.env" -}}
-{{- if .Values.redis.enabled }}
-{{- if not .Values.redis.auth.enabled }}
+{{- $ctx := .ctx }}
+{{- $user := include "warm-images.roleUser" .role }}
+{{- if $ctx.Values.redis.enabled }}
+{{- if not $ctx.Values.redis.auth.enabled }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://%s/0" (include "warm-images.redis.host" .) | quote }}
-{{- else if .Values.redis.auth.existingSecret }}
+  value: {{ printf "redis://%s/0" (include "warm-images.redis.host" $ctx) | quote }}
+{{- else if $ctx.Values.redis.auth.existingSecret }}
 - name: WARM_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.auth.existingSecret }}
-      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+      name: {{ $ctx.Values.redis.auth.existingSecret }}
+      key: {{ printf "%s-password" .role }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://:$(WARM_REDIS_PASSWORD)@%s/0" (include "warm-images.redis.host" .) | quote }}
+  value: {{ printf "redis://%s:$(WARM_REDIS_PASSWORD)@%s/0" $user (include "warm-images.redis.host" $ctx) | quote }}
 {{- else }}
 - name: WARM_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.redis.name" . }}
-      key: broker-url
+      name: {{ include "warm-images.redis.name" $ctx }}
+      key: {{ printf "%s-broker-url" .role }}
 {{- end }}
-{{- else if or .Values.externalBroker.url .Values.externalBroker.existingSecret }}
+{{- else if or $ctx.Values.externalBroker.url $ctx.Values.externalBroker.existingSecret }}
 - name: WARM_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.externalBroker.existingSecret | default (include "warm-images.componentName" (dict "ctx" . "component" "broker")) }}
-      key: {{ ternary .Values.externalBroker.existingSecretKey "broker-url" (ne .Values.externalBroker.existingSecret "") }}
+      name: {{ $ctx.Values.externalBroker.existingSecret | default (include "warm-images.componentName" (dict "ctx" $ctx "component" "broker")) }}
+      key: {{ ternary $ctx.Values.externalBroker.existingSecretKey "broker-url" (ne $ctx.Values.externalBroker.existingSecret "") }}
 {{- else }}
 {{- fail "redis.enabled is false: set externalBroker.url or externalBroker.existingSecret" }}
 {{- end }}
 {{- end }}
 
+{{/*
+The rights of the application users on the bundled Redis (ACL rules after the user's password).
+Every role moves Celery messages: lists, hashes, sorted sets, pub/sub on any key; none may run
+what could wipe or reconfigure the broker or scan it (@dangerous: FLUSHALL, FLUSHDB, CONFIG,
+KEYS, SHUTDOWN, DEBUG, MONITOR, …). The default user, held by the Redis pod alone for its probes,
+keeps every right.
+*/}}
+{{- define "warm-images.redis.aclRules" -}}
+~* &* +@all -@dangerous
+{{- end }}
+
 {{/* ---------------------------------------------------------------- app containers */}}
 
-{{/* Environment shared by every container running the application image. */}}
+{{/*
+Environment shared by every container running the application image, with the credentials of
+its role; call with (dict "ctx" $ "role" "worker").
+*/}}
 {{- define "warm-images.app.env" -}}
 {{- $namespace := dict "name" "WARM_POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace")) }}
 {{- $parts := list (list $namespace | toYaml) (include "warm-images.broker.env" . | trim) (include "warm-images.nats.env" . | trim) }}

@@ -216,8 +216,12 @@ def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
     assert {"-js", "-sd", "/data"} <= set(nats["args"])
     config = default.get("Secret", "nats-config")["stringData"]["nats.conf"]
     assert "jetstream {" in config
-    assert "user: $WARM_NATS_USER" in config
-    assert "password: $WARM_NATS_PASSWORD" in config
+    # One user per part, its password from the server's environment (the credentials Secret).
+    for role in ("watcher", "worker", "beat", "client"):
+        assert f'user: "warm-{role}"' in config
+        assert f"password: $NATS_{role.upper()}_PASSWORD" in config
+        password = env_of(nats)[f"NATS_{role.upper()}_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": f"{PREFIX}-nats", "key": f"{role}-password"}
     # Authentication off: no authorization block and no credentials anywhere.
     minimal = rendered["minimal"]
     assert "authorization" not in minimal.get("Secret", "nats-config")["stringData"]["nats.conf"]
@@ -229,6 +233,11 @@ def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     assert redis["image"] == "redis:7-alpine"
     script = redis["command"][-1]
     assert 'requirepass "${REDIS_PASSWORD}"' in script
+    for role in ("watcher", "worker", "beat", "client"):
+        assert (
+            f"user warm-{role} on >${{REDIS_{role.upper()}_PASSWORD}} ~* &* +@all -@dangerous"
+            in script
+        )
     assert "appendonly no" in script
     full_script = rendered["full"].container("redis")["command"][-1]
     assert "appendonly yes" in full_script

@@ -28,6 +28,8 @@ WORKLOAD_RULES = [
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
+# The parts with users of their own on the bundled NATS and Redis.
+ROLES = ("watcher", "worker", "beat", "client")
 # Components running the application image with the non-root defaults.
 NON_ROOT_APP = ("watcher", "beat", "flower", "test")
 SOCKETS = {
@@ -324,7 +326,9 @@ def credentials_of(result: Rendered, value_set: str) -> set[str]:
     }
     values = load_values(value_set)
     for section in ("nats", "redis", "flower"):
-        found.add(values.get(section, {}).get("auth", {}).get("password", ""))
+        auth = values.get(section, {}).get("auth", {})
+        found.add(auth.get("password", ""))
+        found.update(auth.get("passwords", {}).values())
     found.add(values.get("externalNats", {}).get("password", ""))
     found.add(values.get("externalNats", {}).get("token", ""))
     found.add(values.get("externalBroker", {}).get("url", ""))
@@ -345,9 +349,12 @@ def test_credentials_only_in_secrets(rendered: dict[str, Rendered], value_set: s
 def test_given_passwords_reach_their_secrets(rendered: dict[str, Rendered]) -> None:
     """The leak test is meaningful: the passwords of the value set are in the Secrets."""
     result = rendered["credentials"]
-    assert secret_data(result.get("Secret", "nats"))["nats-password"] == "natsValuesPassw0rd"
+    assert secret_data(result.get("Secret", "nats"))["worker-password"] == "natsWorkerPassw0rd"
     redis = secret_data(result.get("Secret", "redis"))
-    assert redis["broker-url"] == f"redis://:redisValuesPassw0rd@{PREFIX}-redis:6379/0"
+    assert redis["redis-password"] == "redisValuesPassw0rd"
+    assert redis["worker-broker-url"] == (
+        f"redis://warm-worker:redisWorkerPassw0rd@{PREFIX}-redis:6379/0"
+    )
     flower = secret_data(result.get("Secret", "flower"))
     assert flower["basic-auth"] == "ops:flowerValuesPassw0rd"
 
@@ -357,7 +364,10 @@ def test_credential_env_comes_from_secrets(rendered: dict[str, Rendered], value_
     for component, spec in rendered[value_set].pod_specs():
         for container in spec["containers"]:
             for name, entry in env_of(container).items():
-                if CREDENTIAL_ENV.search(name):
+                if name == "WARM_NATS_USER" and "value" in entry:
+                    # The bundled NATS's user names are the parts' names, not secrets.
+                    assert entry["value"] in {f"warm-{role}" for role in ROLES}, component
+                elif CREDENTIAL_ENV.search(name):
                     assert "secretKeyRef" in entry.get("valueFrom", {}), f"{component}: {name}"
                 elif name == "WARM_BROKER_URL" and "value" in entry:
                     # Plain only without a password, or assembled by the kubelet from a Secret.
@@ -371,25 +381,26 @@ def test_existing_secrets_are_referenced(rendered: dict[str, Rendered]) -> None:
     env = env_of(result.container("watcher"))
     assert env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-nats-creds",
-        "key": "nats-password",
+        "key": "watcher-password",
     }
     assert env["WARM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-redis-creds",
-        "key": "password",
+        "key": "watcher-password",
     }
     assert env["WARM_BROKER_URL"]["value"] == (
-        f"redis://:$(WARM_REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
+        f"redis://warm-watcher:$(WARM_REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
     )
+    # The Redis pod alone holds the default user's password, under the key given.
+    redis = env_of(result.container("redis"))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert redis == {"name": "warm-redis-creds", "key": "password"}
     flower = env_of(result.container("flower"))["FLOWER_BASIC_AUTH"]
     assert flower["valueFrom"]["secretKeyRef"] == {"name": "warm-flower-creds", "key": "auth"}
 
 
 def test_generated_passwords_are_strong(rendered: dict[str, Rendered]) -> None:
     default = rendered["default"]
-    for name, key in (
-        ("nats", "nats-password"),
-        ("redis", "redis-password"),
-        ("flower", "password"),
-    ):
+    keys = [("nats", f"{role}-password") for role in ROLES]
+    keys += [("redis", f"{role}-password") for role in ROLES]
+    for name, key in [*keys, ("redis", "redis-password"), ("flower", "password")]:
         password = secret_data(default.get("Secret", name))[key]
         assert re.fullmatch(r"[A-Za-z0-9]{32}", password), name
