@@ -73,9 +73,8 @@ def redis_acl(chart: Rendered, workdir: Path) -> Iterator[RedisServer]:
     config = re.sub(r"(?m)^(bind|port|dir) .*$", "", config)  # the pod's; the flags give ours
     path = workdir / f"redis-{uuid.uuid4().hex[:6]}.conf"
     path.write_text(config)
-    server = RedisServer(path.with_suffix(""), config=path).start()
-    yield server
-    server.stop()
+    with RedisServer(path.with_suffix(""), config=path) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
