@@ -105,9 +105,20 @@ Scheduling fields shared by every pod, as YAML (empty when none is set); call wi
 {{- end }}
 
 {{/*
-Returns a Secret value that is stable across upgrades: the explicit value if given, else the
-value already stored in the cluster (lookup; empty under `helm template`), else a random one.
-Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
+Whether the chart is rendered against a cluster (helm install/upgrade, Flux's helm-controller,
+--dry-run=server): listing the release namespace's Secrets, which Helm itself needs, answers a
+list there and nothing under `helm template` (Argo CD, CI), where lookup is empty.
+*/}}
+{{- define "warm-images.clusterReachable" -}}
+{{- if lookup "v1" "Secret" .Release.Namespace "" }}true{{ end }}
+{{- end }}
+
+{{/*
+A password that is the same on every render: the value given, else the one already stored in
+the cluster (lookup), else, on a first install against a cluster, a random one kept from then on.
+Under `helm template` there is nothing to read a generated password back from, so each render
+would make a new one while running pods keep the old: fail instead, naming what to set.
+Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" "nats.auth.passwords.worker" "existing" "nats.auth.existingSecret").
 */}}
 {{- define "warm-images.stableSecretValue" -}}
 {{- if .value }}
@@ -117,8 +128,10 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- $data := dig "data" (dict) $existing }}
 {{- if hasKey $data .key }}
 {{- index $data .key | b64dec }}
-{{- else }}
+{{- else if include "warm-images.clusterReachable" .ctx }}
 {{- randAlphaNum 32 }}
+{{- else }}
+{{- fail (printf "%s is empty and no cluster is at hand to keep a generated one (helm template, Argo CD): set %s or %s, or install with helm install/upgrade (chart/README.md, \"Passwords and GitOps\")" .path .path .existing) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -396,9 +409,13 @@ envFrom:
 {{- end }}
 {{- end }}
 
-{{/* Roll the pods when the shared configuration changes. */}}
+{{/*
+Roll the pods when the shared configuration or the chart's credentials change: a client keeping
+an old password after the server took a new one would be locked out.
+*/}}
 {{- define "warm-images.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/credentials: {{ print (include (print .Template.BasePath "/nats/secret.yaml") .) (include (print .Template.BasePath "/redis/secret.yaml") .) | sha256sum }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------- runtime */}}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from chart_helpers import (
     CHART,
+    CI_PASSWORDS,
     NAMESPACE,
     PREFIX,
     RELEASE,
@@ -37,7 +38,8 @@ STANDARD_LABELS = (
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict(helm: Path, value_set: str) -> None:
-    result = run_helm(helm, "lint", "--strict", str(CHART), *values_args(value_set))
+    lint = ["lint", "--strict", str(CHART), "-f", str(CI_PASSWORDS), *values_args(value_set)]
+    result = run_helm(helm, *lint)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -464,6 +466,8 @@ def test_notes(helm: Path, args: list[str], expected: list[str]) -> None:
         "--dry-run=client",
         "--namespace",
         NAMESPACE,
+        "-f",
+        str(CI_PASSWORDS),
         *[str(CHART.parent / a) if a.endswith(".yaml") else a for a in args],
     )
     assert result.returncode == 0, result.stderr

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from chart_helpers import (
+    CHART,
     NAMESPACE,
     PREFIX,
+    RELEASE,
     VALUE_SETS,
     Doc,
     Rendered,
     env_of,
     load_values,
+    run_helm,
     secret_data,
+    template,
 )
 
 WORKLOAD_RULES = [
@@ -404,3 +409,69 @@ def test_generated_passwords_are_strong(rendered: dict[str, Rendered]) -> None:
     for name, key in [*keys, ("redis", "redis-password"), ("flower", "password")]:
         password = secret_data(default.get("Secret", name))[key]
         assert re.fullmatch(r"[A-Za-z0-9]{32}", password), name
+
+
+# ------------------------------------------------------------------ passwords under GitOps
+
+
+def secrets_of(text: str) -> dict[str, dict[str, str]]:
+    result = Rendered.parse("render", text)
+    return {s["metadata"]["name"]: secret_data(s) for s in result.of_kind("Secret")}
+
+
+def test_helm_template_gives_the_same_secrets_every_time(helm: Path) -> None:
+    """With the passwords given (as a GitOps repository gives them), two renders agree, and the
+    pods' checksum of the credentials with them, so nothing rolls or drifts between syncs."""
+    first, second = (template(helm) for _ in range(2))
+    assert first.returncode == 0, first.stderr
+    assert secrets_of(first.stdout) == secrets_of(second.stdout)
+    assert first.stdout == second.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "nats.auth.passwords.watcher is empty"),
+        (["--set", "nats.auth.existingSecret=nats-creds"], "redis.auth.password is empty"),
+        (
+            ["--set", "nats.auth.existingSecret=n", "--set", "redis.auth.existingSecret=r"],
+            "flower.auth.password is empty",
+        ),
+    ],
+)
+def test_helm_template_without_passwords_fails_clearly(
+    helm: Path, args: list[str], message: str
+) -> None:
+    """Without a cluster to read generated passwords back from, no password is made up."""
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Passwords and GitOps" in result.stderr
+
+
+def test_existing_secrets_need_no_passwords(helm: Path) -> None:
+    existing = ["nats", "redis", "flower"]
+    args = [arg for name in existing for arg in ("--set", f"{name}.auth.existingSecret={name}-c")]
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_changed_password_rolls_its_clients(helm: Path) -> None:
+    """Pods read passwords at start: a new one must restart the server and every client."""
+
+    def checksums(*args: str) -> dict[str, str]:
+        result = Rendered.parse("render", template(helm, *args).stdout)
+        return {
+            owner["metadata"]["labels"]["app.kubernetes.io/component"]: annotations.get(
+                "checksum/credentials", ""
+            )
+            for owner in result.docs
+            if owner["kind"] in ("Deployment", "DaemonSet")
+            for annotations in [owner["spec"]["template"]["metadata"]["annotations"]]
+        }
+
+    before = checksums()
+    after = checksums("--set", "redis.auth.passwords.worker=aNewOne")
+    assert set(before) >= {"watcher", "worker", "beat", "flower", "redis"}
+    for component in ("watcher", "worker", "beat", "flower", "redis"):
+        assert before[component] != after[component], component
