@@ -458,6 +458,14 @@ again, so a pull (or a retry's delay) longer than it would run twice. An externa
 through an existing Secret is not known here and is not checked.
 */}}
 {{- define "warm-images.validate" -}}
+{{- if not .Values.networkPolicy.enabled }}
+{{- range $server := list "nats" "redis" }}
+{{- $values := get $.Values $server }}
+{{- if and $values.enabled (not $values.auth.enabled) }}
+{{- fail (printf "%s.auth.enabled=false needs networkPolicy.enabled=true: without either, every pod in the cluster could use the bundled %s" $server (ternary "NATS" "Redis" (eq $server "nats"))) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $redis := or .Values.redis.enabled (hasPrefix "redis" .Values.externalBroker.url) }}
 {{- $longest := maxf .Values.worker.pull.timeout .Values.worker.pull.retryBackoffMax }}
 {{- if and $redis (le (.Values.config.brokerVisibilityTimeout | float64) $longest) }}

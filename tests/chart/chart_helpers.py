@@ -100,7 +100,7 @@ class Rendered:
         return specs[0]
 
     def container(self, component: str) -> Doc:
-        containers = self.pod_spec(component)["containers"]
+        containers: list[Doc] = self.pod_spec(component)["containers"]
         assert len(containers) == 1
         return containers[0]
 

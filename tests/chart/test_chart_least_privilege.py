@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 from celery import Celery
 from chart_helpers import Rendered, secret_data
 
-from localcluster import Containerd, Registry, push_image
+from localcluster import Containerd, Registry, free_port, product, push_image
 from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import BusUnavailable, NatsBus
@@ -220,3 +221,53 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
             sender.close()
         finally:
             running.stop()
+
+
+def test_flower_as_rendered_watches_but_sends_nothing(
+    chart: Rendered, redis_acl: RedisServer, nats: NatsServer, workdir: Path
+) -> None:
+    """Flower with the chart's environment and the client's broker user: a viewer logs in and
+    reads; sending a task (what could make a worker act) is refused and nothing is queued."""
+    env = {e["name"]: e.get("value") for e in chart.container("flower")["env"]}
+    basic_auth = secret_data(chart.get("Secret", "flower"))["basic-auth"]
+    user, password = basic_auth.split(":", 1)
+    port = free_port()
+    settings = {
+        "FLOWER_READ_ONLY": str(env["FLOWER_READ_ONLY"]),
+        "FLOWER_BASIC_AUTH": basic_auth,
+        "FLOWER_PORT": str(port),
+        "FLOWER_ADDRESS": "127.0.0.1",
+    }
+    environment = product.product_env(
+        broker_url=broker_url(chart, redis_acl, "client"),
+        nats_url=nats.url,
+        kubeconfig=None,
+        **settings,
+    )
+    flower = product.celery("flower-ro", ["flower"], environment, workdir / "logs").start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{url}/healthcheck"), 30, "Flower", flower.log_tail)
+        assert requests.get(f"{url}/api/workers", timeout=10).status_code == 401
+        assert requests.get(f"{url}/api/workers", auth=(user, password), timeout=30).ok
+        node = f"node-{uuid.uuid4().hex[:6]}"
+        sent = requests.post(
+            f"{url}/api/task/send-task/{PULL_IMAGE}",
+            json={"kwargs": {"node": node, "image": "evil.example/x:1"}},
+            auth=(user, password),
+            timeout=10,
+        )
+        assert sent.status_code == 403, sent.text
+        admin_password = secret_data(chart.get("Secret", "redis"))["redis-password"]
+        admin = redis.Redis(port=redis_acl.port, password=admin_password)
+        assert admin.llen(queue_for_node(node)) == 0
+        admin.close()
+    finally:
+        flower.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
