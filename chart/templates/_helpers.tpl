@@ -174,7 +174,26 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" 
 {{- end }}
 
 {{- define "warm-images.nats.ca" -}}
-{{- if and (not .Values.nats.enabled) .Values.externalNats.tls.caSecret }}true{{ end }}
+{{- if .Values.nats.enabled }}
+{{- if .Values.nats.tls.enabled }}true{{ end }}
+{{- else if .Values.externalNats.tls.caSecret }}true
+{{- end }}
+{{- end }}
+
+{{/*
+TLS of a bundled server (call with its values, .Values.nats or .Values.redis): the certificate
+Secret, of type kubernetes.io/tls with ca.crt as cert-manager writes it, is required.
+*/}}
+{{- define "warm-images.tls" -}}
+{{- if and .enabled .tls.enabled }}
+{{- if not .tls.secretName }}
+{{- fail "a bundled server's tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (e.g. a cert-manager Certificate for the server's Service name)" }}
+{{- end }}true
+{{- end }}
+{{- end }}
+
+{{- define "warm-images.redis.caDir" -}}
+/etc/warm-images/redis-ca
 {{- end }}
 
 {{/* Keys of the external NATS user and password in their Secret. */}}
@@ -188,7 +207,7 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" 
 
 {{- define "warm-images.nats.url" -}}
 {{- if .Values.nats.enabled }}
-{{- printf "nats://%s:4222" (include "warm-images.componentName" (dict "ctx" . "component" "nats")) }}
+{{- printf "%s://%s:4222" (ternary "tls" "nats" (eq (include "warm-images.tls" .Values.nats) "true")) (include "warm-images.componentName" (dict "ctx" . "component" "nats")) }}
 {{- else if .Values.externalNats.url }}
 {{- .Values.externalNats.url }}
 {{- else }}
@@ -307,6 +326,16 @@ publish catalog events; a worker writes only status keys and its own event subje
 {{- printf "%s:6379" (include "warm-images.redis.name" .) }}
 {{- end }}
 
+{{/* A bundled Redis URL for user and password (call with (dict "ctx" $ "user" … "password" …)):
+rediss:// with the CA to verify the server when redis.tls is on. */}}
+{{- define "warm-images.redis.url" -}}
+{{- if include "warm-images.tls" .ctx.Values.redis }}
+{{- printf "rediss://%s:%s@%s/0?ssl_cert_reqs=required&ssl_ca_certs=%s/ca.crt" .user .password (include "warm-images.redis.host" .ctx) (include "warm-images.redis.caDir" .ctx) }}
+{{- else }}
+{{- printf "redis://%s:%s@%s/0" .user .password (include "warm-images.redis.host" .ctx) }}
+{{- end }}
+{{- end }}
+
 {{/*
 WARM_BROKER_URL of one role, never as plain text when it carries a password: from the chart's
 Redis Secret (which holds each role's whole URL), or, with an existing Redis Secret that only
@@ -319,7 +348,7 @@ variable). Call with (dict "ctx" $ "role" "worker").
 {{- if $ctx.Values.redis.enabled }}
 {{- if not $ctx.Values.redis.auth.enabled }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://%s/0" (include "warm-images.redis.host" $ctx) | quote }}
+  value: {{ include "warm-images.redis.url" (dict "ctx" $ctx "user" "" "password" "") | replace "://:@" "://" | quote }}
 {{- else if $ctx.Values.redis.auth.existingSecret }}
 - name: WARM_REDIS_PASSWORD
   valueFrom:
@@ -327,7 +356,7 @@ variable). Call with (dict "ctx" $ "role" "worker").
       name: {{ $ctx.Values.redis.auth.existingSecret }}
       key: {{ printf "%s-password" .role }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://%s:$(WARM_REDIS_PASSWORD)@%s/0" $user (include "warm-images.redis.host" $ctx) | quote }}
+  value: {{ include "warm-images.redis.url" (dict "ctx" $ctx "user" $user "password" "$(WARM_REDIS_PASSWORD)") | quote }}
 {{- else }}
 - name: WARM_BROKER_URL
   valueFrom:
@@ -387,15 +416,24 @@ envFrom:
   mountPath: /tmp
 {{- end }}
 
-{{/* Volumes of every pod running the application image: /tmp, and the NATS CA when set. */}}
+{{/* Volumes of every pod running the application image: /tmp, and the CAs of NATS and Redis
+when they speak TLS. */}}
 {{- define "warm-images.app.volumes" -}}
 {{ include "warm-images.tmp.volume" . }}
 {{- if include "warm-images.nats.ca" . }}
 - name: nats-ca
   secret:
-    secretName: {{ .Values.externalNats.tls.caSecret }}
+    secretName: {{ ternary .Values.nats.tls.secretName .Values.externalNats.tls.caSecret .Values.nats.enabled }}
     items:
-      - key: {{ .Values.externalNats.tls.caSecretKey }}
+      - key: {{ ternary "ca.crt" .Values.externalNats.tls.caSecretKey .Values.nats.enabled }}
+        path: ca.crt
+{{- end }}
+{{- if include "warm-images.tls" .Values.redis }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.tls.secretName }}
+    items:
+      - key: ca.crt
         path: ca.crt
 {{- end }}
 {{- end }}
@@ -405,6 +443,11 @@ envFrom:
 {{- if include "warm-images.nats.ca" . }}
 - name: nats-ca
   mountPath: {{ include "warm-images.nats.caDir" . }}
+  readOnly: true
+{{- end }}
+{{- if include "warm-images.tls" .Values.redis }}
+- name: redis-ca
+  mountPath: {{ include "warm-images.redis.caDir" . }}
   readOnly: true
 {{- end }}
 {{- end }}

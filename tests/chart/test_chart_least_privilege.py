@@ -9,6 +9,8 @@ a worker's credentials can and cannot do is observed on the servers, and a real 
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,9 +19,11 @@ import pytest
 import redis
 import requests
 from celery import Celery
-from chart_helpers import Rendered, secret_data
+from chart_helpers import Rendered, secret_data, template
+from kombu.connection import Connection
 
 from localcluster import Containerd, Registry, free_port, product, push_image
+from localcluster._process import Daemon, wait_until
 from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import BusUnavailable, NatsBus
@@ -271,3 +275,109 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).ok
     except requests.RequestException:
         return False
+
+
+# -------------------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def certificates(workdir: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1, laid out as cert-manager writes a
+    kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt)."""
+    folder = workdir / f"tls-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=warm-ca",
+            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "tls.key", "-out", "tls.csr")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "tls.crt")  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tls_chart(helm: Path) -> Rendered:
+    args = ["--set", "nats.tls.enabled=true", "--set", "nats.tls.secretName=nats-tls"]
+    args += ["--set", "redis.tls.enabled=true", "--set", "redis.tls.secretName=redis-tls"]
+    result = template(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return Rendered.parse("tls", result.stdout)
+
+
+def test_bundled_nats_over_tls_with_a_certificate_secret(
+    tls_chart: Rendered, certificates: Path, workdir: Path
+) -> None:
+    config = secret_data(tls_chart.get("Secret", "nats-config"))["nats.conf"]
+    config = config.replace("/etc/nats-tls/", f"{certificates}/")
+    for role, password in passwords(tls_chart, "nats").items():
+        config = config.replace(f"$NATS_{role.upper()}_PASSWORD", f'"{password}"')
+    path = workdir / f"nats-tls-{uuid.uuid4().hex[:6]}.conf"
+    path.write_text(re.sub(r"(?m)^(\s*)(port|http_port|store_dir):.*$", "", config))
+    settings = {e["name"]: e.get("value") for e in tls_chart.container("watcher")["env"]}
+    config_map = tls_chart.get("ConfigMap", "config")["data"]
+    assert config_map["WARM_NATS_URL"].startswith("tls://")
+    ca_file = config_map["WARM_NATS_TLS_CA_FILE"]
+    mounts = {m["mountPath"]: m["name"] for m in tls_chart.container("watcher")["volumeMounts"]}
+    assert mounts[str(Path(ca_file).parent)] == "nats-ca"
+    with NatsServer(path.with_suffix(""), config=path) as server:
+        url = server.url.replace("nats://", "tls://")
+        secure = NatsSettings(
+            url=url,
+            user=str(settings["WARM_NATS_USER"]),
+            password=passwords(tls_chart, "nats")["watcher"],
+            tls_ca_file=str(certificates / "ca.crt"),
+            connect_timeout=2,
+        )
+        with NatsBus(secure) as bus:
+            CatalogStore(bus).put_slice(NodeSlice("n1", (SliceImage("docker.io/library/a:1"),)))
+        plain = NatsSettings(url=server.url, user="warm-watcher", password="x", connect_timeout=1)
+        with pytest.raises(BusUnavailable), NatsBus(plain) as bus:
+            bus.kv_get(CATALOG_BUCKET, "nodes.n1")
+
+
+def test_bundled_redis_over_tls_with_a_certificate_secret(
+    tls_chart: Rendered, certificates: Path, workdir: Path
+) -> None:
+    script = tls_chart.container("redis")["command"][-1]
+    config = script.split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    secret = secret_data(tls_chart.get("Secret", "redis"))
+    values = {"REDIS_PASSWORD": secret["redis-password"]}
+    values |= {f"REDIS_{role.upper()}_PASSWORD": secret[f"{role}-password"] for role in ROLES}
+    config = re.sub(r"\$\{(\w+)\}", lambda match: values[match.group(1)], config)
+    config = config.replace("/etc/redis-tls/", f"{certificates}/")
+    config = re.sub(r"(?m)^(bind|port|tls-port|dir) .*$", "", config)
+    folder = workdir / f"redis-tls-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "redis.conf").write_text(config)
+    port = free_port()
+    argv = ["redis-server", str(folder / "redis.conf"), "--bind", "127.0.0.1", "--port", "0",
+            "--tls-port", str(port), "--dir", str(folder)]  # fmt: skip
+    daemon = Daemon("redis-tls", argv, folder / "redis.log")
+    daemon.start()
+    try:
+        wait_until(daemon, lambda: _accepts(port), 15, f"redis over TLS on {port}")
+        url = secret["worker-broker-url"]
+        assert url.startswith("rediss://warm-worker:") and "ssl_cert_reqs=required" in url
+        url = re.sub(r"@[^/]+/", f"@127.0.0.1:{port}/", url)
+        url = url.replace("/etc/warm-images/redis-ca/", f"{certificates}/")
+        # The product's path: kombu reads the ssl_* parameters of the rediss:// URL.
+        with Connection(url) as connection, connection.SimpleQueue("warm.node.tls") as queue:
+            queue.put({"hello": "tls"})
+            assert queue.get(timeout=5).payload == {"hello": "tls"}
+        with pytest.raises(redis.exceptions.ConnectionError):
+            redis.Redis(port=port, socket_timeout=2).ping()  # no plain text spoken
+    finally:
+        daemon.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
