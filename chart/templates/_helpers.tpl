@@ -492,6 +492,12 @@ type: {{ $type }}
 socket: {{ .Values.worker.runtime.socketPath | default (get $sockets $type) }}
 api: {{ ternary "docker" "cri" (eq $type "docker") }}
 imageFs: {{ .Values.worker.diskBudget.imageFsPath | default (get $imageFs $type) }}
+imageFsProbe: {{ .Values.worker.diskBudget.probePath | default (printf "%s/warm-images-fs-probe" (.Values.worker.diskBudget.imageFsPath | default (get $imageFs $type) | trimSuffix "/")) }}
+{{- end }}
+
+{{/* Where the worker sees the empty probe directory of the image filesystem. */}}
+{{- define "warm-images.imageFsProbeMount" -}}
+/var/lib/warm-images/image-fs
 {{- end }}
 
 {{/*

@@ -252,20 +252,33 @@ def test_runtime_socket_mount(rendered: dict[str, Rendered], value_set: str) -> 
 
 
 @pytest.mark.parametrize("value_set", sorted(IMAGE_FILESYSTEMS))
-def test_image_filesystem_mount(rendered: dict[str, Rendered], value_set: str) -> None:
-    """The disk budget's statvfs needs the runtime's image directory at the path the runtime
-    reports: mounted there read-only, checked to be an existing directory."""
-    path = IMAGE_FILESYSTEMS[value_set]
+def test_image_filesystem_probe_mount(rendered: dict[str, Rendered], value_set: str) -> None:
+    """The disk budget's statvfs reads an empty directory under the runtime's root, made by the
+    kubelet, mounted read-only where WARM_IMAGE_FS_PATH says."""
+    probe = f"{IMAGE_FILESYSTEMS[value_set]}/warm-images-fs-probe"
     spec = rendered[value_set].pod_spec("worker")
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["image-fs"]["hostPath"] == {"path": path, "type": "Directory"}
-    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts["image-fs"] == {
-        "name": "image-fs",
-        "mountPath": path,
-        "readOnly": True,
-        "mountPropagation": "HostToContainer",
-    }
+    assert volumes["image-fs"]["hostPath"] == {"path": probe, "type": "DirectoryOrCreate"}
+    container = spec["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    target = env_of(container)["WARM_IMAGE_FS_PATH"]["value"]
+    assert mounts["image-fs"] == {"name": "image-fs", "mountPath": target, "readOnly": True}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_runtime_root_is_mounted(rendered: dict[str, Rendered], value_set: str) -> None:
+    """Neither the runtime's root nor any directory above it reaches the worker: a file-read
+    bug there must not expose every container's layers or Docker's config.v2.json files."""
+    roots = set(IMAGE_FILESYSTEMS.values()) | {"/var/lib/containerd", "/var/lib/docker"}
+    for _, spec in rendered[value_set].pod_specs():
+        for volume in spec.get("volumes", []):
+            path = volume.get("hostPath", {}).get("path")
+            if path is None:
+                continue
+            for root in roots:
+                assert not root.startswith(path.rstrip("/") + "/") and path != root, (
+                    f"{value_set}: {volume['name']} mounts {path}, which holds {root}"
+                )
 
 
 def test_image_filesystem_not_mounted_when_disabled(rendered: dict[str, Rendered]) -> None:
