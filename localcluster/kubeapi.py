@@ -411,6 +411,7 @@ class ApiRequest:
     resource: str | None  # plural, e.g. "secrets"
     namespace: str | None
     name: str | None
+    user_agent: str = ""  # which client asked: the double has no users, clients can differ here
 
 
 _VERBS = {
@@ -431,6 +432,7 @@ def _api_request(request: rendering.Request) -> ApiRequest:
         request.resource.plural if request.resource is not None else None,
         request.namespace,
         request.name,
+        request.headers.get("User-Agent", ""),
     )
 
 
