@@ -63,7 +63,9 @@ class NodeAgent:
         self.bus = bus
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
-        self.credentials = credentials or CredentialSource(settings.runtime)
+        self.credentials = credentials or CredentialSource(
+            settings.runtime, settings.release_namespace
+        )
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
@@ -87,18 +89,20 @@ class NodeAgent:
     ) -> PullResult:
         """Make one image present and report the result; never raises for a bad image.
 
-        ``pull_secrets`` and ``digest`` come from the catalog entry; when a message carries
-        neither, they are read from this node's catalog slice. ``refreshing`` is the image a
-        present tag points to now: it is pulled again to follow the tag if it moved.
+        ``pull_secrets`` is given by callers holding the catalog entry (a re-warm); otherwise
+        the secrets (and, unless given, the digest) come from this node's catalog slice, never
+        from a task message. ``refreshing`` is the image a present tag points to now: it is
+        pulled again to follow the tag if it moved.
         """
         started = time.perf_counter()
         entry = SliceImage(reference)
         try:
             image = parse_image(reference)
-            if pull_secrets is None and digest is None:
+            if pull_secrets is None:
                 entry = self._slice_entry(str(image))
+                entry = replace(entry, digest=digest or entry.digest)
             else:
-                entry = SliceImage(str(image), pull_secrets or (), digest)
+                entry = SliceImage(str(image), pull_secrets, digest)
             done = self.puller.ensure(
                 image,
                 digest=entry.digest,
