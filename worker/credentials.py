@@ -68,6 +68,10 @@ class CredentialSource:
         self._kubelet_file = settings.kubelet_credentials_file
         self._api: Any = None
         self._lock = threading.Lock()
+        if self._use_secrets:
+            # Importing the kubernetes client takes seconds on a busy node: do it now, not
+            # in the first private pull (which waits on the lock if it comes first).
+            threading.Thread(target=self._core_api, name="kube-connect", daemon=True).start()
 
     def for_image(self, image: ImageRef, secrets: Sequence[str]) -> list[Credentials]:
         """Credentials to try for ``image``, in order; empty to pull anonymously."""
