@@ -221,6 +221,12 @@ class RVEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(self._openapi(request.url.path))
         if _is_merging_patch(request):
             await self._merge_patch(request)
+        if request.subresource == "scale" and isinstance(request.data, dict):
+            # A Scale written (PUT) or patched: only its replicas reach the workload. Absent
+            # means 0: Go omits a zero replicas from a Scale's JSON.
+            replicas = (request.data.get("spec") or {}).get("replicas", 0)
+            object.__setattr__(request, "data", {"spec": {"replicas": replicas}})
+            object.__setattr__(request, "action", kmock.action.UPDATE)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             _stamp_new_object(request)
         if _is_replace(request):
@@ -326,13 +332,23 @@ class RVEmulator(kmock.KubernetesEmulator):
                 # Subresources have no names of their own; kmock copies the parent's, and
                 # kubectl warns that "deploy" could also mean deployments/scale.
                 resource.update(singularName="", shortNames=[], categories=[])
+            if resource["name"].endswith("/scale"):  # kubectl scale picks its type from here
+                resource.update(group="autoscaling", version="v1", kind="Scale")
         return data
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         obj = cast(dict[str, Any], await super()._serve_fetch(request))
+        if request.subresource == "scale":
+            return _scale(obj)
         if kubetables.wants_table(_header(request, "Accept")):
             return self._table(request, [obj], obj.get("kind"))
         return obj
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        # kmock applies a .../scale PATCH ({"spec": {"replicas": N}}) to the object itself,
+        # which is where the replicas live; the client expects the Scale back.
+        obj = cast(dict[str, Any], await super()._serve_update(request))
+        return _scale(obj) if request.subresource == "scale" else obj
 
     def _table(
         self, request: rendering.Request, objs: list[Any], kind: str | None
@@ -459,6 +475,20 @@ def _store(stored: Any, new: Mapping[str, Any]) -> None:
     stored.update(replacement)
 
 
+def _scale(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v1 Scale of a workload (``kubectl scale``)."""
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0)},
+    }
+
+
 def _header(request: rendering.Request, name: str) -> str:
     wanted = name.lower()
     return next((v for k, v in request.headers.items() if k.lower() == wanted), "")
@@ -505,6 +535,7 @@ def _is_replace(request: rendering.Request) -> bool:
         and request.action is None
         and request.resource is not None
         and request.name is not None
+        and request.subresource is None
         and isinstance(request.data, dict)
     )
 

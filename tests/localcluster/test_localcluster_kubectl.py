@@ -190,3 +190,14 @@ def test_strategic_merge_directives() -> None:
         "strategy": {"type": "Recreate"},
     }
     assert original["finalizers"] == ["x", "y"]  # the original is not changed
+
+
+def test_scale_writes_only_the_replicas(ctl: Kubectl, kube: FakeKubeAPI) -> None:
+    image = f"{REGISTRY}/samples/web:v1"
+    ctl("create", "deployment", "web", f"--image={image}")
+    ctl("scale", "deployment", "web", "--replicas=5")  # a PATCH of the scale subresource
+    ctl("scale", "deployment", "web", "--replicas=0", "--current-replicas=5")  # a PUT of a Scale
+    stored: Any = client.AppsV1Api(kube.api_client()).read_namespaced_deployment("web", "default")
+    assert stored.spec.replicas == 0 and images(kube, "web") == [image]
+    refused = ctl.run("scale", "deployment", "web", "--replicas=2", "--current-replicas=7")
+    assert refused.returncode == 1 and "Expected replicas to be 7, was 0" in refused.stderr
