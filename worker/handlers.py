@@ -18,7 +18,7 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
-from tasks.models import Outcome, PullResult, Trigger
+from tasks.models import Outcome, PullResult, SliceImage, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
@@ -43,8 +43,11 @@ def pull_image(
         log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
         return "misrouted"
     attempt = self.request.retries + 1
-    secrets = None if pull_secrets is None else tuple(pull_secrets)
-    result = agent.pull(image, pull_secrets=secrets, digest=digest, attempt=attempt)
+    if pull_secrets is None and digest is None:  # as retries send it: read the catalog
+        result = agent.pull(image, attempt=attempt)
+    else:
+        entry = SliceImage(image, tuple(pull_secrets or ()), digest)
+        result = agent.pull_entry(entry, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
         _retry_or_give_up(self, agent, result)
     return result.outcome.value

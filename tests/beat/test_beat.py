@@ -177,11 +177,18 @@ def test_beat_outlives_a_broker_outage(
 ) -> None:
     seed_nodes(2, 1)
     closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    env = product.product_env(broker_url=closed, nats_url=private_nats.url)
+    env = product.product_env(
+        broker_url=closed,
+        nats_url=private_nats.url,
+        WARM_REWARM_INTERVAL="2",
+        WARM_REWARM_WINDOW="0",
+    )
     beat = start_beat("beat-outage", env, tmp_path)
     try:
         wait_for(lambda: "re-warm interrupted" in beat.log_tail(), 30, "the failed send")
-        time.sleep(1)
+        # Still running after it: at its next tick beat retries the broker, logging each round.
+        log = beat.log_path.read_text
+        wait_for(lambda: log().count("Trying again") >= 2, 30, "two reconnects", beat.log_tail)
         assert beat.alive(), beat.log_tail()
     finally:
         beat.stop()
