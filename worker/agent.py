@@ -81,12 +81,12 @@ class NodeAgent:
         """Make one image present and report the result (a pull task); never raises for a bad
         image. Its pull secrets and digest are read from this node's catalog slice."""
         entry, result = self._attempt(reference, attempt, self._slice_entry)
-        return self._done(entry, result)
+        return self._done(entry, result, Trigger.TASK)
 
     def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:
         """:meth:`pull`, for a catalog entry already at hand (its pull secrets and digest)."""
         normalized, result = self._attempt(entry.image, attempt, _normalized(entry))
-        return self._done(normalized, result)
+        return self._done(normalized, result, Trigger.TASK)
 
     def rewarm(
         self, revision: int, images: list[str], *, trigger: Trigger = Trigger.REWARM
@@ -169,7 +169,7 @@ class NodeAgent:
         entry, result = self._attempt(entry.image, 1, _normalized(entry), known_absent=True)
         if held is not None:
             result = _as_refresh(result, held)
-        return self._done(entry, replace(result, trigger=trigger), record_status=False)
+        return self._done(entry, result, trigger, record_status=False)
 
     def _attempt(
         self,
@@ -205,8 +205,14 @@ class NodeAgent:
         return entry, result
 
     def _done(
-        self, entry: SliceImage, result: PullResult, *, record_status: bool = True
+        self,
+        entry: SliceImage,
+        result: PullResult,
+        trigger: Trigger,
+        *,
+        record_status: bool = True,
     ) -> PullResult:
+        result = replace(result, trigger=trigger)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result

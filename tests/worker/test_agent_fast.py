@@ -148,9 +148,9 @@ def test_a_rewarm_follows_a_moved_latest_tag_and_leaves_others_alone(
 
 @pytest.fixture
 def installed(agent: NodeAgent) -> Iterator[NodeAgent]:
-    attach_agent(handlers.app, agent)  # as the worker's agent step does
+    attach_agent(handlers.pull_image.app, agent)
     yield agent
-    attach_agent(handlers.app, None)
+    attach_agent(handlers.pull_image.app, None)
 
 
 def test_the_pull_task_retries_then_records_a_failure(
