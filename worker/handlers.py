@@ -3,18 +3,25 @@
 Transient failures go back to Celery with exponential backoff and full jitter, up to a limit;
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
+
+Each task ends in the Celery state that says what happened (Flower shows it): a permanent
+failure raises :class:`PullFailedError` (FAILURE, never retried), a transient one retries with
+:class:`TransientPullError` as its reason (RETRY), and a re-warm that left images missing raises
+:class:`RewarmIncompleteError` (FAILURE) after its report is out. They are declared ``throws``:
+expected outcomes, logged in one line rather than with a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
+from tasks.errors import PullFailedError, RewarmIncompleteError, TransientPullError
 from tasks.models import Outcome, PullResult
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
@@ -26,7 +33,7 @@ log = logging.getLogger(__name__)
 RETRY_FACTOR = 5  # seconds; doubled each retry, capped by WARM_PULL_RETRY_BACKOFF_MAX
 
 
-@app.task(name=PULL_IMAGE, bind=True, max_retries=None)
+@app.task(name=PULL_IMAGE, bind=True, max_retries=None, throws=(PullFailedError,))
 def pull_image(
     self: Task,
     node: str,
@@ -44,10 +51,12 @@ def pull_image(
     result = agent.pull(image, pull_secrets=secrets, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
         _retry_or_give_up(self, result)
+    if result.outcome is Outcome.FAILED:
+        raise PullFailedError(result.reason)
     return result.outcome.value
 
 
-@app.task(name=REWARM_NODE, bind=True, max_retries=None)
+@app.task(name=REWARM_NODE, bind=True, max_retries=None, throws=(RewarmIncompleteError,))
 def rewarm_node(
     self: Task, node: str, revision: int = 0, images: list[str] | None = None, **_ignored: Any
 ) -> dict[str, int]:
@@ -58,6 +67,9 @@ def rewarm_node(
     report = agent.rewarm(revision, images or [])
     for image in report.retrying:  # each gets its own retry schedule
         schedule_retry(node, image, attempt=1)
+    if report.failed:
+        expected = report.pulled + report.present + len(report.failed) + len(report.retrying)
+        raise RewarmIncompleteError.of(report.failed, expected)
     return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
@@ -77,12 +89,14 @@ def backoff_seconds(retries: int, maximum: int) -> int:
     return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
 
 
-def _retry_or_give_up(task: Task, result: PullResult) -> None:
+def _retry_or_give_up(task: Task, result: PullResult) -> NoReturn:
+    """Retry later (RETRY), or, past the limit, record the failure and end in FAILURE."""
     agent = current_agent()
     limit = agent.settings.runtime.max_retries
     if task.request.retries >= limit:
         reason = f"gave up after {result.attempt} attempts: {result.reason}"
         agent.report(replace(result, outcome=Outcome.FAILED, reason=reason))
-        return
+        raise PullFailedError(reason)
     countdown = backoff_seconds(task.request.retries + 1, agent.settings.runtime.retry_backoff_max)
-    raise task.retry(countdown=countdown, max_retries=limit)
+    error = TransientPullError(result.reason)
+    raise task.retry(exc=error, countdown=countdown, max_retries=limit)
