@@ -125,26 +125,39 @@ class NodeAgent:
         self.report(result, record_status=record_status)
         return result
 
-    def rewarm(self, revision: int, images: list[str]) -> RewarmReport:
+    def rewarm(
+        self,
+        revision: int,
+        images: list[str],
+        *,
+        retry_failed: bool = False,
+        unlisted: list[str] | None = None,
+        check_only: bool = False,
+    ) -> RewarmReport:
         """Diff this node's catalog slice against the runtime; pull only what is missing.
 
         ``images`` narrows the re-warm to those references and retries their permanent
-        failures too; a periodic re-warm (no ``images``) leaves those alone.
+        failures too; a periodic re-warm (no ``images``) leaves those alone unless
+        ``retry_failed``. ``unlisted`` images are not in the catalog and are pulled once anyway
+        (``rewarm --force``). ``check_only`` pulls nothing: it records what the runtime holds,
+        so the status reads as of now (``warm-status --refresh``).
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
         wanted = [item for item in node_slice.images if not images or item.image in images]
+        listed = {item.image for item in node_slice.images}
+        wanted += [SliceImage(image) for image in unlisted or () if image not in listed]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current))
         missing, present, stale = [], [], []
         for entry in wanted:
-            reason = None if images else self._failed_before(entry)
+            reason = None if images or retry_failed else self._failed_before(entry)
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
-                if self._follows_tag(entry):
+                if self._follows_tag(entry) and not check_only:
                     stale.append((entry, found))
                 else:
                     report.present += 1
@@ -153,7 +166,13 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
+        gone: list[PullResult] = []
+        if check_only:  # what the status calls warm but the runtime lacks is missing now
+            warm = set(self.status.get(self.node).warm)
+            gone = [self._absent(entry.image, started) for entry in missing if entry.image in warm]
+            missing, stale = [], []
         self.status.record_rewarm(self.node, expected, current, present)
+        self._record_status(gone)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
             pulls = [pool.submit(self._pull_for_rewarm, entry) for entry in missing]
@@ -204,6 +223,9 @@ class NodeAgent:
             refreshing=held,
         )
 
+    def _absent(self, image: str, started: float) -> PullResult:
+        return self._result(image, Outcome.SKIPPED, "not present (checked, not pulled)", started, 1)
+
     def _follows_tag(self, entry: SliceImage) -> bool:
         """Whether a re-warm pulls this present image again, in case its tag moved."""
         policy = self.settings.runtime.refresh_tags
@@ -237,7 +259,10 @@ class NodeAgent:
             found = self._failed.get(entry.image)
         if found is None or found[0] != entry:
             return None
-        return f"not retried until its catalog entry changes: {found[1]}"
+        return (
+            "not retried until its catalog entry changes or "
+            f"`celery -A tasks rewarm --retry-failed`: {found[1]}"
+        )
 
     def _publish(self, subject: str, payload: bytes) -> None:
         try:

@@ -58,16 +58,27 @@ def pull_image(
 
 @app.task(name=REWARM_NODE, bind=True, max_retries=None, throws=(RewarmIncompleteError,))
 def rewarm_node(
-    self: Task, node: str, revision: int = 0, images: list[str] | None = None, **_ignored: Any
+    self: Task,
+    node: str,
+    revision: int = 0,
+    images: list[str] | None = None,
+    *,
+    retry_failed: bool = False,
+    unlisted: list[str] | None = None,
+    check_only: bool = False,
+    **_ignored: Any,
 ) -> dict[str, int]:
+    """Options as in :meth:`NodeAgent.rewarm`; a check pulls nothing, so it never fails."""
     agent = current_agent()
     if node != agent.node:
         log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
         return {}
-    report = agent.rewarm(revision, images or [])
+    report = agent.rewarm(
+        revision, images or [], retry_failed=retry_failed, unlisted=unlisted, check_only=check_only
+    )
     for image in report.retrying:  # each gets its own retry schedule
         schedule_retry(node, image, attempt=1)
-    if report.failed:
+    if report.failed and not check_only:
         expected = report.pulled + report.present + len(report.failed) + len(report.retrying)
         raise RewarmIncompleteError.of(report.failed, expected)
     return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
