@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 
 from tasks.bus import NatsBus
 from tasks.names import rewarm_events_subject
@@ -31,7 +32,7 @@ def report(bus: NatsBus, node: str, revision: int, **fields: object) -> None:
 
 
 def answer_rewarm(
-    bus: NatsBus, process: subprocess.Popen[str], **by_node: dict[str, object]
+    bus: NatsBus, process: subprocess.Popen[str], **by_node: Mapping[str, object]
 ) -> None:
     """Wait for the CLI's 'sent' line, then publish each node's report as its worker would."""
     assert process.stdout is not None

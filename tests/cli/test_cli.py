@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 
 from cli_testing import BAD, GOOD, answer_rewarm, celery, run
 
@@ -38,12 +39,12 @@ def test_rewarm_wait_exits_zero_and_summarizes_when_every_node_reports_success(
 def test_rewarm_wait_exits_one_and_names_the_image_and_reason_when_a_pull_failed(
     env: dict[str, str], bus: NatsBus, nodes: list[str]
 ) -> None:
+    reports: dict[str, Mapping[str, object]] = {
+        nodes[0]: {"pulled": 1},
+        nodes[1]: {"pulled": 1, "failed": {BAD: "not found"}},
+    }
     process = celery(env, "rewarm", "--wait", "--timeout", "30")
-    answer_rewarm(
-        bus,
-        process,
-        **{nodes[0]: {"pulled": 1}, nodes[1]: {"pulled": 1, "failed": {BAD: "not found"}}},
-    )
+    answer_rewarm(bus, process, **reports)
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, out + err
