@@ -9,7 +9,8 @@ against its runtime at once (:mod:`worker.reconcile`): it never waits for a rede
 
 No pull is lost when the worker stops: SIGTERM is Celery's warm shutdown (running pulls finish,
 reserved messages go back to the queue), and a worker killed outright leaves its messages
-unacknowledged (late acks), so the broker delivers them again once it is back.
+unacknowledged (late acks), so the broker delivers them again: RabbitMQ at once, Redis only
+after its visibility timeout, which is why the successor reconciles rather than waits.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) ->
         argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
     else:
         # Two broker connections (the queue and its acknowledgements) instead of six; Flower
-        # and `celery inspect` no longer see this worker.
+        # and `celery inspect` no longer see this worker, so its task events would cost a
+        # connection for nothing.
         app.conf.worker_enable_remote_control = False
+        app.conf.worker_send_task_events = False
         argv.append("--without-heartbeat")
     return argv + extra
 
