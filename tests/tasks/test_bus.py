@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -212,6 +211,7 @@ def test_closing_while_other_threads_use_the_bus_leaves_no_connection_behind(
 ) -> None:
     bus = NatsBus(NatsSettings(url=monitored_nats.url))
     stop = threading.Event()
+    calls = [0]
     unexpected: list[BaseException] = []
 
     def use() -> None:
@@ -222,12 +222,14 @@ def test_closing_while_other_threads_use_the_bus_leaves_no_connection_behind(
                 pass  # a call cut short by close() says so
             except BaseException as error:
                 unexpected.append(error)
+            calls[0] += 1
 
     threads = [threading.Thread(target=use) for _ in range(8)]
     for thread in threads:
         thread.start()
-    for _ in range(5):
-        time.sleep(0.2)
+    for _ in range(5):  # each close() while the threads are busy with the bus
+        busy = calls[0] + 16
+        wait_for(lambda: calls[0] >= busy, 30, "the threads to use the bus")  # noqa: B023
         bus.close()
     stop.set()
     for thread in threads:
