@@ -14,7 +14,12 @@ own it lacks what a watcher depends on; this module adds that on top of kmock 0.
 * equality-based labelSelector and metadata.name/metadata.namespace/spec.nodeName fieldSelector;
 * PUT (replace_*, e.g. kubernetes.leaderelection's LeaseLock) with 409 on a stale
   resourceVersion; kmock 0.8 has no PUT;
-* Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope.
+* Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope;
+* a request log in Kubernetes verbs (requests()), so a test can prove what a component did
+  *not* ask for, e.g. that no worker read a Secret a task message named.
+
+Every other kind, Secrets included, is served by kmock as is: get, list, watch, create, update,
+patch and delete, in namespaces.
 
 It is a double, not a cluster: no controllers run, so a Deployment creates no Pods and there is
 no admission or defaulting. The server runs in its own thread with its own event loop, so the
@@ -25,6 +30,7 @@ hence the pin on kmock 0.8.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import copy
 import datetime
@@ -34,6 +40,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -167,6 +174,10 @@ class RVEmulator(kmock.KubernetesEmulator):
     # Events kept for watches from a past resourceVersion. Like etcd's compaction, older ones
     # are dropped, and watches from before them get 410: memory stays bounded in long runs.
     history_limit: int = 20_000
+    # What the double did to its clients, counted as it happened: "410 Gone" (a watch ended
+    # with an Expired ERROR event) and "watch dropped" (a live stream ended by kick()). Drills
+    # report these, not how often they asked for them.
+    served: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -267,6 +278,7 @@ class RVEmulator(kmock.KubernetesEmulator):
         async with self._lock:
             marker = await bus.mark()
             if self._expired(rv):
+                self.served["410 Gone"] += 1
                 yield _gone(rv, self.compacted_rv)
                 await bus.unmark(marker)
                 return
@@ -316,6 +328,7 @@ class RVEmulator(kmock.KubernetesEmulator):
                     yield self._bookmark(request.resource)
                 continue
             if event is None:  # kicked
+                self.served["watch dropped"] += 1
                 return
             if self._visible(request, event["object"]):
                 yield event
@@ -392,6 +405,42 @@ def _gone(rv: str, compacted_rv: int) -> Event:
             "message": f"too old resource version: {rv} ({compacted_rv})",
         },
     }
+
+
+# --- the request log ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One request the double served, as RBAC would see it."""
+
+    verb: str  # get, list, watch, create, update, patch, delete, or the HTTP method
+    resource: str | None  # plural, e.g. "secrets"
+    namespace: str | None
+    name: str | None
+    user_agent: str = ""  # which client asked: the double has no users, clients can differ here
+
+
+_VERBS = {
+    kmock.action.FETCH: "get",
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.CREATE: "create",
+    kmock.action.DELETE: "delete",
+}
+
+
+def _api_request(request: rendering.Request) -> ApiRequest:
+    verb = _VERBS.get(request.action) if request.action is not None else None
+    if request.action == kmock.action.UPDATE:  # a PUT became UPDATE in _replace
+        verb = "patch" if request.method == kmock.method.PATCH else "update"
+    return ApiRequest(
+        verb or str(request.method.value).lower(),
+        request.resource.plural if request.resource is not None else None,
+        request.namespace,
+        request.name,
+        request.headers.get("User-Agent", ""),
+    )
 
 
 # --- the server thread ----------------------------------------------------------------------
@@ -473,6 +522,16 @@ class FakeKubeAPI(Service):
             emulator.expire_next = n
 
         self.call(expire)
+
+    def served(self) -> dict[str, int]:
+        """What the double has done to its clients so far (see RVEmulator.served)."""
+        return self.call(lambda emulator: dict(emulator.served))
+
+    def requests(self, resource: str | None = None) -> list[ApiRequest]:
+        """The requests served so far (the last 1,000 or more), oldest first; only those on
+        ``resource`` (a plural, e.g. "secrets") when given."""
+        served = self.call(lambda emulator: [_api_request(r) for r in emulator])
+        return [r for r in served if resource is None or r.resource == resource]
 
     def write_kubeconfig(self, path: Path) -> Path:
         """Write a kubeconfig pointing at this API, for load_kube_config() or KUBECONFIG."""

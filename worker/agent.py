@@ -13,6 +13,7 @@ of typos costs one registry request per image, not one per re-warm.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -21,11 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from typing import Any
 
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore, UnknownNode
 from tasks.images import ImageRef, InvalidImageReference, parse_image
-from tasks.models import Outcome, PullResult, SliceImage
+from tasks.models import Outcome, PullResult, SliceImage, Trigger
 from tasks.names import pull_events_subject, rewarm_events_subject
 from tasks.settings import Settings
 from tasks.status import StatusStore
@@ -37,6 +39,10 @@ from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, Runtim
 
 log = logging.getLogger(__name__)
 
+# A re-warm checks every image of the slice, and the slice's references are the same from one
+# re-warm to the next (a class slice never changes under its hash): each is parsed once.
+_parsed = functools.lru_cache(maxsize=2**15)(parse_image)
+
 
 @dataclass
 class RewarmReport:
@@ -47,6 +53,7 @@ class RewarmReport:
     failed: dict[str, str] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    trigger: Trigger = Trigger.REWARM
 
 
 class NodeAgent:
@@ -65,7 +72,9 @@ class NodeAgent:
         self.bus = bus
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
-        self.credentials = credentials or CredentialSource(settings.runtime)
+        self.credentials = credentials or CredentialSource(
+            settings.runtime, settings.release_namespace
+        )
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
@@ -75,36 +84,47 @@ class NodeAgent:
         self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
         self._failed_lock = threading.Lock()
 
-    def pull(self, reference: str, *, attempt: int = 1) -> PullResult:
+    def pull(self, reference: str, *, digest: str | None = None, attempt: int = 1) -> PullResult:
         """Make one image present and report the result (a pull task); never raises for a bad
-        image. Its pull secrets and digest are read from this node's catalog slice."""
-        entry, result = self._attempt(reference, attempt, self._slice_entry)
-        return self._done(entry, result)
+        image. Its pull secrets (and its digest, unless given) are read from this node's
+        catalog slice, never from a task message: only the watcher names Secrets a node reads."""
+
+        def entry_of(image: ImageRef) -> SliceImage:
+            entry = self._slice_entry(image)
+            return replace(entry, digest=digest or entry.digest)
+
+        entry, result = self._attempt(reference, attempt, entry_of)
+        return self._done(entry, result, Trigger.TASK)
 
     def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:
         """:meth:`pull`, for a catalog entry already at hand (its pull secrets and digest)."""
         normalized, result = self._attempt(entry.image, attempt, _normalized(entry))
-        return self._done(normalized, result)
+        return self._done(normalized, result, Trigger.TASK)
 
-    def rewarm(self, revision: int, images: list[str]) -> RewarmReport:
+    def rewarm(
+        self, revision: int, images: list[str], *, trigger: Trigger = Trigger.REWARM
+    ) -> RewarmReport:
         """Diff this node's catalog slice against the runtime; pull only what is missing.
 
         ``images`` narrows the re-warm to those references and retries their permanent
-        failures too; a periodic re-warm (no ``images``) leaves those alone.
+        failures too; a periodic re-warm (no ``images``) leaves those alone. The worker's own
+        reconcile (:mod:`worker.reconcile`) is this same diff, with its ``trigger``.
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item for item in node_slice.images if not images or item.image in images]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
-        report = RewarmReport(node=self.node, revision=max(revision, current))
+        report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in wanted:
-            reason = None if images else self._failed_before(entry)
+        for entry in node_slice.images:  # all of it: the status answers the whole slice
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
+            if images and entry.image not in images:
+                continue
+            reason = None if images else self._failed_before(entry)
+            if found is not None:
                 if self._follows_tag(entry):
                     stale.append((entry, found))
                 else:
@@ -117,8 +137,10 @@ class NodeAgent:
         self.status.record_rewarm(self.node, expected, current, present)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            pulls = [pool.submit(self._pull_for_rewarm, entry) for entry in missing]
-            pulls += [pool.submit(self._pull_for_rewarm, entry, found) for entry, found in stale]
+            pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]
+            pulls += [
+                pool.submit(self._pull_for_rewarm, entry, trigger, found) for entry, found in stale
+            ]
             results = [pull.result() for pull in pulls]
         for result in results:
             _count(report, result)
@@ -154,13 +176,15 @@ class NodeAgent:
         except BusUnavailable as error:
             log.warning("status of %d image(s) not recorded: %s", len(results), error)
 
-    def _pull_for_rewarm(self, entry: SliceImage, held: RuntimeImage | None = None) -> PullResult:
+    def _pull_for_rewarm(
+        self, entry: SliceImage, trigger: Trigger, held: RuntimeImage | None = None
+    ) -> PullResult:
         """Pull a missing image, or (``held``) a present tag again to follow a move. The
         re-warm listed the runtime's images already, and records the status of all at once."""
         entry, result = self._attempt(entry.image, 1, _normalized(entry), known_absent=True)
         if held is not None:
             result = _as_refresh(result, held)
-        return self._done(entry, result, record_status=False)
+        return self._done(entry, result, trigger, record_status=False)
 
     def _attempt(
         self,
@@ -196,8 +220,14 @@ class NodeAgent:
         return entry, result
 
     def _done(
-        self, entry: SliceImage, result: PullResult, *, record_status: bool = True
+        self,
+        entry: SliceImage,
+        result: PullResult,
+        trigger: Trigger,
+        *,
+        record_status: bool = True,
     ) -> PullResult:
+        result = replace(result, trigger=trigger)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result
@@ -208,7 +238,7 @@ class NodeAgent:
         if policy == "none" or entry.digest:  # a known digest already tells a moved tag
             return False
         try:
-            image = parse_image(entry.image)
+            image = _parsed(entry.image)
         except InvalidImageReference:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
@@ -278,7 +308,7 @@ def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
 
 def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
-        image = parse_image(entry.image)
+        image = _parsed(entry.image)
     except InvalidImageReference:
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
@@ -310,17 +340,18 @@ def _report_json(report: RewarmReport) -> bytes:
     return json.dumps(asdict(report), sort_keys=True).encode()
 
 
-_agent: NodeAgent | None = None
-_agent_lock = threading.Lock()
+# The attribute of the Celery app that holds the worker's agent (see worker.steps).
+_APP_ATTRIBUTE = "warm_node_agent"
 
 
-def install_agent(agent: NodeAgent) -> None:
-    global _agent
-    with _agent_lock:
-        _agent = agent
+def attach_agent(app: Any, agent: NodeAgent | None) -> None:
+    """Make ``agent`` the one the tasks of ``app`` use in this worker (None: detach it)."""
+    setattr(app, _APP_ATTRIBUTE, agent)
 
 
-def current_agent() -> NodeAgent:
-    if _agent is None:
+def agent_of(app: Any) -> NodeAgent:
+    """The agent of the worker running ``app``'s tasks; a task reaches it as ``self.app``."""
+    agent = getattr(app, _APP_ATTRIBUTE, None)
+    if not isinstance(agent, NodeAgent):
         raise RuntimeError("the node agent is not started (run the worker with python -m worker)")
-    return _agent
+    return agent

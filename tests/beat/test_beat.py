@@ -196,6 +196,7 @@ def test_two_beats_running_one_dispatches_and_the_other_takes_over_when_it_dies(
             beat.stop()
 
 
+@pytest.mark.slow  # sits through beat's broker reconnect rounds
 def test_beat_outlives_a_broker_outage(
     private_nats: NatsServer, seed_nodes: SeedNodes, tmp_path: Path
 ) -> None:
