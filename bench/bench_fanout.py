@@ -57,7 +57,7 @@ from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, Settings, load_settings
 from tasks.status import StatusStore
 from worker.agent import NodeAgent
-from worker.runtime import Credentials, FilesystemUsage, RuntimeImage
+from worker.runtime.fake import FakeRuntime
 
 TARGETS = {"messages": 5000, "seconds": 5.0, "memory_mb": 50.0, "nats_mb": 100.0}
 BASELINE_BUCKET = "bench-today"  # today's per-node slices, apart from the product's catalog
@@ -118,40 +118,6 @@ class MonitoredNats(NatsServer):
         return Traffic(after_in - bytes_in, after_out - bytes_out, seconds)
 
 
-class WarmRuntime:
-    """A runtime that holds every image of the catalog: what a warm node's ListImages says."""
-
-    name = "bench"
-
-    def __init__(self, images: list[str]) -> None:
-        self._held = [
-            RuntimeImage(f"sha256:{n:064x}", (ref,), (), 1) for n, ref in enumerate(images)
-        ]
-
-    def version(self, timeout: float | None = None) -> str:
-        return "bench 1"
-
-    def list_images(self) -> list[RuntimeImage]:
-        return self._held
-
-    def image_status(self, reference: str) -> RuntimeImage | None:
-        return next((image for image in self._held if image.known_as(reference)), None)
-
-    def pull(
-        self, reference: str, *, credentials: Credentials | None = None, timeout: float
-    ) -> str:
-        raise AssertionError(f"a warm node pulled {reference}: the bench measured a pull")
-
-    def remove(self, reference: str) -> None:
-        raise AssertionError("a re-warm removes nothing")
-
-    def filesystem_usage(self) -> FilesystemUsage:
-        return FilesystemUsage(used_bytes=0)
-
-    def close(self) -> None:
-        return None
-
-
 def main() -> int:
     options = _options()
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as workdir:
@@ -186,7 +152,7 @@ def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats
         print(
             f"catalog: 1 class slice x {len(images)} images, {len(nodes)} pointers, {seeded:.1f}s"
         )
-        agents = _agents(bus, nodes, images)
+        agents, runtime = _agents(bus, nodes, images)
         for agent in agents:  # the re-warm before this one: every node warm, its slice held
             agent.rewarm(0, [])
 
@@ -201,6 +167,7 @@ def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats
         _seed_today(bus, baseline_nodes, images)
         today = nats_server.traffic(bus, lambda: _today_round(bus, baseline_nodes, images))
     assert len(sent) == len(nodes), "every node gets exactly one re-warm"
+    assert not runtime.pulls, f"a warm node pulled {runtime.pulls[:3]}: the bench measured pulls"
     client.flushdb()
 
     sample = nodes[: options.sample_nodes]
@@ -222,20 +189,26 @@ def _seed(bus: NatsBus, nodes: list[str], images: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _agents(bus: NatsBus, nodes: list[str], images: list[str]) -> list[NodeAgent]:
+def _agents(
+    bus: NatsBus, nodes: list[str], images: list[str]
+) -> tuple[list[NodeAgent], FakeRuntime]:
     """One node agent per node, as each node's worker holds one. They share one catalog and
     one status store, which only saves this process memory: each node still reads its own
     pointer and keeps its own record, and a worker holds its class slice after its first
     re-warm whether or not it shares the store."""
     settings: Settings = load_settings()
-    runtime = WarmRuntime(images)
+    runtime = FakeRuntime()  # in memory, holding every image: a warm node's ListImages
+    for image in images:
+        runtime.registry.push(image)
+        runtime.pull(image, timeout=60)
+    runtime.pulls.clear()
     catalog, status = CatalogStore(bus), StatusStore(bus)
     agents = []
     for node in nodes:
         agent = NodeAgent(settings, node, runtime, bus)
         agent.catalog, agent.status = catalog, status
         agents.append(agent)
-    return agents
+    return agents, runtime
 
 
 def _restarted(bus: NatsBus, agents: list[NodeAgent]) -> None:
