@@ -355,10 +355,10 @@ def _report_nats(
     today_per_node = (today.bytes_in + today.bytes_out) / sample
     cold_per_node = (cold.bytes_in + cold.bytes_out) / sample
     print(
-        f"per node: product {per_node:,.0f} B (reads its pointer, publishes its report, writes "
-        f"no status); today {today_per_node:,.0f} B (reads its slice copy, reads and writes its "
-        f"whole status); a worker just started {cold_per_node:,.0f} B (reads its class slice "
-        "and its status once)"
+        f"per node: product {per_node:,.0f} B (reads its pointer and its small status record, "
+        f"publishes its report, writes nothing); today {today_per_node:,.0f} B (reads its "
+        f"slice copy, reads and writes its whole status); a worker just started "
+        f"{cold_per_node:,.0f} B (reads its class slice once)"
     )
     print(
         f"today and just-started rows: measured on {sample} nodes, times {scale:g} "

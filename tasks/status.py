@@ -1,8 +1,9 @@
 """Per-node status in NATS key-value: what each node lacks and why, against the slice it answers.
 
 Each node worker owns its key (``<node>`` in the status bucket) and is its only writer, so
-updates need no coordination across nodes; within a worker a lock orders them, and the worker
-keeps the record it last wrote in memory instead of reading it back.
+updates need no coordination across nodes; within a worker a lock orders them. The record is
+read back before each update (a few hundred bytes), so one that NATS lost is written again by
+the next re-warm.
 
 The record stays small and written only when it changes, because 5,000 nodes re-warm every
 interval: it counts what is warm and names only the images of the node's slice that are not
@@ -122,7 +123,6 @@ class StatusStore:
         self._bus = bus
         self._bucket = bucket
         self._lock = threading.Lock()
-        self._written: dict[str, NodeStatus] = {}  # node -> its record as this store wrote it
         self._expected: dict[str, frozenset[str]] = {}  # node -> the slice of its last re-warm
 
     def get(self, node: str) -> NodeStatus:
@@ -138,7 +138,7 @@ class StatusStore:
         if not results:
             return
         with self._lock:
-            status = self._current(node)
+            status = self.get(node)
             images, warm = dict(status.images), status.warm_count
             expected = self._expected.get(node)
             for result in results:
@@ -152,7 +152,7 @@ class StatusStore:
                 # An image outside the slice re-warmed is new to the node (the watcher sent
                 # it): named now, it leaves at the next re-warm if it left the slice.
                 images[result.image] = _merged(before, _image_status(result))
-            self._write(replace(status, images=images, warm_count=max(0, warm)))
+            self._write(status, replace(status, images=images, warm_count=max(0, warm)))
 
     def record_rewarm(
         self, node: str, expected: list[str], revision: int, present: list[str] | None = None
@@ -164,7 +164,7 @@ class StatusStore:
         """
         held = set(present or ())
         with self._lock:
-            status = self._current(node)
+            status = self.get(node)
             images = {
                 image: status.images.get(image) or ImageStatus(outcome=MISSING)
                 for image in expected
@@ -179,17 +179,11 @@ class StatusStore:
             )
             self._expected[node] = frozenset(expected)
             if changed != status:
-                self._write(replace(changed, last_rewarm_at=time.time()))
+                self._write(status, replace(changed, last_rewarm_at=time.time()))
 
-    def _current(self, node: str) -> NodeStatus:
-        if node not in self._written:
-            self._written[node] = self.get(node)
-        return self._written[node]
-
-    def _write(self, status: NodeStatus) -> None:
-        if status != self._written.get(status.node):
+    def _write(self, before: NodeStatus, status: NodeStatus) -> None:
+        if status != before:
             self._bus.kv_put(self._bucket, status.node, status.to_json())
-            self._written[status.node] = status
 
 
 def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:

@@ -101,3 +101,15 @@ def test_a_record_written_by_an_older_worker_still_reads() -> None:
 
     assert status.summary()["warm_images"] == ["docker.io/library/a:1"]
     assert status.summary()["failed"] == {"docker.io/library/b:1": "gone"}
+
+
+def test_a_record_that_nats_lost_is_written_again_by_the_next_rewarm(
+    private_bus: NatsBus,
+) -> None:
+    store, slice_ = StatusStore(private_bus), ["docker.io/library/a:1"]
+    store.record_rewarm("n1", slice_, 1, slice_)
+    private_bus.kv_delete(STATUS_BUCKET, "n1")  # NATS restarted without its storage
+
+    store.record_rewarm("n1", slice_, 1, slice_)
+
+    assert StatusStore(private_bus).get("n1").warm_count == 1
