@@ -34,6 +34,7 @@ SLOW_FIXTURES = frozenset(
         "broker",
         "broker_cluster",
         "sim_cluster",
+        "manifest_files",  # kubernetes-validate against every Kubernetes version's schemas
     }
 )
 

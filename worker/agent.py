@@ -22,11 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from typing import Any
 
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore, UnknownNode
 from tasks.images import ImageRef, InvalidImageReference, parse_image
-from tasks.models import Outcome, PullResult, SliceImage
+from tasks.models import Outcome, PullResult, SliceImage, Trigger
 from tasks.names import pull_events_subject, rewarm_events_subject
 from tasks.settings import Settings
 from tasks.status import StatusStore
@@ -52,6 +53,7 @@ class RewarmReport:
     failed: dict[str, str] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    trigger: Trigger = Trigger.REWARM
 
 
 class NodeAgent:
@@ -84,25 +86,28 @@ class NodeAgent:
         """Make one image present and report the result (a pull task); never raises for a bad
         image. Its pull secrets and digest are read from this node's catalog slice."""
         entry, result = self._attempt(reference, attempt, self._slice_entry)
-        return self._done(entry, result)
+        return self._done(entry, result, Trigger.TASK)
 
     def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:
         """:meth:`pull`, for a catalog entry already at hand (its pull secrets and digest)."""
         normalized, result = self._attempt(entry.image, attempt, _normalized(entry))
-        return self._done(normalized, result)
+        return self._done(normalized, result, Trigger.TASK)
 
-    def rewarm(self, revision: int, images: list[str]) -> RewarmReport:
+    def rewarm(
+        self, revision: int, images: list[str], *, trigger: Trigger = Trigger.REWARM
+    ) -> RewarmReport:
         """Diff this node's catalog slice against the runtime; pull only what is missing.
 
         ``images`` narrows the re-warm to those references and retries their permanent
-        failures too; a periodic re-warm (no ``images``) leaves those alone.
+        failures too; a periodic re-warm (no ``images``) leaves those alone. The worker's own
+        reconcile (:mod:`worker.reconcile`) is this same diff, with its ``trigger``.
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
-        report = RewarmReport(node=self.node, revision=max(revision, current))
+        report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
         for entry in node_slice.images:  # all of it: the status answers the whole slice
             found = _held_as(entry, held)
@@ -124,8 +129,10 @@ class NodeAgent:
         self.status.record_rewarm(self.node, expected, current, present)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            pulls = [pool.submit(self._pull_for_rewarm, entry) for entry in missing]
-            pulls += [pool.submit(self._pull_for_rewarm, entry, found) for entry, found in stale]
+            pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]
+            pulls += [
+                pool.submit(self._pull_for_rewarm, entry, trigger, found) for entry, found in stale
+            ]
             results = [pull.result() for pull in pulls]
         for result in results:
             _count(report, result)
@@ -161,13 +168,15 @@ class NodeAgent:
         except BusUnavailable as error:
             log.warning("status of %d image(s) not recorded: %s", len(results), error)
 
-    def _pull_for_rewarm(self, entry: SliceImage, held: RuntimeImage | None = None) -> PullResult:
+    def _pull_for_rewarm(
+        self, entry: SliceImage, trigger: Trigger, held: RuntimeImage | None = None
+    ) -> PullResult:
         """Pull a missing image, or (``held``) a present tag again to follow a move. The
         re-warm listed the runtime's images already, and records the status of all at once."""
         entry, result = self._attempt(entry.image, 1, _normalized(entry), known_absent=True)
         if held is not None:
             result = _as_refresh(result, held)
-        return self._done(entry, result, record_status=False)
+        return self._done(entry, result, trigger, record_status=False)
 
     def _attempt(
         self,
@@ -203,8 +212,14 @@ class NodeAgent:
         return entry, result
 
     def _done(
-        self, entry: SliceImage, result: PullResult, *, record_status: bool = True
+        self,
+        entry: SliceImage,
+        result: PullResult,
+        trigger: Trigger,
+        *,
+        record_status: bool = True,
     ) -> PullResult:
+        result = replace(result, trigger=trigger)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result
@@ -317,17 +332,18 @@ def _report_json(report: RewarmReport) -> bytes:
     return json.dumps(asdict(report), sort_keys=True).encode()
 
 
-_agent: NodeAgent | None = None
-_agent_lock = threading.Lock()
+# The attribute of the Celery app that holds the worker's agent (see worker.steps).
+_APP_ATTRIBUTE = "warm_node_agent"
 
 
-def install_agent(agent: NodeAgent) -> None:
-    global _agent
-    with _agent_lock:
-        _agent = agent
+def attach_agent(app: Any, agent: NodeAgent | None) -> None:
+    """Make ``agent`` the one the tasks of ``app`` use in this worker (None: detach it)."""
+    setattr(app, _APP_ATTRIBUTE, agent)
 
 
-def current_agent() -> NodeAgent:
-    if _agent is None:
+def agent_of(app: Any) -> NodeAgent:
+    """The agent of the worker running ``app``'s tasks; a task reaches it as ``self.app``."""
+    agent = getattr(app, _APP_ATTRIBUTE, None)
+    if not isinstance(agent, NodeAgent):
         raise RuntimeError("the node agent is not started (run the worker with python -m worker)")
-    return _agent
+    return agent

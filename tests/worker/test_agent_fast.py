@@ -20,7 +20,7 @@ from tasks.models import NodeSlice, Outcome, SliceImage
 from tasks.settings import RuntimeSettings
 from tasks.status import StatusStore
 from worker import handlers
-from worker.agent import NodeAgent, install_agent
+from worker.agent import NodeAgent, attach_agent
 from worker.runtime import FailureKind
 from worker.runtime.fake import FakeRuntime
 
@@ -47,14 +47,19 @@ def test_a_pull_is_published_and_recorded(
     agent: NodeAgent, runtime: FakeRuntime, bus: NatsBus, events: Events
 ) -> None:
     runtime.registry.push(APP)
+    runtime.registry.fail(APP, FailureKind.TRANSIENT, "connection reset")
+    agent.pull(APP)
+    assert StatusStore(bus).get(agent.node).images[APP].outcome == Outcome.RETRYING
 
     result = agent.pull(APP)
 
     assert result.outcome is Outcome.PULLED
     assert result.image_id == runtime.list_images()[0].id
-    events.wait_for(lambda: bool(events.of(APP)), 5, "the pull event")
-    assert events.of(APP)[0].outcome is Outcome.PULLED
-    assert APP not in StatusStore(bus).get(agent.node).images  # it names only what is not warm
+    events.wait_for(lambda: len(events.of(APP)) == 2, 5, "the pull events")
+    assert events.of(APP)[-1].outcome is Outcome.PULLED
+    status = StatusStore(bus).get(agent.node)  # a warm image is counted, no longer named
+    assert APP not in status.images
+    assert status.warm_count == 1
 
 
 def test_a_rewarm_lists_once_and_pulls_only_what_is_missing(
@@ -75,8 +80,6 @@ def test_a_rewarm_lists_once_and_pulls_only_what_is_missing(
     assert runtime.calls["list_images"] == 1
     assert runtime.calls["image_status"] == 2  # the size of each pulled image, nothing else
     status = StatusStore(bus).get(agent.node)
-    status.expected = images  # the slice, as warm-status measures the record against it
-    assert (status.warm, status.missing) == (images, [])
     assert (status.warm_count, status.expected_count, status.images) == (3, 3, {})
 
 
@@ -93,9 +96,8 @@ def test_a_permanent_failure_is_tried_once_until_asked_again(
     assert "not retried until its catalog entry changes" in periodic.failed[APP]
     assert "manifest unknown" in asked.failed[APP]
     assert runtime.pulls == [APP, APP]  # the periodic re-warm cost no registry request
-    status = StatusStore(bus).get(agent.node)
-    status.expected = [APP]
-    assert status.failed == {APP: asked.failed[APP]}
+    recorded = StatusStore(bus).get(agent.node).images[APP]
+    assert (recorded.outcome, recorded.reason) == (Outcome.FAILED, asked.failed[APP])
 
 
 def test_a_transient_failure_is_left_to_retry(agent: NodeAgent, runtime: FakeRuntime) -> None:
@@ -152,8 +154,9 @@ def test_a_rewarm_follows_a_moved_latest_tag_and_leaves_others_alone(
 
 @pytest.fixture
 def installed(agent: NodeAgent) -> Iterator[NodeAgent]:
-    install_agent(agent)
+    attach_agent(handlers.pull_image.app, agent)
     yield agent
+    attach_agent(handlers.pull_image.app, None)
 
 
 def test_the_pull_task_retries_then_records_a_failure(

@@ -55,7 +55,7 @@ class FakeRegistry:
         self.tags: dict[str, str] = {}  # "registry/repository:tag" -> manifest digest
         self.manifests: dict[str, int] = {}  # "registry/repository@digest" -> image size
         self.credentials: dict[str, Credentials] = {}  # "registry/repository" -> required
-        self._failures: dict[str, list[PullFailed]] = {}  # by the reference as pulled
+        self._failures: dict[str, list[tuple[FailureKind, str]]] = {}  # by reference as pulled
         self._generation = itertools.count(1)
 
     def push(self, reference: str, size: int = MIB) -> str:
@@ -76,14 +76,13 @@ class FakeRegistry:
 
     def fail(self, reference: str, kind: FailureKind, reason: str, times: int = 1) -> None:
         """Fail the next ``times`` pulls of ``reference`` (as the runtime is asked for it)."""
-        error = PullFailed(reference, kind, reason)
-        self._failures.setdefault(reference, []).extend([error] * times)
+        self._failures.setdefault(reference, []).extend([(kind, reason)] * times)
 
     def resolve(self, reference: str, credentials: Credentials | None) -> tuple[str, str, int]:
         """``(name, digest, size)`` of what ``reference`` points to now, or PullFailed."""
         failures = self._failures.get(reference)
         if failures:
-            raise failures.pop(0)
+            raise PullFailed(reference, *failures.pop(0))
         try:
             image = parse_image(reference)
         except InvalidImageReference as error:
