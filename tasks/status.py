@@ -40,6 +40,7 @@ class ImageStatus:
     reason: str = ""
     at: float = 0.0
     attempt: int = 0
+    trigger: str = ""  # what asked for the attempt (tasks.models.Trigger); "" when none did
 
 
 @dataclass
@@ -192,7 +193,8 @@ def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image_status(result: PullResult) -> ImageStatus:
-    return ImageStatus(result.outcome.value, result.reason, round(result.at, 3), result.attempt)
+    at = round(result.at, 3)
+    return ImageStatus(result.outcome.value, result.reason, at, result.attempt, result.trigger)
 
 
 def _merged(before: ImageStatus | None, after: ImageStatus) -> ImageStatus:

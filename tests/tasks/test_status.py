@@ -75,6 +75,7 @@ def test_a_failed_pull_of_an_image_new_to_the_slice_is_recorded_until_it_leaves(
     status.expected = [old, new]  # the slice now, as warm-status reads it
     assert status.summary()["failed"] == {new: "manifest unknown"}
     assert status.summary()["warm_images"] == [old]
+    assert (status.images[new].attempt, status.images[new].trigger) == (1, "task")
 
     store.record_rewarm("n1", [old], 2, [old])  # the workload went away again
     assert StatusStore(private_bus).get("n1").images == {}
