@@ -52,6 +52,7 @@ class NodeStatus:
     warm_count: int = 0  # of which the runtime held or pulled
     last_rewarm_at: float | None = None  # the last re-warm that changed the record
     last_rewarm_revision: int | None = None  # the revision of the slice it answers
+    slice: str = ""  # that slice's content hash: a pointer rewritten unchanged is no news
     # The slice a reader measures against; not stored (the catalog holds it).
     expected: list[str] = field(default_factory=list, compare=False)
 
@@ -156,12 +157,20 @@ class StatusStore:
             self._write(status, replace(status, images=images, warm_count=max(0, warm)))
 
     def record_rewarm(
-        self, node: str, expected: list[str], revision: int, present: list[str] | None = None
+        self,
+        node: str,
+        expected: list[str],
+        revision: int,
+        present: list[str] | None = None,
+        slice_hash: str = "",
     ) -> None:
-        """A re-warm's diff: the slice answered, at ``revision``, and what the runtime holds.
+        """A re-warm's diff: the slice answered (at ``revision``, with ``slice_hash``), and
+        what the runtime holds.
 
         Images that left the slice leave the record; images present are warm; the others
-        keep what the record knew of them (a failure and its reason) or are missing.
+        keep what the record knew of them (a failure and its reason) or are missing. The
+        watcher's periodic resync rewrites every pointer unchanged: a revision that moved
+        over the same content keeps the record as it was.
         """
         held = set(present or ())
         with self._lock:
@@ -177,7 +186,10 @@ class StatusStore:
                 expected_count=len(expected),
                 warm_count=len(expected) - len(images),
                 last_rewarm_revision=revision,
+                slice=slice_hash,
             )
+            if slice_hash and slice_hash == status.slice:
+                changed.last_rewarm_revision = status.last_rewarm_revision
             self._expected[node] = frozenset(expected)
             if changed != status:
                 self._write(status, replace(changed, last_rewarm_at=time.time()))

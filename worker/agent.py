@@ -126,7 +126,7 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current, present)
+        self.status.record_rewarm(self.node, expected, current, present, node_slice.slice)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
             pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]

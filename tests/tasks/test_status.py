@@ -114,3 +114,14 @@ def test_a_record_that_nats_lost_is_written_again_by_the_next_rewarm(
     store.record_rewarm("n1", slice_, 1, slice_)
 
     assert StatusStore(private_bus).get("n1").warm_count == 1
+
+
+def test_a_pointer_rewritten_over_the_same_slice_is_no_news(private_bus: NatsBus) -> None:
+    store, slice_ = StatusStore(private_bus), ["docker.io/library/a:1"]
+    store.record_rewarm("n1", slice_, 5, slice_, "hash-a")
+    written = private_bus.kv_revision(STATUS_BUCKET)
+
+    store.record_rewarm("n1", slice_, 9, slice_, "hash-a")  # the watcher's hourly resync
+    assert private_bus.kv_revision(STATUS_BUCKET) == written
+    store.record_rewarm("n1", slice_, 12, slice_, "hash-b")  # new content, same images
+    assert StatusStore(private_bus).get("n1").last_rewarm_revision == 12
