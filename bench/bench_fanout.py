@@ -46,7 +46,6 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -91,38 +90,29 @@ class Traffic:
         return Traffic(self.bytes_in * factor, self.bytes_out * factor, self.seconds * factor)
 
 
-class MonitoredNats(NatsServer):
-    """The product's NATS, with its monitoring port on, to read the server's own counters."""
+def nats_counters(server: NatsServer) -> tuple[int, int]:
+    """The server's own byte counters: into it from clients, out of it to them."""
+    with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=10) as response:
+        varz = json.load(response)
+    return int(varz["in_bytes"]), int(varz["out_bytes"])
 
-    def __init__(self, workdir: Path) -> None:
-        self.monitor_port = free_port()
-        super().__init__(workdir)
 
-    def _argv(self) -> list[str]:
-        return [*super()._argv(), "-m", str(self.monitor_port)]
-
-    def counters(self) -> tuple[int, int]:
-        url = f"http://127.0.0.1:{self.monitor_port}/varz"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            varz = json.load(response)
-        return int(varz["in_bytes"]), int(varz["out_bytes"])
-
-    def traffic(self, bus: NatsBus, run: Callable[[], object]) -> Traffic:
-        bus.flush()
-        bytes_in, bytes_out = self.counters()
-        started = time.perf_counter()
-        run()
-        bus.flush()  # every publish has reached the server before it is read
-        seconds = time.perf_counter() - started
-        after_in, after_out = self.counters()
-        return Traffic(after_in - bytes_in, after_out - bytes_out, seconds)
+def nats_traffic(server: NatsServer, bus: NatsBus, run: Callable[[], object]) -> Traffic:
+    bus.flush()
+    bytes_in, bytes_out = nats_counters(server)
+    started = time.perf_counter()
+    run()
+    bus.flush()  # every publish has reached the server before it is read
+    seconds = time.perf_counter() - started
+    after_in, after_out = nats_counters(server)
+    return Traffic(after_in - bytes_in, after_out - bytes_out, seconds)
 
 
 def main() -> int:
     options = _options()
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as workdir:
         redis_server = RedisServer(Path(workdir) / "redis").start()
-        nats_server = MonitoredNats(Path(workdir) / "nats")
+        nats_server = NatsServer(Path(workdir) / "nats", monitor=True)
         nats_server.start()
         try:
             return _run(options, redis_server.url, nats_server)
@@ -131,9 +121,10 @@ def main() -> int:
             redis_server.stop()
 
 
-def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats) -> int:
+def _run(options: argparse.Namespace, redis_url: str, nats_server: NatsServer) -> int:
     # The product's own Celery app and settings, pointed at the private broker and NATS.
     os.environ.update(WARM_BROKER_URL=f"{redis_url}/0", WARM_NATS_URL=nats_server.url)
+    os.environ["WARM_PULL_SECRETS"] = "false"  # no Kubernetes API here; warm nodes pull nothing
     from tasks.app import app
     from tasks.rewarm import RewarmSent, dispatch_rewarm
 
@@ -157,15 +148,17 @@ def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats
             agent.rewarm(0, [])
 
         before = _used_memory(client)
-        fanned = nats_server.traffic(bus, fan_out)
+        fanned = nats_traffic(nats_server, bus, fan_out)
         product = Measured(_queued(client, nodes), fanned.seconds, _used_memory(client) - before)
         revision = sent[0].revision
-        rewarmed = nats_server.traffic(bus, lambda: [a.rewarm(revision, []) for a in agents])
+        rewarmed = nats_traffic(nats_server, bus, lambda: [a.rewarm(revision, []) for a in agents])
 
-        cold = nats_server.traffic(bus, lambda: _restarted(bus, agents[: options.baseline_nodes]))
+        cold = nats_traffic(
+            nats_server, bus, lambda: _restarted(bus, agents[: options.baseline_nodes])
+        )
         baseline_nodes = nodes[: options.baseline_nodes]
         _seed_today(bus, baseline_nodes, images)
-        today = nats_server.traffic(bus, lambda: _today_round(bus, baseline_nodes, images))
+        today = nats_traffic(nats_server, bus, lambda: _today_round(bus, baseline_nodes, images))
     assert len(sent) == len(nodes), "every node gets exactly one re-warm"
     assert not runtime.pulls, f"a warm node pulled {runtime.pulls[:3]}: the bench measured pulls"
     client.flushdb()
