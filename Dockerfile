@@ -6,8 +6,12 @@
 #   Flower      celery -A tasks flower
 #   status      celery -A tasks warm-status
 
+# The base, pinned by digest so that a rebuild gets the same bytes; override it to build on a
+# mirror or on a base made from Debian packages (--build-arg BASE_IMAGE=...).
+ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+
 # ---- builder: install the project and its dependencies into a virtualenv ----
-FROM python:3.11-slim AS builder
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,19 +27,27 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# Every dependency, and setuptools to build the project, at the version and with the hashes of
+# requirements.lock (pip-compile --generate-hashes): nothing unpinned or unverified gets in.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 # .dockerignore lets in only the packaging files and the Python packages.
 COPY . .
 # A regular (not editable) install: the final stage needs /opt/venv only, not /src.
-RUN pip install --upgrade pip setuptools wheel \
-    && pip install . \
+RUN pip install --no-deps --no-build-isolation . \
     && pip check
 
 # ---- runtime: slim Python, the virtualenv, an unprivileged user ----
-FROM python:3.11-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
+# Where the image comes from: the build passes the commit (git rev-parse HEAD).
+ARG SOURCE_URL=https://github.com/kubernetes-warm-images/warm-images
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="warm-images" \
       org.opencontainers.image.description="Keeps container images warm on Kubernetes nodes" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${REVISION}"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -67,6 +67,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* A bundled server's image (call with .Values.nats.image or .Values.redis.image): the tag
+for the reader, the digest for the runtime when one is given. */}}
+{{- define "warm-images.serverImage" -}}
+{{- if .digest }}
+{{- printf "%s:%s@%s" .repository .tag .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+
 {{- define "warm-images.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:

@@ -152,6 +152,7 @@ def test_the_client_user_only_reads(bus_of: Callable[[str], NatsBus]) -> None:
         client.kv_delete(CATALOG_BUCKET, "nodes.anything")
 
 
+@pytest.mark.slow  # a real Redis
 def test_a_worker_user_cannot_flush_reconfigure_or_scan_redis(
     chart: Rendered, redis_acl: RedisServer
 ) -> None:
@@ -227,6 +228,7 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
             running.stop()
 
 
+@pytest.mark.slow  # a real Redis
 def test_flower_as_rendered_watches_but_sends_nothing(
     chart: Rendered, redis_acl: RedisServer, nats: NatsServer, workdir: Path
 ) -> None:
@@ -340,6 +342,7 @@ def test_bundled_nats_over_tls_with_a_certificate_secret(
             bus.kv_get(CATALOG_BUCKET, "nodes.n1")
 
 
+@pytest.mark.slow  # a real Redis
 def test_bundled_redis_over_tls_with_a_certificate_secret(
     tls_chart: Rendered, certificates: Path, workdir: Path
 ) -> None:
