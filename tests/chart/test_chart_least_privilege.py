@@ -22,6 +22,7 @@ from celery import Celery
 from chart_helpers import Rendered, secret_data, template
 from kombu.connection import Connection
 
+from beat.lease import LEADER_KEY, Lease
 from localcluster import Containerd, Registry, free_port, product, push_image
 from localcluster._process import Daemon, wait_until
 from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
@@ -30,6 +31,7 @@ from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import CatalogEntry, NodeSlice, Outcome, SliceImage
 from tasks.names import (
+    BEAT_BUCKET,
     CATALOG_BUCKET,
     CATALOG_EVENTS,
     PULL_IMAGE,
@@ -150,6 +152,18 @@ def test_the_client_user_only_reads(bus_of: Callable[[str], NatsBus]) -> None:
         StatusStore(client).record_rewarm("node-x", ["docker.io/library/a:1"], 1)
     with pytest.raises(BusUnavailable):
         client.kv_delete(CATALOG_BUCKET, "nodes.anything")
+
+
+def test_only_beat_holds_the_beat_lease(bus_of: Callable[[str], NatsBus]) -> None:
+    """The lease that lets one beat dispatch re-warms for every node: beat's user takes it, a
+    worker's cannot break it."""
+    lease = Lease(bus_of("beat"), ttl=30)
+    assert lease.hold()
+    with pytest.raises(BusUnavailable):
+        bus_of("worker").kv_delete(BEAT_BUCKET, LEADER_KEY)
+    found = bus_of("client").kv_get(BEAT_BUCKET, LEADER_KEY)
+    assert found is not None and lease.holder.encode() in found[0]
+    lease.release()
 
 
 @pytest.mark.slow  # a real Redis
