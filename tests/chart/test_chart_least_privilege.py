@@ -224,12 +224,13 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
                 WARM_TIMEOUT,
                 "the pull through the worker's own credentials",
             )
-            # A re-warm reports after writing the node's status: then the status is there.
+            # A re-warm reports after writing the node's status: then the status is there. The
+            # watcher's user follows the report, as `rewarm --wait` run in its pod does.
             reports: list[bytes] = []
-            bus_of("client").subscribe(
+            bus_of("watcher").subscribe(
                 rewarm_events_subject(running.node), lambda _s, data: reports.append(data)
             )
-            bus_of("client").flush()
+            bus_of("watcher").flush()
             send(REWARM_NODE, revision=0)
             wait_for(lambda: bool(reports), WARM_TIMEOUT, "the re-warm's report")
             status = StatusStore(bus_of("client")).get(running.node)
