@@ -5,13 +5,14 @@
 #   beat        celery -A tasks beat
 #   Flower      celery -A tasks flower
 #   status      celery -A tasks warm-status
-
-# The base, pinned by digest so that a rebuild gets the same bytes; override it to build on a
-# mirror or on a base made from Debian packages (--build-arg BASE_IMAGE=...).
-ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+#
+# Build it with scripts/build-image. BASE is any image with Python 3.11+ and `python`, `apt-get`,
+# `groupadd`/`useradd` (scripts/build-base makes one from Debian packages where Docker Hub is
+# out of reach); by default python:3.11-slim pinned by digest, so a rebuild gets the same bytes.
+ARG BASE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 # ---- builder: install the project and its dependencies into a virtualenv ----
-FROM ${BASE_IMAGE} AS builder
+FROM ${BASE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -38,7 +39,7 @@ RUN pip install --no-deps --no-build-isolation . \
     && pip check
 
 # ---- runtime: slim Python, the virtualenv, an unprivileged user ----
-FROM ${BASE_IMAGE} AS runtime
+FROM ${BASE} AS runtime
 
 # Where the image comes from: the build passes the commit (git rev-parse HEAD).
 ARG SOURCE_URL=https://github.com/kubernetes-warm-images/warm-images
