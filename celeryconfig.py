@@ -6,9 +6,9 @@ visibility timeout longer than the longest pull (or Redis redelivers a pull stil
 """
 
 from tasks.names import REWARM_CATALOG
-from tasks.settings import load_settings
+from tasks.settings import settings_or_exit
 
-_settings = load_settings()
+_settings = settings_or_exit()  # a bad setting: one line on stderr, exit status 1
 
 broker_url = _settings.broker.url
 broker_connection_retry_on_startup = True

@@ -8,6 +8,9 @@ writes; a message that names some is logged and the names ignored.
 Transient failures go back to Celery with exponential backoff and full jitter, up to a limit;
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
+
+A task reaches the node agent through its app (``self.app``), where the worker's agent step
+(:mod:`worker.steps`) put it, so the same task bodies serve any worker that has an agent.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
-from tasks.models import Outcome, PullResult
+from tasks.models import Outcome, PullResult, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
-from .agent import current_agent
+from .agent import NodeAgent, agent_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def pull_image(
     digest: str | None = None,
     **_ignored: Any,
 ) -> str:
-    agent = current_agent()
+    agent = agent_of(self.app)
     if node != agent.node:
         log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
         return "misrouted"
@@ -49,7 +52,7 @@ def pull_image(
     attempt = self.request.retries + 1
     result = agent.pull(image, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
-        _retry_or_give_up(self, result)
+        _retry_or_give_up(self, agent, result)
     return result.outcome.value
 
 
@@ -57,23 +60,28 @@ def pull_image(
 def rewarm_node(
     self: Task, node: str, revision: int = 0, images: list[str] | None = None, **_ignored: Any
 ) -> dict[str, int]:
-    agent = current_agent()
+    agent = agent_of(self.app)
     if node != agent.node:
         log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
         return {}
-    report = agent.rewarm(revision, images or [])
-    for image in report.retrying:  # each gets its own retry schedule
-        schedule_retry(node, image, attempt=1)
+    return rewarm(agent, revision, images or [], Trigger.REWARM)
+
+
+def rewarm(agent: NodeAgent, revision: int, images: list[str], trigger: Trigger) -> dict[str, int]:
+    """The node's slice diffed against its runtime and the gaps pulled; what failed for now
+    is retried later, each image on its own schedule. A re-warm task and the reconcile."""
+    report = agent.rewarm(revision, images, trigger=trigger)
+    for image in report.retrying:
+        schedule_retry(agent, image, attempt=1)
     return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
-def schedule_retry(node: str, image: str, *, attempt: int) -> None:
+def schedule_retry(agent: NodeAgent, image: str, *, attempt: int) -> None:
     """A pull task for later; it reads the image's pull secrets from the catalog when it runs."""
-    settings = current_agent().settings.runtime
-    countdown = backoff_seconds(attempt, settings.retry_backoff_max)
+    countdown = backoff_seconds(attempt, agent.settings.runtime.retry_backoff_max)
     pull_image.apply_async(
-        kwargs={"node": node, "image": image},
-        queue=queue_for_node(node),
+        kwargs={"node": agent.node, "image": image},
+        queue=queue_for_node(agent.node),
         countdown=countdown,
         retries=attempt,
     )
@@ -83,8 +91,7 @@ def backoff_seconds(retries: int, maximum: int) -> int:
     return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
 
 
-def _retry_or_give_up(task: Task, result: PullResult) -> None:
-    agent = current_agent()
+def _retry_or_give_up(task: Task, agent: NodeAgent, result: PullResult) -> None:
     limit = agent.settings.runtime.max_retries
     if task.request.retries >= limit:
         reason = f"gave up after {result.attempt} attempts: {result.reason}"

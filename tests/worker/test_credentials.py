@@ -93,7 +93,7 @@ def test_a_private_image_is_pulled_with_the_secret_named_in_the_catalog(
     )
     agent, _ = make_agent()
 
-    anonymous = agent.pull(image.ref, pull_secrets=())
+    anonymous = agent.pull_entry(SliceImage(image.ref))
     CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(image.ref, (secret,)),)))
     with_secret = agent.pull(image.ref)  # as a pull task sends it: secrets come from the catalog
 
@@ -117,7 +117,7 @@ def test_each_matching_secret_is_tried_until_one_is_accepted(
     fresh = create_pull_secret(kube, f"new-{uuid.uuid4().hex[:6]}", docker_config(host))
     agent, runtime = make_agent()
 
-    result = agent.pull(image.ref, pull_secrets=(stale, fresh))
+    result = agent.pull_entry(SliceImage(image.ref, (stale, fresh)))
 
     assert result.outcome is Outcome.PULLED
     assert runtime.pulls == [image.ref, image.ref]  # refused with the stale one, then accepted
@@ -129,7 +129,7 @@ def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     image = push_image(private_registry.host, "team/other", "v1", auth=(USER, PASSWORD))
     agent, _ = make_agent()
 
-    result = agent.pull(image.ref, pull_secrets=(f"default/{mirrored_secret_name('x/gone')}",))
+    result = agent.pull_entry(SliceImage(image.ref, (f"default/{mirrored_secret_name('x/gone')}",)))
 
     assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
 
@@ -144,7 +144,7 @@ def test_only_copies_in_the_release_namespace_are_read(
     agent, _ = make_agent()
     before = len(kube.requests("secrets"))
 
-    result = agent.pull(image.ref, pull_secrets=(elsewhere, release_secret))
+    result = agent.pull_entry(SliceImage(image.ref, (elsewhere, release_secret)))
 
     assert result.outcome is Outcome.FAILED  # neither was read: an anonymous pull, refused
     assert kube.requests("secrets")[before:] == []
@@ -199,7 +199,7 @@ def test_the_kubelet_credentials_file_is_the_fallback(
     config.write_text(json.dumps(docker_config(private_registry.host)))
     agent, _ = make_agent(pull_secrets=False, kubelet_credentials_file=str(config))
 
-    assert agent.pull(image.ref, pull_secrets=()).outcome is Outcome.PULLED
+    assert agent.pull_entry(SliceImage(image.ref)).outcome is Outcome.PULLED
     assert image.ref in node.image_refs()
 
 
