@@ -523,15 +523,15 @@ class FakeKubeAPI(Service):
 
         self.call(expire)
 
-    def requests(self, resource: str | None = None) -> list[ApiRequest]:
-        """The requests served so far (the last 1,000 or more), oldest first; only those on
-        ``resource`` (a plural, e.g. "secrets") when given."""
-        logged = self.call(lambda emulator: [_api_request(r) for r in emulator])
-        return [r for r in logged if resource is None or r.resource == resource]
-
     def served(self) -> dict[str, int]:
         """What the double has done to its clients so far (see RVEmulator.served)."""
         return self.call(lambda emulator: dict(emulator.served))
+
+    def requests(self, resource: str | None = None) -> list[ApiRequest]:
+        """The requests served so far (the last 1,000 or more), oldest first; only those on
+        ``resource`` (a plural, e.g. "secrets") when given."""
+        served = self.call(lambda emulator: [_api_request(r) for r in emulator])
+        return [r for r in served if resource is None or r.resource == resource]
 
     def write_kubeconfig(self, path: Path) -> Path:
         """Write a kubeconfig pointing at this API, for load_kube_config() or KUBECONFIG."""

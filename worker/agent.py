@@ -13,6 +13,7 @@ of typos costs one registry request per image, not one per re-warm.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -37,6 +38,10 @@ from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
+
+# A re-warm checks every image of the slice, and the slice's references are the same from one
+# re-warm to the next (a class slice never changes under its hash): each is parsed once.
+_parsed = functools.lru_cache(maxsize=2**15)(parse_image)
 
 
 @dataclass
@@ -79,14 +84,14 @@ class NodeAgent:
         self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
         self._failed_lock = threading.Lock()
 
-    def pull(self, reference: str, *, attempt: int = 1, digest: str | None = None) -> PullResult:
+    def pull(self, reference: str, *, digest: str | None = None, attempt: int = 1) -> PullResult:
         """Make one image present and report the result (a pull task); never raises for a bad
-        image. Its pull secrets, and its digest unless given, are read from this node's catalog
-        slice: never from a task message."""
+        image. Its pull secrets (and its digest, unless given) are read from this node's
+        catalog slice, never from a task message: only the watcher names Secrets a node reads."""
 
         def entry_of(image: ImageRef) -> SliceImage:
             entry = self._slice_entry(image)
-            return replace(entry, digest=digest) if digest else entry
+            return replace(entry, digest=digest or entry.digest)
 
         entry, result = self._attempt(reference, attempt, entry_of)
         return self._done(entry, result, Trigger.TASK)
@@ -107,17 +112,19 @@ class NodeAgent:
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item for item in node_slice.images if not images or item.image in images]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in wanted:
-            reason = None if images else self._failed_before(entry)
+        for entry in node_slice.images:  # all of it: the status answers the whole slice
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
+            if images and entry.image not in images:
+                continue
+            reason = None if images else self._failed_before(entry)
+            if found is not None:
                 if self._follows_tag(entry):
                     stale.append((entry, found))
                 else:
@@ -231,7 +238,7 @@ class NodeAgent:
         if policy == "none" or entry.digest:  # a known digest already tells a moved tag
             return False
         try:
-            image = parse_image(entry.image)
+            image = _parsed(entry.image)
         except InvalidImageReference:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
@@ -301,7 +308,7 @@ def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
 
 def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
-        image = parse_image(entry.image)
+        image = _parsed(entry.image)
     except InvalidImageReference:
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
