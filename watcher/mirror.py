@@ -30,6 +30,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tasks.names import mirrored_secret_name
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 REGISTRY_SECRET_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
@@ -107,6 +109,8 @@ class SecretMirror:
             log.error("pull secrets not mirrored, retrying (API status %s)", error.status)
             self._next_list = 0.0
         self._reported &= referenced
+        metrics.PULL_SECRET_COPIES.set(len(self._copies))
+        metrics.PULL_SECRETS_SKIPPED.set(len(self._reported))
         return before ^ set(self._copies)
 
     def _list(self) -> None:

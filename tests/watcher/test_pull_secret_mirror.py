@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster import FakeKubeAPI
@@ -105,6 +106,8 @@ def test_referenced_registry_secrets_are_mirrored_followed_and_deleted(
         {"node": name, "image": image}  # no secret name travels in a message
     ]
     assert caplog.text.count("ignored: type Opaque") == 1  # once, not at every re-read
+    assert REGISTRY.get_sample_value("warm_watcher_pull_secret_copies") == 2
+    assert REGISTRY.get_sample_value("warm_watcher_pull_secrets_skipped") == 2
     assert f"pull secret {team}/missing not readable (404)" in caplog.text
 
     # The source changes (a rotated password): the copy follows.
