@@ -76,8 +76,10 @@ def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) ->
         argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
     else:
         # Two broker connections (the queue and its acknowledgements) instead of six; Flower
-        # and `celery inspect` no longer see this worker.
+        # and `celery inspect` no longer see this worker, so its task events would cost a
+        # connection for nothing.
         app.conf.worker_enable_remote_control = False
+        app.conf.worker_send_task_events = False
         argv.append("--without-heartbeat")
     return argv + extra
 
