@@ -30,3 +30,10 @@ CATALOG_LOSSES = Counter(
     "warm_watcher_catalog_losses", "Times the catalog bucket was found emptied and written again"
 )
 LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")
+PULL_SECRET_COPIES = Gauge(
+    "warm_watcher_pull_secret_copies", "Pull secrets mirrored into the release namespace"
+)
+PULL_SECRETS_SKIPPED = Gauge(
+    "warm_watcher_pull_secrets_skipped",
+    "Referenced pull secrets not mirrored: missing, unreadable or not a registry type",
+)
