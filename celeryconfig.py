@@ -11,9 +11,9 @@ so helpers are imported under private names.
 """
 
 from tasks.names import REWARM_CATALOG as _REWARM_CATALOG
-from tasks.settings import load_settings as _load_settings
+from tasks.settings import settings_or_exit as _settings_or_exit
 
-_settings = _load_settings()
+_settings = _settings_or_exit()  # a bad setting: one line on stderr, exit status 1
 
 broker_url = _settings.broker.url
 broker_connection_retry_on_startup = True

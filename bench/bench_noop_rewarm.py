@@ -157,7 +157,7 @@ def per_image_tasks(agent: NodeAgent, entries: list[SliceImage]) -> Callable[[],
 
     def run() -> None:
         for entry in entries:
-            agent.pull(entry.image, pull_secrets=entry.pull_secrets, digest=entry.digest)
+            agent.pull_entry(entry)
 
     return run
 

@@ -132,6 +132,23 @@ class Containerd(Service):
             raise RuntimeError(f"ctr images ls failed: {proc.stderr.strip()}")
         return set(proc.stdout.split())
 
+    def ingests(self) -> dict[str, tuple[int, int]]:
+        """Downloads in progress in the content store: ingest ref -> (bytes written, expected).
+
+        Read from the store's files, so a drill sees a layer mid-download as containerd does,
+        not after the registry logged the finished request.
+        """
+        found = {}
+        for ingest in (self.root / "io.containerd.content.v1.content" / "ingest").glob("*"):
+            try:
+                ref = (ingest / "ref").read_text()
+                written = (ingest / "data").stat().st_size
+                total = (ingest / "total").read_text().strip()
+            except OSError:  # finished (moved into the store) while being read
+                continue
+            found[ref] = (written, int(total or 0))
+        return found
+
     def _check_socket_path(self) -> None:
         longest = f"{self.socket}{_TTRPC_SUFFIX}"
         if len(os.fsencode(longest)) > MAX_SOCKET_PATH:

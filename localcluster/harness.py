@@ -80,10 +80,17 @@ class Worker:
 
 
 def start_worker(
-    endpoint: str, redis: RedisServer, nats: NatsServer, logdir: Path, **env: str
+    endpoint: str,
+    redis: RedisServer,
+    nats: NatsServer,
+    logdir: Path,
+    *,
+    node: str | None = None,
+    **env: str,
 ) -> Worker:
-    """``python -m worker`` on ``endpoint``, with short retry delays, once it consumes."""
-    name = f"proc-{uuid.uuid4().hex[:6]}"
+    """``python -m worker`` on ``endpoint``, with short retry delays, once it consumes; for
+    ``node`` (default: a new name), so a test may give the node a catalog slice first."""
+    name = node or f"proc-{uuid.uuid4().hex[:6]}"
     broker = f"{redis.url}/2"
     settings = {
         "WARM_PULL_RETRY_BACKOFF_MAX": "2",

@@ -25,6 +25,7 @@ hence the pin on kmock 0.8.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import copy
 import datetime
@@ -167,6 +168,10 @@ class RVEmulator(kmock.KubernetesEmulator):
     # Events kept for watches from a past resourceVersion. Like etcd's compaction, older ones
     # are dropped, and watches from before them get 410: memory stays bounded in long runs.
     history_limit: int = 20_000
+    # What the double did to its clients, counted as it happened: "410 Gone" (a watch ended
+    # with an Expired ERROR event) and "watch dropped" (a live stream ended by kick()). Drills
+    # report these, not how often they asked for them.
+    served: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -267,6 +272,7 @@ class RVEmulator(kmock.KubernetesEmulator):
         async with self._lock:
             marker = await bus.mark()
             if self._expired(rv):
+                self.served["410 Gone"] += 1
                 yield _gone(rv, self.compacted_rv)
                 await bus.unmark(marker)
                 return
@@ -316,6 +322,7 @@ class RVEmulator(kmock.KubernetesEmulator):
                     yield self._bookmark(request.resource)
                 continue
             if event is None:  # kicked
+                self.served["watch dropped"] += 1
                 return
             if self._visible(request, event["object"]):
                 yield event
@@ -473,6 +480,10 @@ class FakeKubeAPI(Service):
             emulator.expire_next = n
 
         self.call(expire)
+
+    def served(self) -> dict[str, int]:
+        """What the double has done to its clients so far (see RVEmulator.served)."""
+        return self.call(lambda emulator: dict(emulator.served))
 
     def write_kubeconfig(self, path: Path) -> Path:
         """Write a kubeconfig pointing at this API, for load_kube_config() or KUBECONFIG."""

@@ -87,16 +87,41 @@ class RedisServer(_TcpServer):
 
 
 class NatsServer(_TcpServer):
+    """NATS with JetStream storing under ``store``. ``monitor`` serves the server's own
+    statistics (``/connz``, ``/varz``) at ``monitor_url``."""
+
     name = "nats"
     scheme = "nats"
+
+    def __init__(self, workdir: Path, *, config: Path | None = None, monitor: bool = False) -> None:
+        # A configuration file (e.g. users and permissions); the flags below win.
+        self.config = config
+        self.monitor_port = free_port() if monitor else 0
+        self.store = Path(workdir) / "jetstream"
+        super().__init__(workdir)
+
+    @property
+    def monitor_url(self) -> str:
+        if not self.monitor_port:
+            raise RuntimeError("this NATS server runs without monitoring: NatsServer(monitor=True)")
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def restart_empty(self) -> None:
+        """Stop, drop every stream, start on the same port: a NATS pod without a persistent
+        volume coming back."""
+        self.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+        self.start()
 
     def _argv(self) -> list[str]:
         return [
             require_binary("nats-server"),
+            *(["--config", str(self.config)] if self.config else []),
+            *(["-m", str(self.monitor_port)] if self.monitor_port else []),
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",
-            "-sd", str(self.workdir / "jetstream"),
+            "-sd", str(self.store),
         ]  # fmt: skip
 
 

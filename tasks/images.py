@@ -6,6 +6,8 @@ reference is normalized the way containerd and kubelet do it (Docker's reference
 default registry ``docker.io``, ``library/`` for official images, ``latest`` when there is
 neither tag nor digest) before it enters the system, and a reference that breaks the grammar is
 rejected here with the rule it breaks, rather than later by a registry with a vaguer message.
+tests/tasks/test_reference_vectors.py holds this module to distribution/reference's own test
+vectors, with the few deliberate differences listed there.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_REGISTRY = "docker.io"
+# Docker Hub's legacy name, the only host upstream rewrites to docker.io (registry-1.docker.io is
+# a different spelling to containerd and kubelet, so it stays as written).
+LEGACY_DEFAULT_REGISTRY = "index.docker.io"
 OFFICIAL_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
-MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 255  # upstream limits the repository path, not the host in front of it
 
+# The grammar of github.com/distribution/reference (regexp.go), in ASCII as Go's RE2 reads it.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_TAG = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
+_HOST = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+# The algorithms containerd and the kubelet register (go-digest with crypto/sha256 and sha512).
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
+# What `docker images -q` prints: local content, never something a registry can serve.
+_IMAGE_ID = re.compile(r"(?:sha256:)?[a-f0-9]{64}")
 
 
 class InvalidImageReference(ValueError):
@@ -73,12 +82,12 @@ def parse_image(reference: str) -> ImageRef:
         raise InvalidImageReference(str(reference), "the reference is empty")
     if reference != reference.strip() or any(c.isspace() for c in reference):
         raise InvalidImageReference(reference, "a reference may not contain white space")
+    if _IMAGE_ID.fullmatch(reference):
+        raise InvalidImageReference(reference, "an image ID names local content: give a name")
     remainder, digest = _split_digest(reference)
     remainder, tag = _split_tag(reference, remainder)
     registry, repository = _split_registry(reference, remainder)
     _check_repository(reference, repository)
-    if len(f"{registry}/{repository}") > MAX_NAME_LENGTH:
-        raise InvalidImageReference(reference, f"the name is longer than {MAX_NAME_LENGTH} chars")
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return ImageRef(registry, repository, tag, digest)
@@ -93,13 +102,17 @@ def _split_digest(reference: str) -> tuple[str, str | None]:
     remainder, sep, digest = reference.partition("@")
     if not sep:
         return reference, None
-    if not _DIGEST.fullmatch(digest):
+    algorithm, colon, hex_part = digest.partition(":")
+    if not colon:
         raise InvalidImageReference(reference, "the digest must be 'algorithm:hex' (sha256:...)")
-    algorithm, _, hex_part = digest.partition(":")
     expected = _DIGEST_HEX_LENGTH.get(algorithm)
-    if expected is not None and len(hex_part) != expected:
-        raise InvalidImageReference(reference, f"a {algorithm} digest has {expected} hex digits")
-    return remainder, f"{algorithm}:{hex_part.lower()}"
+    if expected is None:
+        raise InvalidImageReference(reference, "the digest algorithm must be sha256/384/512")
+    if len(hex_part) != expected or not _LOWER_HEX.fullmatch(hex_part):
+        raise InvalidImageReference(
+            reference, f"a {algorithm} digest has {expected} hex digits, in lowercase"
+        )
+    return remainder, digest
 
 
 def _split_tag(reference: str, remainder: str) -> tuple[str, str | None]:
@@ -128,7 +141,7 @@ def _split_registry(reference: str, remainder: str) -> tuple[str, str]:
         return DEFAULT_REGISTRY, repository
     if not _HOST.fullmatch(first):
         raise InvalidImageReference(reference, f"{first!r} is not a valid registry host[:port]")
-    registry = "docker.io" if first in ("index.docker.io", "registry-1.docker.io") else first
+    registry = DEFAULT_REGISTRY if first == LEGACY_DEFAULT_REGISTRY else first
     if registry == DEFAULT_REGISTRY and "/" not in rest:
         rest = f"{OFFICIAL_NAMESPACE}/{rest}"
     return registry, rest
@@ -137,6 +150,10 @@ def _split_registry(reference: str, remainder: str) -> tuple[str, str]:
 def _check_repository(reference: str, repository: str) -> None:
     if not repository:
         raise InvalidImageReference(reference, "the repository name is empty")
+    if len(repository) > MAX_PATH_LENGTH:
+        raise InvalidImageReference(
+            reference, f"the repository path is longer than {MAX_PATH_LENGTH} characters"
+        )
     for component in repository.split("/"):
         if component != component.lower():
             raise InvalidImageReference(reference, "the repository name must be lowercase")

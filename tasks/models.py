@@ -22,6 +22,15 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"  # deliberately not pulled (for example the disk budget)
 
 
+class Trigger(StrEnum):
+    """What asked for a pull: how an image came (back) to a node, for drills and operators."""
+
+    START = "start"  # the worker's reconcile when it starts
+    RECONNECT = "reconnect"  # the worker's reconcile when its broker connection came back
+    REWARM = "rewarm"  # a re-warm task (periodic or `celery -A tasks rewarm`)
+    TASK = "task"  # a pull task (the watcher's, or a retry)
+
+
 @dataclass(frozen=True)
 class SliceImage:
     """One image a node should hold, with the pull secrets (names only) that may unlock it."""
@@ -111,6 +120,7 @@ class PullResult:
     image_id: str | None = None
     attempt: int = 1
     at: float = field(default_factory=time.time)
+    trigger: Trigger = Trigger.TASK
 
     def to_json(self) -> bytes:
         return _dump(asdict(self))
@@ -119,6 +129,7 @@ class PullResult:
     def from_json(cls, raw: bytes) -> PullResult:
         data = json.loads(raw)
         data["outcome"] = Outcome(data["outcome"])
+        data["trigger"] = Trigger(data.get("trigger", Trigger.TASK))
         return cls(**data)
 
 

@@ -32,9 +32,3 @@ def check_node_name(node: str) -> str:
 def queue_for_node(node: str) -> str:
     """The queue that node ``node``'s worker consumes."""
     return QUEUE_PREFIX + check_node_name(node)
-
-
-def node_of_queue(queue: str) -> str | None:
-    if not queue.startswith(QUEUE_PREFIX):
-        return None
-    return queue[len(QUEUE_PREFIX) :]

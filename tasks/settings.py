@@ -6,13 +6,15 @@ top-level keys are the same variable names. The environment wins over the file, 
 hold a site's defaults and a pod can still override one value.
 
 A malformed value fails at start-up with :class:`SettingsError`, naming the variable, the value
-and what was expected, instead of surfacing later as a confusing failure in a pull.
+and what was expected, instead of surfacing later as a confusing failure in a pull; so do values
+that each parse but contradict one another (a Lease renewed only after it expired).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,8 +83,7 @@ class RuntimeSettings:
 class WatchSettings:
     namespaces: tuple[str, ...] = ("*",)
     ignore_namespaces: tuple[str, ...] = ()
-    explicit_images: tuple[str, ...] = ()
-    # The same images with their optional node selectors (objects in WARM_EXPLICIT_IMAGES).
+    # Images to warm before any workload uses them, with optional node selectors.
     explicit: tuple[ExplicitImage, ...] = ()
     namespace_selector: str = ""  # label selector on Namespaces, e.g. "team=web,env!=dev"
     opt_in: bool = False  # only workloads annotated warm-images.io/warm: "true" count
@@ -145,7 +146,50 @@ class Settings:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``environ`` (default: ``os.environ``) and the config file."""
     source = _Source(_merged(os.environ if environ is None else environ))
-    explicit = source.explicit_images("WARM_EXPLICIT_IMAGES")
+    return _consistent(_read(source))
+
+
+def settings_or_exit() -> Settings:
+    """:func:`load_settings` for a process starting: a bad setting ends it with one line on
+    stderr and status 1, rather than a traceback from deep inside a framework's start-up."""
+    try:
+        return load_settings()
+    except SettingsError as error:
+        print(f"warm-images: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _consistent(settings: Settings) -> Settings:
+    """Refuse settings that each parse but contradict one another."""
+    leader, rewarm = settings.leader, settings.rewarm
+    pairs = [
+        # (shorter, longer, why the first must stay below the second)
+        (
+            ("WARM_LEASE_RENEW_DEADLINE", leader.renew_deadline),
+            ("WARM_LEASE_DURATION", leader.lease_duration),
+            "a leader must renew its Lease before the Lease runs out",
+        ),
+        (
+            ("WARM_LEASE_RETRY_PERIOD", leader.retry_period),
+            ("WARM_LEASE_RENEW_DEADLINE", leader.renew_deadline),
+            "a leader must get to try again before its renew deadline",
+        ),
+    ]
+    for (short, short_value), (long, long_value), why in pairs:
+        if short_value >= long_value:
+            raise SettingsError(
+                f"{short}={short_value:g} must be less than {long}={long_value:g}: {why}"
+            )
+    if rewarm.window > rewarm.interval:
+        raise SettingsError(
+            f"WARM_REWARM_WINDOW={rewarm.window:g} must not exceed "
+            f"WARM_REWARM_INTERVAL={rewarm.interval:g}: a re-warm would still be sending "
+            "when the next one starts"
+        )
+    return settings
+
+
+def _read(source: _Source) -> Settings:
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
@@ -178,8 +222,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
             ignore_namespaces=source.words("WARM_IGNORE_NAMESPACES", ()),
-            explicit_images=tuple(item.image for item in explicit),
-            explicit=explicit,
+            explicit=source.explicit_images("WARM_EXPLICIT_IMAGES"),
             namespace_selector=source.text("WARM_NAMESPACE_SELECTOR", ""),
             opt_in=source.flag("WARM_OPT_IN", False),
             include_images=source.words("WARM_INCLUDE_IMAGES", ()),

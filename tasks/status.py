@@ -27,6 +27,7 @@ class ImageStatus:
     reason: str = ""
     at: float = 0.0
     seconds: float = 0.0
+    trigger: str = ""  # what asked for the pull (tasks.models.Trigger); "" when none did
 
 
 @dataclass
@@ -102,12 +103,6 @@ class StatusStore:
     def nodes(self) -> list[str]:
         return self._bus.kv_keys(self._bucket)
 
-    def all(self) -> list[NodeStatus]:
-        return [self.get(node) for node in self.nodes()]
-
-    def record(self, result: PullResult) -> None:
-        self.record_many(result.node, [result])
-
     def record_many(self, node: str, results: list[PullResult]) -> None:
         """One read and one write for many results: a node's status holds every image it
         should have, so writing it once per pull would make a re-warm's cost quadratic."""
@@ -121,6 +116,7 @@ class StatusStore:
                     reason=result.reason,
                     at=result.at,
                     seconds=result.seconds,
+                    trigger=result.trigger.value,
                 )
             self._bus.kv_put(self._bucket, node, status.to_json())
 

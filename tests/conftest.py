@@ -18,6 +18,34 @@ from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.settings import NatsSettings
 
+# `-m "not slow"` is the inner loop: everything but real containerd, dockerd, registries,
+# brokers and package installs (NATS starts in milliseconds, so it stays in). CI runs all.
+SLOW_FOLDERS = ("e2e", "faults")
+SLOW_FIXTURES = frozenset(
+    {
+        "node",  # containerd
+        "two_nodes",
+        "dockerd",
+        "registry",
+        "private_registry",
+        "system_packages",
+        "redis_server",  # brokers
+        "private_redis",
+        "broker",
+        "broker_cluster",
+        "sim_cluster",
+        "manifest_files",  # kubernetes-validate against every Kubernetes version's schemas
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:

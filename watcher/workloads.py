@@ -30,7 +30,6 @@ MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 WATCHED_OWNERS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 )
-WORKLOAD_KINDS = ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob")
 
 
 @dataclass(frozen=True, slots=True)

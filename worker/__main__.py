@@ -4,6 +4,9 @@ It runs a thread pool (pulls wait on the runtime, not the CPU; threads share one
 connection, one NATS connection and the de-duplication of concurrent pulls) and turns off the
 chatter that costs most at thousands of workers: gossip, mingle and frequent heartbeats.
 
+A worker that starts, or whose broker connection comes back, reconciles its node's slice
+against its runtime at once (:mod:`worker.reconcile`): it never waits for a redelivery to be warm.
+
 No pull is lost when the worker stops: SIGTERM is Celery's warm shutdown (running pulls finish,
 reserved messages go back to the queue), and a worker killed outright leaves its messages
 unacknowledged (late acks), so the broker delivers them again once it is back.
@@ -20,12 +23,10 @@ from tasks.probes import serve_metrics
 from tasks.routing import InvalidNodeName, queue_for_node
 from tasks.settings import Settings, SettingsError, load_settings
 
-from . import (
-    handlers,  # noqa: F401  (registers the task bodies on the app)
-    health,
-)
-from .agent import NodeAgent, install_agent
+from . import health
+from .reconcile import Reconcile  # importing it registers the task bodies on the app too
 from .runtime import ImageRuntime, RuntimeUnavailable, open_runtime
+from .steps import agent_step
 
 log = logging.getLogger("worker")
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: {error}", file=sys.stderr)
         return 2
     bus = NatsBus(settings.nats)
-    install_agent(NodeAgent(settings, node, runtime, bus))
+    app.steps["worker"].add(agent_step(settings, node, runtime, bus))
+    app.steps["consumer"].add(Reconcile)
     log.info("node %s: consuming %s through %s", node, queue, runtime.name)
     _check_settings(settings, runtime)
     serve_metrics(settings.probes.metrics_port)

@@ -17,13 +17,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from typing import Any
 
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore, UnknownNode
-from tasks.images import InvalidImageReference, parse_image
-from tasks.models import Outcome, PullResult, SliceImage
+from tasks.images import ImageRef, InvalidImageReference, parse_image
+from tasks.models import Outcome, PullResult, SliceImage, Trigger
 from tasks.names import pull_events_subject, rewarm_events_subject
 from tasks.settings import Settings
 from tasks.status import StatusStore
@@ -45,6 +48,7 @@ class RewarmReport:
     failed: dict[str, str] = field(default_factory=dict)
     retrying: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    trigger: Trigger = Trigger.REWARM
 
 
 class NodeAgent:
@@ -73,63 +77,23 @@ class NodeAgent:
         self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
         self._failed_lock = threading.Lock()
 
-    def pull(
-        self,
-        reference: str,
-        *,
-        pull_secrets: tuple[str, ...] | None = None,
-        digest: str | None = None,
-        attempt: int = 1,
-        held: RuntimeImage | None = None,
-        known_absent: bool = False,
-        record_status: bool = True,
-        refreshing: RuntimeImage | None = None,
-    ) -> PullResult:
-        """Make one image present and report the result; never raises for a bad image.
+    def pull(self, reference: str, *, attempt: int = 1) -> PullResult:
+        """Make one image present and report the result (a pull task); never raises for a bad
+        image. Its pull secrets and digest are read from this node's catalog slice."""
+        entry, result = self._attempt(reference, attempt, self._slice_entry)
+        return self._done(entry, result, Trigger.TASK)
 
-        ``pull_secrets`` and ``digest`` come from the catalog entry; when a message carries
-        neither, they are read from this node's catalog slice. ``refreshing`` is the image a
-        present tag points to now: it is pulled again to follow the tag if it moved.
-        """
-        started = time.perf_counter()
-        entry = SliceImage(reference)
-        try:
-            image = parse_image(reference)
-            if pull_secrets is None and digest is None:
-                entry = self._slice_entry(str(image))
-            else:
-                entry = SliceImage(str(image), pull_secrets or (), digest)
-            done = self.puller.ensure(
-                image,
-                digest=entry.digest,
-                credentials=lambda: self.credentials.for_image(image, entry.pull_secrets),
-                held=held,
-                known_absent=known_absent,
-            )
-        except Exception as error:  # whatever goes wrong costs this image, never the worker
-            outcome, reason = _failure(reference, error)
-            result = self._result(reference, outcome, reason, started, attempt)
-        else:
-            result = PullResult(
-                node=self.node,
-                image=str(image),
-                outcome=done.outcome,
-                seconds=round(done.seconds, 4),
-                size=done.size,
-                image_id=done.image_id,
-                attempt=attempt,
-            )
-        if refreshing is not None:
-            result = _as_refresh(result, refreshing)
-        self._remember(entry, result)
-        self.report(result, record_status=record_status)
-        return result
+    def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:
+        """:meth:`pull`, for a catalog entry already at hand (its pull secrets and digest)."""
+        normalized, result = self._attempt(entry.image, attempt, _normalized(entry))
+        return self._done(normalized, result, Trigger.TASK)
 
     def rewarm(
         self,
         revision: int,
         images: list[str],
         *,
+        trigger: Trigger = Trigger.REWARM,
         retry_failed: bool = False,
         unlisted: list[str] | None = None,
         check_only: bool = False,
@@ -140,7 +104,8 @@ class NodeAgent:
         failures too; a periodic re-warm (no ``images``) leaves those alone unless
         ``retry_failed``. ``unlisted`` images are not in the catalog and are pulled once anyway
         (``rewarm --force``). ``check_only`` pulls nothing: it records what the runtime holds,
-        so the status reads as of now (``warm-status --refresh``).
+        so the status reads as of now (``warm-status --refresh``). The worker's own reconcile
+        (:mod:`worker.reconcile`) is this same diff, with its ``trigger``.
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
@@ -150,7 +115,7 @@ class NodeAgent:
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
-        report = RewarmReport(node=self.node, revision=max(revision, current))
+        report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
         for entry in wanted:
             reason = None if images or retry_failed else self._failed_before(entry)
@@ -175,8 +140,10 @@ class NodeAgent:
         self._record_status(gone)
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
-            pulls = [pool.submit(self._pull_for_rewarm, entry) for entry in missing]
-            pulls += [pool.submit(self._pull_for_rewarm, entry, found) for entry, found in stale]
+            pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]
+            pulls += [
+                pool.submit(self._pull_for_rewarm, entry, trigger, found) for entry, found in stale
+            ]
             results = [pull.result() for pull in pulls]
         for result in results:
             _count(report, result)
@@ -212,16 +179,61 @@ class NodeAgent:
         except BusUnavailable as error:
             log.warning("status of %d image(s) not recorded: %s", len(results), error)
 
-    def _pull_for_rewarm(self, entry: SliceImage, held: RuntimeImage | None = None) -> PullResult:
-        """Pull a missing image, or (``held``) a present tag again to follow a move."""
-        return self.pull(
-            entry.image,
-            pull_secrets=entry.pull_secrets,
-            digest=entry.digest,
-            known_absent=True,
-            record_status=False,
-            refreshing=held,
+    def _pull_for_rewarm(
+        self, entry: SliceImage, trigger: Trigger, held: RuntimeImage | None = None
+    ) -> PullResult:
+        """Pull a missing image, or (``held``) a present tag again to follow a move. The
+        re-warm listed the runtime's images already, and records the status of all at once."""
+        entry, result = self._attempt(entry.image, 1, _normalized(entry), known_absent=True)
+        if held is not None:
+            result = _as_refresh(result, held)
+        return self._done(entry, result, trigger, record_status=False)
+
+    def _attempt(
+        self,
+        reference: str,
+        attempt: int,
+        entry_of: Callable[[ImageRef], SliceImage],
+        *,
+        known_absent: bool = False,
+    ) -> tuple[SliceImage, PullResult]:
+        """One attempt at ``reference``: its catalog entry and the result, failures included."""
+        started = time.perf_counter()
+        entry = SliceImage(reference)
+        try:
+            image = parse_image(reference)
+            entry = entry_of(image)
+            credentials = partial(self.credentials.for_image, image, entry.pull_secrets)
+            if known_absent:
+                done = self.puller.pull(image, credentials=credentials)
+            else:
+                done = self.puller.ensure(image, digest=entry.digest, credentials=credentials)
+        except Exception as error:  # whatever goes wrong costs this image, never the worker
+            outcome, reason = _failure(reference, error)
+            return entry, self._result(reference, outcome, reason, started, attempt)
+        result = PullResult(
+            node=self.node,
+            image=str(image),
+            outcome=done.outcome,
+            seconds=round(done.seconds, 4),
+            size=done.size,
+            image_id=done.image_id,
+            attempt=attempt,
         )
+        return entry, result
+
+    def _done(
+        self,
+        entry: SliceImage,
+        result: PullResult,
+        trigger: Trigger,
+        *,
+        record_status: bool = True,
+    ) -> PullResult:
+        result = replace(result, trigger=trigger)
+        self._remember(entry, result)
+        self.report(result, record_status=record_status)
+        return result
 
     def _absent(self, image: str, started: float) -> PullResult:
         return self._result(image, Outcome.SKIPPED, "not present (checked, not pulled)", started, 1)
@@ -237,14 +249,16 @@ class NodeAgent:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
 
-    def _slice_entry(self, image: str) -> SliceImage:
+    def _slice_entry(self, image: ImageRef) -> SliceImage:
         """This image's entry in the node's catalog slice; a bare entry if it has none."""
+        reference = str(image)
         try:
             node_slice, _ = self.catalog.get_slice(self.node)
         except (UnknownNode, BusUnavailable) as error:
             log.info("no catalog entry for %s (%s): pulling without pull secrets", image, error)
-            return SliceImage(image)
-        return next((item for item in node_slice.images if item.image == image), SliceImage(image))
+            return SliceImage(reference)
+        found = (item for item in node_slice.images if item.image == reference)
+        return next(found, SliceImage(reference))
 
     def _remember(self, entry: SliceImage, result: PullResult) -> None:
         with self._failed_lock:
@@ -292,6 +306,11 @@ def _failure(reference: str, error: Exception) -> tuple[Outcome, str]:
     return Outcome.RETRYING, f"internal error: {error!r}"
 
 
+def _normalized(entry: SliceImage) -> Callable[[ImageRef], SliceImage]:
+    """The catalog entry under the image's normalized name, as failures are remembered."""
+    return lambda image: replace(entry, image=str(image))
+
+
 def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
     return {name: image for image in images for name in (*image.repo_tags, *image.repo_digests)}
 
@@ -330,17 +349,18 @@ def _report_json(report: RewarmReport) -> bytes:
     return json.dumps(asdict(report), sort_keys=True).encode()
 
 
-_agent: NodeAgent | None = None
-_agent_lock = threading.Lock()
+# The attribute of the Celery app that holds the worker's agent (see worker.steps).
+_APP_ATTRIBUTE = "warm_node_agent"
 
 
-def install_agent(agent: NodeAgent) -> None:
-    global _agent
-    with _agent_lock:
-        _agent = agent
+def attach_agent(app: Any, agent: NodeAgent | None) -> None:
+    """Make ``agent`` the one the tasks of ``app`` use in this worker (None: detach it)."""
+    setattr(app, _APP_ATTRIBUTE, agent)
 
 
-def current_agent() -> NodeAgent:
-    if _agent is None:
+def agent_of(app: Any) -> NodeAgent:
+    """The agent of the worker running ``app``'s tasks; a task reaches it as ``self.app``."""
+    agent = getattr(app, _APP_ATTRIBUTE, None)
+    if not isinstance(agent, NodeAgent):
         raise RuntimeError("the node agent is not started (run the worker with python -m worker)")
-    return _agent
+    return agent

@@ -4,6 +4,9 @@ Transient failures go back to Celery with exponential backoff and full jitter, u
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
 
+A task reaches the node agent through its app (``self.app``), where the worker's agent step
+(:mod:`worker.steps`) put it, so the same task bodies serve any worker that has an agent.
+
 Each task ends in the Celery state that says what happened (Flower shows it): a permanent
 failure raises :class:`PullFailedError` (FAILURE, never retried), a transient one retries with
 :class:`TransientPullError` as its reason (RETRY), and a re-warm that left images missing raises
@@ -22,11 +25,11 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
 from tasks.errors import PullFailedError, RewarmIncompleteError, TransientPullError
-from tasks.models import Outcome, PullResult
+from tasks.models import Outcome, PullResult, SliceImage, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
-from .agent import current_agent
+from .agent import NodeAgent, RewarmReport, agent_of
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +45,18 @@ def pull_image(
     digest: str | None = None,
     **_ignored: Any,
 ) -> str:
-    agent = current_agent()
+    agent = agent_of(self.app)
     if node != agent.node:
         log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
         return "misrouted"
     attempt = self.request.retries + 1
-    secrets = None if pull_secrets is None else tuple(pull_secrets)
-    result = agent.pull(image, pull_secrets=secrets, digest=digest, attempt=attempt)
+    if pull_secrets is None and digest is None:  # as retries send it: read the catalog
+        result = agent.pull(image, attempt=attempt)
+    else:
+        entry = SliceImage(image, tuple(pull_secrets or ()), digest)
+        result = agent.pull_entry(entry, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
-        _retry_or_give_up(self, result)
+        _retry_or_give_up(self, agent, result)
     if result.outcome is Outcome.FAILED:
         raise PullFailedError(result.reason)
     return result.outcome.value
@@ -69,28 +75,40 @@ def rewarm_node(
     **_ignored: Any,
 ) -> dict[str, int]:
     """Options as in :meth:`NodeAgent.rewarm`; a check pulls nothing, so it never fails."""
-    agent = current_agent()
+    agent = agent_of(self.app)
     if node != agent.node:
         log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
         return {}
-    report = agent.rewarm(
-        revision, images or [], retry_failed=retry_failed, unlisted=unlisted, check_only=check_only
-    )
-    for image in report.retrying:  # each gets its own retry schedule
-        schedule_retry(node, image, attempt=1)
+    options = {"retry_failed": retry_failed, "unlisted": unlisted, "check_only": check_only}
+    report = rewarm(agent, revision, images or [], Trigger.REWARM, **options)
     if report.failed and not check_only:
         expected = report.pulled + report.present + len(report.failed) + len(report.retrying)
         raise RewarmIncompleteError.of(report.failed, expected)
+    return counts(report)
+
+
+def rewarm(
+    agent: NodeAgent, revision: int, images: list[str], trigger: Trigger, **options: Any
+) -> RewarmReport:
+    """The node's slice diffed against its runtime and the gaps pulled; what failed for now
+    is retried later, each image on its own schedule. A re-warm task and the reconcile;
+    ``options`` are those of :meth:`NodeAgent.rewarm`."""
+    report = agent.rewarm(revision, images, trigger=trigger, **options)
+    for image in report.retrying:
+        schedule_retry(agent, image, attempt=1)
+    return report
+
+
+def counts(report: RewarmReport) -> dict[str, int]:
     return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
-def schedule_retry(node: str, image: str, *, attempt: int) -> None:
+def schedule_retry(agent: NodeAgent, image: str, *, attempt: int) -> None:
     """A pull task for later; it reads the image's pull secrets from the catalog when it runs."""
-    settings = current_agent().settings.runtime
-    countdown = backoff_seconds(attempt, settings.retry_backoff_max)
+    countdown = backoff_seconds(attempt, agent.settings.runtime.retry_backoff_max)
     pull_image.apply_async(
-        kwargs={"node": node, "image": image},
-        queue=queue_for_node(node),
+        kwargs={"node": agent.node, "image": image},
+        queue=queue_for_node(agent.node),
         countdown=countdown,
         retries=attempt,
     )
@@ -100,9 +118,8 @@ def backoff_seconds(retries: int, maximum: int) -> int:
     return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
 
 
-def _retry_or_give_up(task: Task, result: PullResult) -> NoReturn:
+def _retry_or_give_up(task: Task, agent: NodeAgent, result: PullResult) -> NoReturn:
     """Retry later (RETRY), or, past the limit, record the failure and end in FAILURE."""
-    agent = current_agent()
     limit = agent.settings.runtime.max_retries
     if task.request.retries >= limit:
         reason = f"gave up after {result.attempt} attempts: {result.reason}"

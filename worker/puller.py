@@ -76,19 +76,25 @@ class Puller:
         *,
         digest: str | None = None,
         credentials: CredentialLookup | None = None,
-        held: RuntimeImage | None = None,
-        known_absent: bool = False,
     ) -> PullDone:
-        """Make ``image`` present; raises :class:`PullFailed` when the runtime cannot.
-
-        ``held``/``known_absent`` let a caller that listed the runtime's images skip the
-        ImageStatus round trip.
+        """Make ``image`` present: ask the runtime, pull only if it lacks the image (or holds
+        the tag under another ``digest``). Raises :class:`PullFailed` when the runtime cannot.
         """
         started = time.perf_counter()
-        if not known_absent:
-            held = held or self._runtime.image_status(image.pull_ref)
-            if held is not None and is_present(image, held, digest):
-                return PullDone(Outcome.PRESENT, held.id, held.size, time.perf_counter() - started)
+        held = self._runtime.image_status(image.pull_ref)
+        if held is not None and is_present(image, held, digest):
+            return PullDone(Outcome.PRESENT, held.id, held.size, time.perf_counter() - started)
+        return self._merged(image, credentials, started)
+
+    def pull(self, image: ImageRef, *, credentials: CredentialLookup | None = None) -> PullDone:
+        """Pull ``image`` without asking first: for a caller that listed the runtime's images
+        and knows it is absent, or that pulls a present tag again to follow a move."""
+        return self._merged(image, credentials, time.perf_counter())
+
+    def _merged(
+        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+    ) -> PullDone:
+        """One runtime pull per image at a time; callers that come meanwhile share its result."""
         key = image.pull_ref
         with self._lock:
             future = self._in_flight.get(key)

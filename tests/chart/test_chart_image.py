@@ -82,4 +82,4 @@ def test_dockerignore_keeps_the_context_small_and_clean() -> None:
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "tasks", "watcher", "worker", "beat"} <= allowed
-    assert not allowed & {".git", ".tools", "tests", "chart", ".env"}
+    assert not allowed & {".git", ".tools", "tests", "chart", ".env", "localcluster"}

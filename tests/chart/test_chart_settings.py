@@ -136,7 +136,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
     assert watch.opt_in is True
     assert watch.include_images == ("ghcr.io/acme/*", "docker.io/library/*")
     assert watch.exclude_images == ("*:latest",)
-    assert watch.explicit_images == ("busybox:1.36", "ghcr.io/acme/cuda:12")
+    assert tuple(item.image for item in watch.explicit) == ("busybox:1.36", "ghcr.io/acme/cuda:12")
     assert watch.explicit[1].node_selector == (("nvidia.com/gpu.present", "true"),)
     assert (watch.catalog_grace_period, watch.resync_interval, watch.stale_after) == (
         0,

@@ -104,7 +104,7 @@ def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
 ) -> None:
     status = StatusStore(bus)
     status.record_rewarm(nodes[0], [GOOD, BAD], revision=3, present=[GOOD])
-    status.record(PullResult(nodes[0], BAD, Outcome.FAILED, reason="manifest unknown"))
+    status.record_many(nodes[0], [PullResult(nodes[0], BAD, Outcome.FAILED, "manifest unknown")])
 
     code, out, _ = run(env, "warm-status", "--json")
     code_table, table, _ = run(env, "warm-status", "--node", nodes[0])

@@ -157,7 +157,7 @@ def test_warm_status_exits_zero_only_when_every_node_holds_every_image(
     for node in nodes:
         status.record_rewarm(node, [GOOD, BAD], revision=1, present=[GOOD, BAD])
     warm, _, _ = run(env, "warm-status")
-    status.record(PullResult(nodes[1], BAD, Outcome.SKIPPED, "not present"))  # removed since
+    status.record_many(nodes[1], [PullResult(nodes[1], BAD, Outcome.SKIPPED, "not present")])
     missing, _, _ = run(env, "warm-status")
     reachable, _, _ = run(env, "warm-status", "--require", "reachable")
     one_node, _, _ = run(env, "warm-status", "--node", nodes[0])
@@ -203,7 +203,7 @@ def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
         assert sent["check_only"] is True and "images" not in sent  # nothing to pull
         status.record_rewarm(node, [GOOD, BAD], revision=sent["revision"], present=[GOOD])
         if node == nodes[0]:  # BAD was removed from this node since its last report
-            status.record(PullResult(node, BAD, Outcome.SKIPPED, "not present"))
+            status.record_many(node, [PullResult(node, BAD, Outcome.SKIPPED, "not present")])
         report(bus, node, sent["revision"], present=1)
     out, err = process.communicate(timeout=60)
 

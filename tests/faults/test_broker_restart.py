@@ -1,23 +1,32 @@
-"""The broker restarted in the middle of a re-warm fan-out."""
+"""The broker restarted: in the middle of a re-warm fan-out, and empty under a running system."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery
+from cluster import WARM_TIMEOUT, DrillCluster, drill_cluster
 from drills import Drill
+from test_worker_kills import RESTART_BOUND
 
+from localcluster import Registry, push_image
+from localcluster.harness import wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
-from tasks.models import NodeSlice, SliceImage
+from tasks.models import NodeSlice, SliceImage, Trigger
+from tasks.names import rewarm_events_subject
 from tasks.rewarm import dispatch_rewarm
 from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings
+from tasks.status import StatusStore
+from worker.reconcile import RECONNECT_JITTER
 
 NODES = 200
 WINDOW = 4.0  # seconds the fan-out is paced over
@@ -68,3 +77,88 @@ def _queued(broker: RedisServer, nodes: list[str]) -> dict[str, int]:
         return {node: int(connection.llen(queue_for_node(node))) for node in nodes}
     finally:
         connection.close()
+
+
+def test_redis_restarted_empty_loses_nothing_the_system_needs(
+    drill: Drill, workdir: Path, registry: Registry
+) -> None:
+    """Redis without persistence restarted empty: what it lost is re-derived, no image lost."""
+    first, queued, later = (
+        push_image(registry.host, f"re/{name}-{uuid.uuid4().hex[:6]}", "v1", size_mib=5)
+        for name in ("first", "queued", "later")
+    )
+    with drill_cluster(workdir, [registry.host], broker="redis-ephemeral") as cluster:
+        assert cluster.redis is not None
+        reports = _rewarm_reports(cluster)
+        cluster.deploy("first", first.ref)
+        cluster.wait_warm(first.ref)
+
+        # A pull queued for a worker that is down, lost with Redis; the worker never saw it.
+        cluster.worker.stop()
+        cluster.deploy("queued", queued.ref)
+        wait_for(lambda: _pulls_queued(cluster) > 0, WARM_TIMEOUT, "the pull queued in Redis")
+        was_queued = _pulls_queued(cluster)
+        _restart_empty(cluster.redis)
+        assert _pulls_queued(cluster) == 0, "Redis kept its queue: it persists"
+        cluster.worker.start()
+        restarted = time.time()
+        warm_after_restart = cluster.wait_warm(queued.ref, timeout=RESTART_BOUND)
+        back = cluster.first_pulled(queued.ref, after=restarted)
+        assert back.trigger is Trigger.START, f"came back by {back.trigger}"
+
+        # Redis restarted empty under a running worker: it reconnects and checks its slice.
+        wait_for(lambda: _triggers(reports, Trigger.START), WARM_TIMEOUT, "the start reconcile")
+        _restart_empty(cluster.redis)
+        reconciled = wait_for(
+            lambda: _triggers(reports, Trigger.RECONNECT), WARM_TIMEOUT, "a reconnect reconcile"
+        )
+        cluster.deploy("later", later.ref)
+        warm_later = cluster.wait_warm(later.ref)
+        held = [ref for ref in (first.ref, queued.ref, later.ref) if cluster.holds(ref)]
+        node_slice, _ = CatalogStore(cluster.bus).get_slice(cluster.node)
+        status = StatusStore(cluster.bus).get(cluster.node).images
+    refs = {first.ref, queued.ref, later.ref}
+    assert len(held) == 3, f"the node lost images: holds only {held}"
+    assert {item.image for item in node_slice.images} == refs
+    good = {ref for ref in refs if ref in status and status[ref].outcome in ("pulled", "present")}
+    assert good == refs, f"the node's status lost images: {status}"
+    drill.record("pull tasks queued in Redis when it restarted / queued after", f"{was_queued} / 0")
+    drill.record(
+        "the lost pull's image present through CRI after its worker started",
+        f"{warm_after_restart:.1f} s (came back by the reconcile at start)",
+    )
+    drill.record(
+        "a running worker's reconcile after Redis came back empty",
+        f"{reconciled:.1f} s (random delay of up to {RECONNECT_JITTER:.0f} s included)",
+    )
+    drill.record("a Deployment created after the restart, warm after", f"{warm_later:.1f} s")
+    drill.record(
+        "images the node holds / in its slice / warm in its status",
+        f"{len(held)} / {len(node_slice.images)} / {len(good)}",
+    )
+
+
+def _restart_empty(server: RedisServer) -> None:
+    server.stop()
+    server.start()
+
+
+def _pulls_queued(cluster: DrillCluster) -> int:
+    connection = redis.Redis.from_url(cluster.broker_url)
+    try:
+        return int(connection.llen(queue_for_node(cluster.node)))
+    finally:
+        connection.close()
+
+
+def _rewarm_reports(cluster: DrillCluster) -> list[dict[str, Any]]:
+    """The node's re-warm and reconcile reports, as they arrive on NATS."""
+    received: list[dict[str, Any]] = []
+    cluster.bus.subscribe(
+        rewarm_events_subject(cluster.node), lambda _s, data: received.append(json.loads(data))
+    )
+    return received
+
+
+def _triggers(reports: list[dict[str, Any]], trigger: Trigger) -> bool:
+    return any(report["trigger"] == trigger for report in reports)

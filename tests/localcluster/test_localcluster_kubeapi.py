@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from kubernetes import client, watch
 
 from localcluster import FakeKubeAPI
+from localcluster.harness import wait_for
 
 DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "apps/v1",
@@ -143,10 +143,8 @@ def test_expire_next_watches_and_kick(kube: FakeKubeAPI, core: client.CoreV1Api)
 
     watcher = threading.Thread(target=follow, daemon=True)
     watcher.start()
-    deadline = time.monotonic() + 5
-    while kube.call(lambda emulator: len(emulator.live)) == 0:  # kick() ends live watches only
-        assert time.monotonic() < deadline, "the watch never started"
-        time.sleep(0.02)
+    # kick() ends live watches only
+    wait_for(lambda: kube.call(lambda emulator: len(emulator.live)) > 0, 5, "the watch to start")
     assert not ended.wait(0.2)
     kube.kick()
     assert ended.wait(5)

@@ -24,6 +24,9 @@ DIGEST = "sha256:" + "a" * 64
         (f"ghcr.io/org/app@{DIGEST}", f"ghcr.io/org/app@{DIGEST}"),
         (f"ubuntu:22.04@{DIGEST}", f"docker.io/library/ubuntu:22.04@{DIGEST}"),
         ("[::1]:5000/x:y", "[::1]:5000/x:y"),
+        ("registry.local:123456/app", "registry.local:123456/app:latest"),  # any digits
+        ("registry-1.docker.io/app", "registry-1.docker.io/app:latest"),  # not Docker Hub's alias
+        ("example.com/" + "a" * 255, "example.com/" + "a" * 255 + ":latest"),  # path <= 255
         ("a.b/c__d/e-f.g_h:T_1.0-x", "a.b/c__d/e-f.g_h:T_1.0-x"),
     ],
 )
@@ -52,6 +55,12 @@ def test_digest_reference_pulls_by_digest_and_keeps_the_tag() -> None:
         ("x:5000/:v", "empty"),
         ("exa_mple.com:5000/app", "registry host"),
         ("a/" * 130 + "b", "longer than"),
+        ("nginx@sha256:" + "A" * 64, "lowercase"),
+        ("nginx@md5:" + "a" * 32, "algorithm"),
+        ("nginx:t\u00e9", "tag"),  # tags are ASCII, as Go reads \\w
+        ("[::ffff:1.2.3.4]:5000/x", "registry host"),
+        ("a" * 64, "image ID"),
+        ("sha256:" + "a" * 64, "image ID"),
     ],
 )
 def test_invalid_references_name_the_reference_and_the_rule(bad: str, rule: str) -> None:

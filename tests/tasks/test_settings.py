@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tasks.settings import SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+SETTING = re.compile(r"(?<![A-Z0-9_])WARM_[A-Z0-9_]+")
+READ_SETTING = re.compile(r"(?<=[\"'])WARM_[A-Z0-9_]+")  # a variable name in a string literal
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -35,7 +43,7 @@ def test_environment_names_from_the_contract() -> None:
     assert settings.runtime.kind == "cri"
     assert settings.watch.namespaces == ("apps", "batch")
     assert settings.watch.ignore_namespaces == ("kube-system", "kube-public")
-    assert settings.watch.explicit_images == ("nginx:1.25",)
+    assert tuple(item.image for item in settings.watch.explicit) == ("nginx:1.25",)
 
 
 def test_warm_node_name_wins_over_node_name() -> None:
@@ -69,3 +77,54 @@ def test_a_config_file_gives_defaults_that_the_environment_overrides(tmp_path: P
 def test_an_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="WARM_CONFIG_FILE"):
         load_settings({"WARM_CONFIG_FILE": str(tmp_path / "missing.toml")})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"WARM_LEASE_DURATION": "10", "WARM_LEASE_RENEW_DEADLINE": "10"},
+            "WARM_LEASE_RENEW_DEADLINE=10 must be less than WARM_LEASE_DURATION=10",
+        ),
+        (
+            {"WARM_LEASE_RENEW_DEADLINE": "2", "WARM_LEASE_RETRY_PERIOD": "3"},
+            "WARM_LEASE_RETRY_PERIOD=3 must be less than WARM_LEASE_RENEW_DEADLINE=2",
+        ),
+        (
+            {"WARM_REWARM_INTERVAL": "30"},  # the default window is 60 s
+            "WARM_REWARM_WINDOW=60 must not exceed WARM_REWARM_INTERVAL=30",
+        ),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(env)
+
+
+def test_a_process_with_contradicting_settings_exits_with_one_line() -> None:
+    env = {**os.environ, "WARM_LEASE_RENEW_DEADLINE": "20", "PYTHONPATH": str(REPO)}
+    started = subprocess.run(
+        [sys.executable, "-c", "import celeryconfig"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert started.returncode == 1
+    assert started.stderr.splitlines() == [
+        "warm-images: WARM_LEASE_RENEW_DEADLINE=20 must be less than WARM_LEASE_DURATION=15: "
+        "a leader must renew its Lease before the Lease runs out"
+    ]
+
+
+def test_the_readme_lists_every_setting_the_code_reads() -> None:
+    product = [REPO / "celeryconfig.py"]
+    for package in ("tasks", "watcher", "worker", "beat"):
+        product += (REPO / package).rglob("*.py")
+    read = {name for path in product for name in READ_SETTING.findall(path.read_text())}
+    listed = set(SETTING.findall((REPO / "README.md").read_text()))
+
+    assert read, "no WARM_* names found: the pattern is broken"
+    assert sorted(read - listed) == [], "settings missing from README.md's Settings table"

@@ -29,7 +29,7 @@ def test_watch_settings_from_the_environment() -> None:
         ExplicitImage("pause:3.9"),
         ExplicitImage("agent:1", (("kubernetes.io/arch", "arm64"),)),
     )
-    assert watch.explicit_images == ("pause:3.9", "agent:1")
+    assert tuple(item.image for item in watch.explicit) == ("pause:3.9", "agent:1")
     assert (watch.namespace_selector, watch.opt_in) == ("warm=yes", True)
     assert watch.include_images == ("registry.local/*", "docker.io/*")
     assert watch.exclude_images == ("*:latest",)

@@ -83,7 +83,7 @@ def test_a_private_image_is_pulled_with_the_secret_named_in_the_catalog(
     )
     agent, _ = make_agent()
 
-    anonymous = agent.pull(image.ref, pull_secrets=())
+    anonymous = agent.pull_entry(SliceImage(image.ref))
     CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(image.ref, (secret,)),)))
     with_secret = agent.pull(image.ref)  # as a pull task sends it: secrets come from the catalog
 
@@ -107,7 +107,7 @@ def test_each_matching_secret_is_tried_until_one_is_accepted(
     fresh = create_pull_secret(kube, f"new-{uuid.uuid4().hex[:6]}", docker_config(host))
     agent, runtime = make_agent()
 
-    result = agent.pull(image.ref, pull_secrets=(stale, fresh))
+    result = agent.pull_entry(SliceImage(image.ref, (stale, fresh)))
 
     assert result.outcome is Outcome.PULLED
     assert runtime.pulls == [image.ref, image.ref]  # refused with the stale one, then accepted
@@ -119,7 +119,7 @@ def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     image = push_image(private_registry.host, "team/other", "v1", auth=(USER, PASSWORD))
     agent, _ = make_agent()
 
-    result = agent.pull(image.ref, pull_secrets=("default/no-such-secret",))
+    result = agent.pull_entry(SliceImage(image.ref, ("default/no-such-secret",)))
 
     assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
 
@@ -132,7 +132,7 @@ def test_the_kubelet_credentials_file_is_the_fallback(
     config.write_text(json.dumps(docker_config(private_registry.host)))
     agent, _ = make_agent(pull_secrets=False, kubelet_credentials_file=str(config))
 
-    assert agent.pull(image.ref, pull_secrets=()).outcome is Outcome.PULLED
+    assert agent.pull_entry(SliceImage(image.ref)).outcome is Outcome.PULLED
     assert image.ref in node.image_refs()
 
 

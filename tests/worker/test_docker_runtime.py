@@ -21,7 +21,7 @@ from localcluster.harness import WARM_TIMEOUT, Events, start_worker, unavailable
 from localcluster.packages import which
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
-from tasks.models import Outcome
+from tasks.models import Outcome, SliceImage
 from tasks.names import PULL_IMAGE, pull_events_subject
 from tasks.settings import RuntimeSettings
 from worker.agent import NodeAgent
@@ -114,8 +114,8 @@ def test_docker_pulls_a_private_image_with_the_node_credentials_file(
     )
     with_file = NodeAgent(settings, "dk-creds", runtime, bus)
 
-    refused = anonymous.pull(image.ref, pull_secrets=())
-    pulled = with_file.pull(image.ref, pull_secrets=())
+    refused = anonymous.pull_entry(SliceImage(image.ref))
+    pulled = with_file.pull_entry(SliceImage(image.ref))
 
     assert refused.outcome is Outcome.FAILED
     assert pulled.outcome is Outcome.PULLED

@@ -67,12 +67,12 @@ def test_a_moved_tag_is_pulled_again(
     agent, runtime = make_agent()
     repository = f"wt/moving-{uuid.uuid4().hex[:6]}"
     old = push_image(registry.host, repository, "stable")
-    assert agent.pull(old.ref, pull_secrets=(), digest=old.digest).outcome is Outcome.PULLED
+    assert agent.pull_entry(SliceImage(old.ref, digest=old.digest)).outcome is Outcome.PULLED
     new = push_image(registry.host, repository, "stable")  # same tag, new content
     assert new.digest != old.digest
 
-    moved = agent.pull(new.ref, pull_secrets=(), digest=new.digest)
-    again = agent.pull(new.ref, pull_secrets=(), digest=new.digest)
+    moved = agent.pull_entry(SliceImage(new.ref, digest=new.digest))
+    again = agent.pull_entry(SliceImage(new.ref, digest=new.digest))
 
     assert (moved.outcome, again.outcome) == (Outcome.PULLED, Outcome.PRESENT)
     assert len(runtime.pulls) == 2
@@ -182,7 +182,7 @@ def test_a_rewarm_pulls_a_tag_the_catalog_saw_move(
     agent, runtime = make_agent()
     repository = f"wt/rewarm-moving-{uuid.uuid4().hex[:6]}"
     old = push_image(registry.host, repository, "latest")
-    agent.pull(old.ref, pull_secrets=())
+    agent.pull_entry(SliceImage(old.ref))
     new = push_image(registry.host, repository, "latest")
     CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(new.ref, digest=new.digest),)))
 

@@ -1,4 +1,8 @@
-"""Container runtime drivers behind one small protocol (see :mod:`worker.runtime.base`)."""
+"""Container runtime drivers behind one small protocol (see :mod:`worker.runtime.base`).
+
+:mod:`worker.runtime.fake` is an in-memory runtime and registry behind the same protocol, so
+that the worker's own logic is tested in milliseconds (as httpx ships MockTransport).
+"""
 
 from .base import (
     Credentials,
