@@ -66,8 +66,10 @@ class RedisServer(_TcpServer):
     name = "redis"
     scheme = "redis"
 
-    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False, config: Path | None = None) -> None:
         self.durable = durable
+        # A configuration file read first (e.g. the chart's ACL users); the flags below win.
+        self.config = config
         super().__init__(workdir)
 
     def _argv(self) -> list[str]:
@@ -78,6 +80,7 @@ class RedisServer(_TcpServer):
         )
         return [
             require_binary("redis-server"),
+            *([str(self.config)] if self.config else []),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",

@@ -13,6 +13,7 @@ of typos costs one registry request per image, not one per re-warm.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -37,6 +38,10 @@ from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
+
+# A re-warm checks every image of the slice, and the slice's references are the same from one
+# re-warm to the next (a class slice never changes under its hash): each is parsed once.
+_parsed = functools.lru_cache(maxsize=2**15)(parse_image)
 
 
 @dataclass
@@ -67,7 +72,9 @@ class NodeAgent:
         self.bus = bus
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
-        self.credentials = credentials or CredentialSource(settings.runtime)
+        self.credentials = credentials or CredentialSource(
+            settings.runtime, settings.release_namespace
+        )
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
@@ -77,10 +84,16 @@ class NodeAgent:
         self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
         self._failed_lock = threading.Lock()
 
-    def pull(self, reference: str, *, attempt: int = 1) -> PullResult:
+    def pull(self, reference: str, *, digest: str | None = None, attempt: int = 1) -> PullResult:
         """Make one image present and report the result (a pull task); never raises for a bad
-        image. Its pull secrets and digest are read from this node's catalog slice."""
-        entry, result = self._attempt(reference, attempt, self._slice_entry)
+        image. Its pull secrets (and its digest, unless given) are read from this node's
+        catalog slice, never from a task message: only the watcher names Secrets a node reads."""
+
+        def entry_of(image: ImageRef) -> SliceImage:
+            entry = self._slice_entry(image)
+            return replace(entry, digest=digest or entry.digest)
+
+        entry, result = self._attempt(reference, attempt, entry_of)
         return self._done(entry, result, Trigger.TASK)
 
     def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:
@@ -109,19 +122,21 @@ class NodeAgent:
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item for item in node_slice.images if not images or item.image in images]
         listed = {item.image for item in node_slice.images}
-        wanted += [SliceImage(image) for image in unlisted or () if image not in listed]
+        extra = [SliceImage(image) for image in unlisted or () if image not in listed]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in wanted:
-            reason = None if images or retry_failed else self._failed_before(entry)
+        for entry in [*node_slice.images, *extra]:  # all the slice: the status answers it whole
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
+            if images and entry.image not in images:
+                continue
+            reason = None if images or retry_failed else self._failed_before(entry)
+            if found is not None:
                 if self._follows_tag(entry) and not check_only:
                     stale.append((entry, found))
                 else:
@@ -131,13 +146,9 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        gone: list[PullResult] = []
-        if check_only:  # what the status calls warm but the runtime lacks is missing now
-            warm = set(self.status.get(self.node).warm)
-            gone = [self._absent(entry.image, started) for entry in missing if entry.image in warm]
-            missing, stale = [], []
         self.status.record_rewarm(self.node, expected, current, present)
-        self._record_status(gone)
+        if check_only:  # the record says what the runtime holds now; that was all it asked
+            missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
             pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]
@@ -235,16 +246,13 @@ class NodeAgent:
         self.report(result, record_status=record_status)
         return result
 
-    def _absent(self, image: str, started: float) -> PullResult:
-        return self._result(image, Outcome.SKIPPED, "not present (checked, not pulled)", started, 1)
-
     def _follows_tag(self, entry: SliceImage) -> bool:
         """Whether a re-warm pulls this present image again, in case its tag moved."""
         policy = self.settings.runtime.refresh_tags
         if policy == "none" or entry.digest:  # a known digest already tells a moved tag
             return False
         try:
-            image = parse_image(entry.image)
+            image = _parsed(entry.image)
         except InvalidImageReference:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
@@ -317,7 +325,7 @@ def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
 
 def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
-        image = parse_image(entry.image)
+        image = _parsed(entry.image)
     except InvalidImageReference:
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))
