@@ -14,6 +14,11 @@ key gives the same guarantee with either broker:
   its next tick instead of waiting for the lease to expire.
 
 A standby beat keeps ticking and trying; it never dispatches while another holds the lease.
+
+NATS restarted without its storage ends the lease at once (the bucket comes back empty, with
+its TTL). The holder notices at its next renewal, a third of the TTL at most; a standby that
+tries in between takes the lease, so two beats may both dispatch for that long. The worst it
+costs is one re-warm sent twice, which each node answers with one diff.
 """
 
 from __future__ import annotations
@@ -26,71 +31,19 @@ import socket
 import time
 import uuid
 
-from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
-
-from tasks.bus import NatsBus
+from tasks.bus import NatsBus, RevisionMismatch
 from tasks.names import BEAT_BUCKET
-from tasks.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
 LEADER_KEY = "leader"
 
 
-class LeaseBus(NatsBus):
-    """The NATS bus plus the compare-and-set writes of a lease, in a bucket with a max age."""
-
-    def __init__(self, settings: NatsSettings, ttl: float) -> None:
-        super().__init__(settings)
-        self._ttl = ttl
-
-    def lease_create(self, value: bytes) -> int | None:
-        """Write the lease if nobody holds it; its revision, or None when it is held."""
-        return self._run(self._lease_write(value, None))
-
-    def lease_update(self, value: bytes, last: int) -> int | None:
-        """Renew the lease written at revision ``last``; None when it is no longer ours."""
-        return self._run(self._lease_write(value, last))
-
-    def lease_delete(self, last: int) -> None:
-        self._run(self._lease_delete(last))
-
-    async def _lease_bucket(self) -> KeyValue:
-        # Cached with the bus's buckets, which a new connection clears.
-        if BEAT_BUCKET in self._buckets:
-            return self._buckets[BEAT_BUCKET]
-        jetstream = (await self._connection()).jetstream(timeout=self._settings.connect_timeout)
-        try:
-            bucket = await jetstream.key_value(BEAT_BUCKET)
-        except BucketNotFoundError:
-            bucket = await jetstream.create_key_value(bucket=BEAT_BUCKET, history=1, ttl=self._ttl)
-        info = (await bucket.status()).stream_info
-        if info.config.max_age != self._ttl:  # WARM_BEAT_LOCK_TTL changed since creation
-            info.config.max_age = self._ttl
-            await jetstream.update_stream(info.config)
-        self._buckets[BEAT_BUCKET] = bucket
-        return bucket
-
-    async def _lease_write(self, value: bytes, last: int | None) -> int | None:
-        bucket = await self._lease_bucket()
-        try:
-            if last is None:
-                return int(await bucket.create(LEADER_KEY, value))
-            return int(await bucket.update(LEADER_KEY, value, last=last))
-        except KeyWrongLastSequenceError:
-            return None
-
-    async def _lease_delete(self, last: int) -> None:
-        bucket = await self._lease_bucket()
-        with contextlib.suppress(APIError):  # another beat holds it by now: not ours to delete
-            await bucket.delete(LEADER_KEY, last=last)
-
-
 class Lease:
     """This beat's view of the lease: ``hold()`` before dispatching, ``release()`` at exit."""
 
-    def __init__(self, bus: LeaseBus, ttl: float, holder: str | None = None) -> None:
+    def __init__(self, bus: NatsBus, ttl: float, holder: str | None = None) -> None:
+        bus.set_bucket_ttl(BEAT_BUCKET, ttl)  # the server expires a lease nobody renews
         self._bus = bus
         self._ttl = ttl
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -115,12 +68,14 @@ class Lease:
         started = time.monotonic()
         value = json.dumps({"holder": self.holder, "at": time.time()}).encode()
         if self._revision is not None:
-            self._revision = self._bus.lease_update(value, self._revision)
-            if self._revision is None:
+            try:
+                self._revision = self._bus.kv_update(BEAT_BUCKET, LEADER_KEY, value, self._revision)
+            except RevisionMismatch:
                 log.warning("beat %s lost the leader lease", self.holder)
+                self._revision = None
         if self._revision is None:
-            self._revision = self._bus.lease_create(value)
-            if self._revision is not None:
+            with contextlib.suppress(RevisionMismatch):  # another beat holds it
+                self._revision = self._bus.kv_create(BEAT_BUCKET, LEADER_KEY, value)
                 log.info("beat %s is the leader: it dispatches the re-warms", self.holder)
         if self._revision is not None:
             self._renewed = started
@@ -128,5 +83,6 @@ class Lease:
 
     def release(self) -> None:
         if self._revision is not None:
-            self._bus.lease_delete(self._revision)
-            self._revision = None
+            revision, self._revision = self._revision, None
+            with contextlib.suppress(RevisionMismatch):  # another beat holds it by now
+                self._bus.kv_delete(BEAT_BUCKET, LEADER_KEY, last_revision=revision)

@@ -20,12 +20,12 @@ from typing import Any
 from celery.beat import ScheduleEntry, Scheduler
 from kombu.exceptions import KombuError
 
-from tasks.bus import BusUnavailable
+from tasks.bus import BusUnavailable, NatsBus
 from tasks.names import REWARM_CATALOG
 from tasks.rewarm import dispatch_rewarm
 from tasks.settings import load_settings
 
-from .lease import Lease, LeaseBus
+from .lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class RewarmScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = load_settings()
         self._rewarm = settings.rewarm
-        self._bus = LeaseBus(settings.nats, settings.rewarm.lock_ttl)
+        self._bus = NatsBus(settings.nats)
         self._lease = Lease(self._bus, settings.rewarm.lock_ttl)
         self._leading: bool | None = None  # unknown until the first tick
         super().__init__(*args, **kwargs)

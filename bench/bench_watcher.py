@@ -277,10 +277,10 @@ def child(size: int) -> dict[str, float]:
 def targeting(nodes: int, pinned: int) -> dict[str, float]:
     """Node classes at ``nodes`` nodes x IMAGES images, with ``pinned`` workloads pinned to a
     node by hostname (which makes every node its own class: the worst case)."""
-    from tasks.models import NodeSlice
+    from tasks.catalog import slice_hash
+    from tasks.models import ClassSlice, SlicePointer
     from tasks.settings import WatchSettings
     from watcher.catalog import CatalogState
-    from watcher.dispatch import slice_payload
     from watcher.reflector import Changed, Listed
     from watcher.slices import SliceIndex
     from watcher.targeting import node_facts
@@ -304,17 +304,19 @@ def targeting(nodes: int, pinned: int) -> dict[str, float]:
         rebuild=True,
     )
     built = time.perf_counter()
-    payloads: dict[int, bytes] = {}  # as the dispatcher writes a full rewrite
+    hashes: dict[int, str] = {}  # as the dispatcher writes a full rewrite: a slice per class
     payload = 0
     for name in facts:
         members = index.members(name)
-        if members not in payloads:
-            payloads[members] = index.slice_json(members)
-        payload += len(slice_payload(name, payloads[members]))
+        if members not in hashes:
+            class_slice = index.slice_json(members)
+            hashes[members] = slice_hash(class_slice)
+            payload += len(class_slice)
+        payload += len(SlicePointer(name, hashes[members], members.bit_count()).to_json())
     serialized = time.perf_counter()
-    sample = list(facts)[:SERIALIZE_SAMPLE]  # baseline: NodeSlice.to_json() per node
+    sample = list(facts)[:SERIALIZE_SAMPLE]  # baseline: ClassSlice.to_json() per node
     for name in sample:
-        NodeSlice(name, index.slice_images(index.members(name))).to_json()
+        ClassSlice(index.slice_images(index.members(name))).to_json()
     per_node = (time.perf_counter() - serialized) / len(sample)
     serialized = time.perf_counter()
     new = summarize.workload("Deployment", _placed(2, "registry.example.com/new:1"))
@@ -475,8 +477,8 @@ def print_targeting(nodes: int) -> None:
         )
     print("pinned: workloads pinned to one node by hostname (each node becomes its own class)")
     print("slices: serializing every node's slice for a full KV rewrite, once per distinct slice")
-    print(f"per node: baseline, NodeSlice.to_json() for each node ({SERIALIZE_SAMPLE} sampled)")
-    print("slice KV: bytes a full rewrite sends to NATS (the writes themselves are not timed)")
+    print(f"per node: baseline, ClassSlice.to_json() for each node ({SERIALIZE_SAMPLE} sampled)")
+    print("slice KV: bytes a full rewrite sends to NATS, a slice per class and a pointer per node")
 
 
 def _in_child(flag: str, *values: int) -> dict[str, float]:

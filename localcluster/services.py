@@ -66,8 +66,10 @@ class RedisServer(_TcpServer):
     name = "redis"
     scheme = "redis"
 
-    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False, config: Path | None = None) -> None:
         self.durable = durable
+        # A configuration file read first (e.g. the chart's ACL users); the flags below win.
+        self.config = config
         super().__init__(workdir)
 
     def _argv(self) -> list[str]:
@@ -78,6 +80,7 @@ class RedisServer(_TcpServer):
         )
         return [
             require_binary("redis-server"),
+            *([str(self.config)] if self.config else []),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--save", "",
@@ -87,16 +90,41 @@ class RedisServer(_TcpServer):
 
 
 class NatsServer(_TcpServer):
+    """NATS with JetStream storing under ``store``. ``monitor`` serves the server's own
+    statistics (``/connz``, ``/varz``) at ``monitor_url``."""
+
     name = "nats"
     scheme = "nats"
+
+    def __init__(self, workdir: Path, *, config: Path | None = None, monitor: bool = False) -> None:
+        # A configuration file (e.g. users and permissions); the flags below win.
+        self.config = config
+        self.monitor_port = free_port() if monitor else 0
+        self.store = Path(workdir) / "jetstream"
+        super().__init__(workdir)
+
+    @property
+    def monitor_url(self) -> str:
+        if not self.monitor_port:
+            raise RuntimeError("this NATS server runs without monitoring: NatsServer(monitor=True)")
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def restart_empty(self) -> None:
+        """Stop, drop every stream, start on the same port: a NATS pod without a persistent
+        volume coming back."""
+        self.stop()
+        shutil.rmtree(self.store, ignore_errors=True)
+        self.start()
 
     def _argv(self) -> list[str]:
         return [
             require_binary("nats-server"),
+            *(["--config", str(self.config)] if self.config else []),
+            *(["-m", str(self.monitor_port)] if self.monitor_port else []),
             "-a", "127.0.0.1",
             "-p", str(self.port),
             "-js",
-            "-sd", str(self.workdir / "jetstream"),
+            "-sd", str(self.store),
         ]  # fmt: skip
 
 

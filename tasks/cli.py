@@ -82,7 +82,7 @@ def rewarm(
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def warm_status(nodes: Sequence[str], as_json: bool) -> None:
-    """Per node: images warm / expected, missing, failed with the reason, last re-warm."""
+    """Per node: images warm / expected, missing, failed with the reason, last change."""
     with _bus() as bus:
         statuses = _statuses(bus, nodes)
     if as_json:
@@ -136,7 +136,7 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
         try:
             node_slice, _ = catalog.get_slice(node)
         except (UnknownNode, InvalidNodeName):
-            if status.last_rewarm_at is None and not status.images:
+            if not status.reported:
                 unknown.append(node)
             statuses.append(status)
             continue
@@ -265,7 +265,7 @@ def _print_status(statuses: list[NodeStatus]) -> None:
         ]
         for status in statuses
     ]
-    _table(["NODE", "WARM", "MISSING", "FAILED", "LAST RE-WARM"], rows)
+    _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED"], rows)  # a no-op re-warm writes none
     warm = sum(1 for status in statuses if not status.missing)
     click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
     if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text

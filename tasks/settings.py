@@ -77,6 +77,10 @@ class RuntimeSettings:
     # (only :latest tags, the usual mutable ones) or "all". An unchanged tag costs the registry
     # one manifest request per node and re-warm, so "all" is for small fleets.
     refresh_tags: str = "latest"
+    # An empty directory on the image filesystem, measured with statvfs for the disk budget
+    # instead of the path the runtime reports, so that the runtime's root (every container's
+    # layers) need not be mounted into the worker.
+    image_fs_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,7 @@ def _read(source: _Source) -> Settings:
             pull_secrets=source.flag("WARM_PULL_SECRETS", True),
             kubelet_credentials_file=source.optional("WARM_KUBELET_CREDENTIALS_FILE"),
             refresh_tags=source.choice("WARM_REFRESH_TAGS", "latest", REFRESH_TAGS),
+            image_fs_path=source.optional("WARM_IMAGE_FS_PATH"),
         ),
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),

@@ -1,11 +1,18 @@
-"""Per-node status in NATS key-value: what each node holds, lacks and failed to pull.
+"""Per-node status in NATS key-value: what each node lacks and why, against the slice it answers.
 
 Each node worker owns its key (``<node>`` in the status bucket) and is its only writer, so
-updates need no coordination across nodes; within a worker a lock orders them.
+updates need no coordination across nodes; within a worker a lock orders them, and the worker
+keeps the record it last wrote in memory instead of reading it back.
 
-A re-warm refreshes the whole record: the images expected, the ones found present (recorded as
-such, since nothing was pulled for them), and each pull's outcome as it finishes. So after a
-re-warm the record says what the runtime holds, not what was pulled once and since removed.
+The record stays small and written only when it changes, because 5,000 nodes re-warm every
+interval: it counts what is warm and names only the images of the node's slice that are not
+(missing, failed or retrying, with the reason and the attempt), and the slice revision it
+answers. An image that leaves the slice leaves the record at the next re-warm, so the record
+does not grow with every tag a node ever saw; a re-warm that finds everything as recorded
+writes nothing.
+
+A reader (``celery -A tasks warm-status``) measures the record against the node's slice now:
+an image of the slice the record does not name is warm, unless the node never reported.
 """
 
 from __future__ import annotations
@@ -13,39 +20,53 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .bus import NatsBus
 from .models import Outcome, PullResult
 from .names import STATUS_BUCKET
 
+WARM = (Outcome.PULLED.value, Outcome.PRESENT.value)
+MISSING = "missing"  # in the slice, absent from the runtime, no pull finished yet
 
-@dataclass
+
+@dataclass(frozen=True)
 class ImageStatus:
+    """Why one image of the slice is not warm."""
+
     outcome: str
     reason: str = ""
     at: float = 0.0
-    seconds: float = 0.0
-    trigger: str = ""  # what asked for the pull (tasks.models.Trigger); "" when none did
+    attempt: int = 0
 
 
 @dataclass
 class NodeStatus:
     node: str
+    # The images of the slice that are not warm; an image the record does not name is warm.
     images: dict[str, ImageStatus] = field(default_factory=dict)
-    expected: list[str] = field(default_factory=list)
-    last_rewarm_at: float | None = None
-    last_rewarm_revision: int | None = None
+    expected_count: int = 0  # images in the slice answered
+    warm_count: int = 0  # of which the runtime held or pulled
+    last_rewarm_at: float | None = None  # the last re-warm that changed the record
+    last_rewarm_revision: int | None = None  # the revision of the slice it answers
+    # The slice a reader measures against; not stored (the catalog holds it).
+    expected: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def reported(self) -> bool:
+        return self.last_rewarm_revision is not None or bool(self.images)
 
     @property
     def warm(self) -> list[str]:
-        good = (Outcome.PULLED, Outcome.PRESENT)
-        return [image for image in self.expected if self._outcome(image) in good]
+        if not self.reported:
+            return []
+        return [image for image in self.expected if image not in self.images]
 
     @property
     def missing(self) -> list[str]:
-        return [image for image in self.expected if image not in self.warm]
+        warm = set(self.warm)
+        return [image for image in self.expected if image not in warm]
 
     @property
     def failed(self) -> dict[str, str]:
@@ -56,24 +77,30 @@ class NodeStatus:
         return self._with_outcome(Outcome.RETRYING)
 
     def _with_outcome(self, outcome: Outcome) -> dict[str, str]:
+        expected = set(self.expected)
         return {
             image: status.reason
             for image, status in self.images.items()
-            if status.outcome == outcome and image in self.expected
+            if status.outcome == outcome and image in expected
         }
 
-    def _outcome(self, image: str) -> str | None:
-        status = self.images.get(image)
-        return status.outcome if status else None
-
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        data = asdict(self)
+        del data["expected"]
+        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> NodeStatus:
+        """A record, also one written by an older worker (which named every image, warm or
+        not, and listed the slice): what this model does not hold is left out."""
         data: dict[str, Any] = json.loads(raw)
-        images = {ref: ImageStatus(**value) for ref, value in data.pop("images", {}).items()}
-        return cls(images=images, **data)
+        images = {
+            ref: ImageStatus(**_known(ImageStatus, value))
+            for ref, value in data.pop("images", {}).items()
+            if value.get("outcome") not in WARM
+        }
+        data.pop("expected", None)
+        return cls(images=images, **_known(cls, data))
 
     def summary(self) -> dict[str, Any]:
         """The JSON of ``celery -A tasks warm-status --json``: counts, and lists to act on."""
@@ -95,6 +122,8 @@ class StatusStore:
         self._bus = bus
         self._bucket = bucket
         self._lock = threading.Lock()
+        self._written: dict[str, NodeStatus] = {}  # node -> its record as this store wrote it
+        self._expected: dict[str, frozenset[str]] = {}  # node -> the slice of its last re-warm
 
     def get(self, node: str) -> NodeStatus:
         found = self._bus.kv_get(self._bucket, node)
@@ -104,32 +133,77 @@ class StatusStore:
         return self._bus.kv_keys(self._bucket)
 
     def record_many(self, node: str, results: list[PullResult]) -> None:
-        """One read and one write for many results: a node's status holds every image it
-        should have, so writing it once per pull would make a re-warm's cost quadratic."""
+        """Pull results into the record, written once for all of them, and only if they
+        change it (a pull of an image already warm does not)."""
         if not results:
             return
         with self._lock:
-            status = self.get(node)
+            status = self._current(node)
+            images, warm = dict(status.images), status.warm_count
+            expected = self._expected.get(node)
             for result in results:
-                status.images[result.image] = ImageStatus(
-                    outcome=result.outcome.value,
-                    reason=result.reason,
-                    at=result.at,
-                    seconds=result.seconds,
-                    trigger=result.trigger.value,
-                )
-            self._bus.kv_put(self._bucket, node, status.to_json())
+                before = images.get(result.image)
+                if result.outcome.value in WARM:
+                    if images.pop(result.image, None) is not None:
+                        warm += 1
+                    continue
+                if before is None and expected is not None and result.image in expected:
+                    warm -= 1  # an image of the slice the record did not name counted as warm
+                # An image outside the slice re-warmed is new to the node (the watcher sent
+                # it): named now, it leaves at the next re-warm if it left the slice.
+                images[result.image] = _merged(before, _image_status(result))
+            self._write(replace(status, images=images, warm_count=max(0, warm)))
 
     def record_rewarm(
         self, node: str, expected: list[str], revision: int, present: list[str] | None = None
     ) -> None:
-        """A re-warm's diff: what the node should hold and what its runtime already holds."""
+        """A re-warm's diff: the slice answered, at ``revision``, and what the runtime holds.
+
+        Images that left the slice leave the record; images present are warm; the others
+        keep what the record knew of them (a failure and its reason) or are missing.
+        """
+        held = set(present or ())
         with self._lock:
-            status = self.get(node)
-            status.expected = sorted(expected)
-            now = time.time()
-            for image in present or ():
-                status.images[image] = ImageStatus(outcome=Outcome.PRESENT.value, at=now)
-            status.last_rewarm_at = now
-            status.last_rewarm_revision = revision
-            self._bus.kv_put(self._bucket, node, status.to_json())
+            status = self._current(node)
+            images = {
+                image: status.images.get(image) or ImageStatus(outcome=MISSING)
+                for image in expected
+                if image not in held
+            }
+            changed = replace(
+                status,
+                images=images,
+                expected_count=len(expected),
+                warm_count=len(expected) - len(images),
+                last_rewarm_revision=revision,
+            )
+            self._expected[node] = frozenset(expected)
+            if changed != status:
+                self._write(replace(changed, last_rewarm_at=time.time()))
+
+    def _current(self, node: str) -> NodeStatus:
+        if node not in self._written:
+            self._written[node] = self.get(node)
+        return self._written[node]
+
+    def _write(self, status: NodeStatus) -> None:
+        if status != self._written.get(status.node):
+            self._bus.kv_put(self._bucket, status.node, status.to_json())
+            self._written[status.node] = status
+
+
+def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {item.name for item in fields(model)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+def _image_status(result: PullResult) -> ImageStatus:
+    return ImageStatus(result.outcome.value, result.reason, round(result.at, 3), result.attempt)
+
+
+def _merged(before: ImageStatus | None, after: ImageStatus) -> ImageStatus:
+    """The same attempt ending the same way again is no news: the record keeps the first time
+    it was seen, so a re-warm whose pull fails as before does not rewrite it."""
+    if before is not None and replace(after, at=before.at) == before:
+        return before
+    return after

@@ -2,10 +2,11 @@
 
 Only new (node, image) pairs become work. Per node and batch: a few new images become
 ``pull_image`` tasks, more become one ``rewarm_node`` (the node diffs its slice against its
-runtime), and a node that joins gets one ``rewarm_node`` for its whole slice. A node's slice
-key is written only when its content changed, and always before any task is sent, so a node
-that reads its slice finds what the task was sent for. A node that leaves loses its slice key
-and its queue.
+runtime), and a node that joins gets one ``rewarm_node`` for its whole slice. Each class of
+equivalent nodes has one slice, stored under its content hash; a node's pointer to it is
+written only when the hash moved, and always before any task is sent, so a node that reads its
+slice finds what the task was sent for. A slice no pointer names is deleted. A node that
+leaves loses its pointer and its queue.
 
 When NATS or the broker fails mid-flush, the dispatcher owes a full sync and does it on the
 next flush: every key rewritten, stale keys deleted, every node re-warmed. Re-warms only pull
@@ -22,8 +23,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tasks.bus import BusUnavailable, NatsBus
-from tasks.catalog import IMAGE_PREFIX, NODE_PREFIX, CatalogStore, image_key
-from tasks.models import CatalogChange, CatalogEntry, NodeSlice
+from tasks.catalog import IMAGE_PREFIX, CatalogStore, image_key, slice_hash
+from tasks.models import CatalogChange, CatalogEntry, SlicePointer
 from tasks.names import (
     CATALOG_BUCKET,
     CATALOG_EVENTS,
@@ -31,7 +32,7 @@ from tasks.names import (
     PULL_IMAGE,
     REWARM_NODE,
 )
-from tasks.routing import check_node_name, queue_for_node
+from tasks.routing import queue_for_node
 
 from . import metrics
 from .catalog import EXPLICIT_USER, CatalogState, Changes
@@ -57,6 +58,8 @@ class Dispatcher:
         self._state = state
         self._index = SliceIndex(state)
         self._written: dict[str, int] = {}  # node -> its slice's image mask as last written
+        self._pointers: dict[str, str] = {}  # node -> the hash of its class slice as written
+        self._stored: set[str] = set()  # class slices written and not yet collected
         self._owed = Sync.FULL
         self.revision = 0
 
@@ -91,6 +94,7 @@ class Dispatcher:
             self._delete_stale_keys()
         changed = self._index.mask_of(changes.retargeted_images | changes.added_images)
         new_images = self._write_slices(affected, rewrite, changed)
+        self._collect_slices(rewrite)
         recount |= self._images_of(changes.joined_nodes | changes.changed_nodes)
         self._write_entries(changes, rewrite, recount)
         joined = set(self._state.nodes) if sync is Sync.FULL else changes.joined_nodes
@@ -115,30 +119,52 @@ class Dispatcher:
     def _write_slices(
         self, affected: set[str], rewrite: bool, changed: int
     ) -> dict[str, list[str]]:
-        """Write the slices whose content changed; return each node's images new to it.
+        """Write the class slices and pointers that changed; return each node's images new
+        to it.
 
-        Nodes of one class share one mask: each distinct slice is serialized once, and each
-        (old, new) pair of masks is diffed once.
+        Nodes of one class share one mask: each distinct slice is serialized, hashed and
+        stored once, before any pointer names it, and each (old, new) pair of masks is diffed
+        once. A pointer is written only when its node's slice hash moved.
         """
         new_images: dict[str, list[str]] = {}
-        payloads: dict[int, bytes] = {}
+        hashes: dict[int, str] = {}
         diffs: dict[tuple[int, int], list[str]] = {}
+        if rewrite:
+            self._stored.clear()  # NATS may have lost them: store every slice named again
         for node in sorted(affected):
             members = self._index.members(node)
             old = self._written.get(node, 0)
             if rewrite or members != old or members & changed:
-                if members not in payloads:
-                    payloads[members] = self._index.slice_json(members)
-                key = NODE_PREFIX + check_node_name(node)
-                payload = slice_payload(node, payloads[members])
-                self.revision = self._bus.kv_put(CATALOG_BUCKET, key, payload)
-                metrics.SLICE_WRITES.inc()
+                if members not in hashes:
+                    hashes[members] = self._store_slice(self._index.slice_json(members))
+                digest = hashes[members]
+                if rewrite or self._pointers.get(node) != digest:
+                    pointer = SlicePointer(node, digest, members.bit_count())
+                    self.revision = self._catalog.put_pointer(pointer)
+                    self._pointers[node] = digest
+                    metrics.SLICE_WRITES.inc()
             self._written[node] = members
             if members & ~old:
                 if (old, members) not in diffs:
                     diffs[(old, members)] = self._index.images(members & ~old)
                 new_images[node] = diffs[(old, members)]
         return new_images
+
+    def _store_slice(self, payload: bytes) -> str:
+        digest = slice_hash(payload)
+        if digest not in self._stored:
+            self._catalog.put_class_slice(payload)
+            self._stored.add(digest)
+        return digest
+
+    def _collect_slices(self, rewrite: bool) -> None:
+        """Delete the class slices no pointer names any more (a rewrite also finds those a
+        previous leader left behind)."""
+        named = set(self._pointers.values())
+        stored = set(self._catalog.class_slices()) if rewrite else self._stored
+        for digest in sorted(stored - named):
+            self._catalog.delete_class_slice(digest)
+        self._stored &= named
 
     def _images_of(self, nodes: set[str]) -> set[str]:
         """Images in the last written slices of ``nodes``."""
@@ -209,6 +235,7 @@ class Dispatcher:
     def _forget_node(self, node: str) -> None:
         """A node left: its slice key and its queue go (tasks for it could never run)."""
         self._written.pop(node, None)
+        self._pointers.pop(node, None)
         self._catalog.delete_slice(node)
         queue = self._app.amqp.queues[queue_for_node(node)]
         with self._app.connection_for_write() as connection:
@@ -226,10 +253,3 @@ class Dispatcher:
         for key in self._bus.kv_keys(CATALOG_BUCKET, IMAGE_PREFIX):
             if key not in wanted:
                 self._bus.kv_delete(CATALOG_BUCKET, key)
-
-
-def slice_payload(node: str, images_json: bytes) -> bytes:
-    """``NodeSlice(node, images).to_json()`` (what CatalogStore.put_slice writes), with the
-    images already serialized: once per distinct slice instead of once per node."""
-    empty = NodeSlice(node, ()).to_json()
-    return empty.replace(b'"images":[]', b'"images":' + images_json, 1)

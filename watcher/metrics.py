@@ -24,4 +24,7 @@ SLICE_WRITES = Counter("warm_watcher_slice_writes", "Node slices written to NATS
 PUBLISH_FAILURES = Counter(
     "warm_watcher_publish_failures", "Flushes that failed because NATS or the broker did"
 )
+CATALOG_LOSSES = Counter(
+    "warm_watcher_catalog_losses", "Times the catalog bucket was found emptied and written again"
+)
 LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")

@@ -26,6 +26,7 @@ from tasks.settings import Settings
 
 from . import metrics
 from .catalog import CatalogState, Changes
+from .catalog_guard import CatalogGuard
 from .dispatch import Dispatcher, Sync
 from .leader import LeaderElector
 from .queue_depth import QueueDepthSampler
@@ -51,6 +52,7 @@ class Watcher:
         self._settings = settings
         self.state = CatalogState(settings.watch)
         self.dispatcher = Dispatcher(app, bus, self.state)
+        self.catalog_guard = CatalogGuard(bus)
         self._events: queue.Queue[Event] = queue.Queue()
         self.reflectors: list[Reflector] = reflectors(
             api, settings.watch, self._events.put, watch_namespaces=self.state.watches_namespaces
@@ -142,6 +144,8 @@ class Watcher:
             if not self.leading:
                 owed, was_leading = Changes(), False  # the leader publishes; this one keeps state
                 continue
+            if self.catalog_guard.lost(self.dispatcher.revision):
+                self.dispatcher.owe(Sync.FULL)
             if not was_leading:
                 self.dispatcher.owe(Sync.FULL)
                 was_leading = True

@@ -13,6 +13,7 @@ of typos costs one registry request per image, not one per re-warm.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -37,6 +38,10 @@ from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
+
+# A re-warm checks every image of the slice, and the slice's references are the same from one
+# re-warm to the next (a class slice never changes under its hash): each is parsed once.
+_parsed = functools.lru_cache(maxsize=2**15)(parse_image)
 
 
 @dataclass
@@ -99,17 +104,19 @@ class NodeAgent:
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        wanted = [item for item in node_slice.images if not images or item.image in images]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in wanted:
-            reason = None if images else self._failed_before(entry)
+        for entry in node_slice.images:  # all of it: the status answers the whole slice
             found = _held_as(entry, held)
             if found is not None:
                 present.append(entry.image)
+            if images and entry.image not in images:
+                continue
+            reason = None if images else self._failed_before(entry)
+            if found is not None:
                 if self._follows_tag(entry):
                     stale.append((entry, found))
                 else:
@@ -223,7 +230,7 @@ class NodeAgent:
         if policy == "none" or entry.digest:  # a known digest already tells a moved tag
             return False
         try:
-            image = parse_image(entry.image)
+            image = _parsed(entry.image)
         except InvalidImageReference:
             return False
         return not image.digest and (policy == "all" or image.tag == "latest")
@@ -293,7 +300,7 @@ def _index_by_name(images: list[RuntimeImage]) -> dict[str, RuntimeImage]:
 
 def _held_as(entry: SliceImage, held: dict[str, RuntimeImage]) -> RuntimeImage | None:
     try:
-        image = parse_image(entry.image)
+        image = _parsed(entry.image)
     except InvalidImageReference:
         return None
     candidate = held.get(f"{image.name}@{image.digest}" if image.digest else str(image))

@@ -105,9 +105,20 @@ Scheduling fields shared by every pod, as YAML (empty when none is set); call wi
 {{- end }}
 
 {{/*
-Returns a Secret value that is stable across upgrades: the explicit value if given, else the
-value already stored in the cluster (lookup; empty under `helm template`), else a random one.
-Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
+Whether the chart is rendered against a cluster (helm install/upgrade, Flux's helm-controller,
+--dry-run=server): listing the release namespace's Secrets, which Helm itself needs, answers a
+list there and nothing under `helm template` (Argo CD, CI), where lookup is empty.
+*/}}
+{{- define "warm-images.clusterReachable" -}}
+{{- if lookup "v1" "Secret" .Release.Namespace "" }}true{{ end }}
+{{- end }}
+
+{{/*
+A password that is the same on every render: the value given, else the one already stored in
+the cluster (lookup), else, on a first install against a cluster, a random one kept from then on.
+Under `helm template` there is nothing to read a generated password back from, so each render
+would make a new one while running pods keep the old: fail instead, naming what to set.
+Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" "nats.auth.passwords.worker" "existing" "nats.auth.existingSecret").
 */}}
 {{- define "warm-images.stableSecretValue" -}}
 {{- if .value }}
@@ -117,8 +128,10 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- $data := dig "data" (dict) $existing }}
 {{- if hasKey $data .key }}
 {{- index $data .key | b64dec }}
-{{- else }}
+{{- else if include "warm-images.clusterReachable" .ctx }}
 {{- randAlphaNum 32 }}
+{{- else }}
+{{- fail (printf "%s is empty and no cluster is at hand to keep a generated one (helm template, Argo CD): set %s or %s, or install with helm install/upgrade (chart/README.md, \"Passwords and GitOps\")" .path .path .existing) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -161,28 +174,40 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- end }}
 
 {{- define "warm-images.nats.ca" -}}
-{{- if and (not .Values.nats.enabled) .Values.externalNats.tls.caSecret }}true{{ end }}
+{{- if .Values.nats.enabled }}
+{{- if .Values.nats.tls.enabled }}true{{ end }}
+{{- else if .Values.externalNats.tls.caSecret }}true
+{{- end }}
 {{- end }}
 
-{{- define "warm-images.nats.userKey" -}}
-{{- if .Values.nats.enabled }}
-{{- ternary .Values.nats.auth.existingSecretUserKey "nats-user" (ne .Values.nats.auth.existingSecret "") }}
-{{- else }}
-{{- ternary .Values.externalNats.existingSecretUserKey "nats-user" (ne .Values.externalNats.existingSecret "") }}
+{{/*
+TLS of a bundled server (call with its values, .Values.nats or .Values.redis): the certificate
+Secret, of type kubernetes.io/tls with ca.crt as cert-manager writes it, is required.
+*/}}
+{{- define "warm-images.tls" -}}
+{{- if and .enabled .tls.enabled }}
+{{- if not .tls.secretName }}
+{{- fail "a bundled server's tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (e.g. a cert-manager Certificate for the server's Service name)" }}
+{{- end }}true
 {{- end }}
+{{- end }}
+
+{{- define "warm-images.redis.caDir" -}}
+/etc/warm-images/redis-ca
+{{- end }}
+
+{{/* Keys of the external NATS user and password in their Secret. */}}
+{{- define "warm-images.nats.userKey" -}}
+{{- ternary .Values.externalNats.existingSecretUserKey "nats-user" (ne .Values.externalNats.existingSecret "") }}
 {{- end }}
 
 {{- define "warm-images.nats.passwordKey" -}}
-{{- if .Values.nats.enabled }}
-{{- ternary .Values.nats.auth.existingSecretPasswordKey "nats-password" (ne .Values.nats.auth.existingSecret "") }}
-{{- else }}
 {{- ternary .Values.externalNats.existingSecretPasswordKey "nats-password" (ne .Values.externalNats.existingSecret "") }}
-{{- end }}
 {{- end }}
 
 {{- define "warm-images.nats.url" -}}
 {{- if .Values.nats.enabled }}
-{{- printf "nats://%s:4222" (include "warm-images.componentName" (dict "ctx" . "component" "nats")) }}
+{{- printf "%s://%s:4222" (ternary "tls" "nats" (eq (include "warm-images.tls" .Values.nats) "true")) (include "warm-images.componentName" (dict "ctx" . "component" "nats")) }}
 {{- else if .Values.externalNats.url }}
 {{- .Values.externalNats.url }}
 {{- else }}
@@ -190,27 +215,97 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- end }}
 {{- end }}
 
-{{/* NATS credentials as env entries, taken from a Secret. */}}
+{{/*
+The parts that hold credentials of their own on the bundled NATS and Redis: each runs as its own
+user with only the rights it needs (chart/README.md, "Security model"). Flower and the helm test
+run as "client".
+*/}}
+{{- define "warm-images.roles" -}}
+watcher worker beat client
+{{- end }}
+
+{{/* The NATS or Redis user of one role. */}}
+{{- define "warm-images.roleUser" -}}
+{{- printf "warm-%s" . }}
+{{- end }}
+
+{{/*
+NATS credentials of one role as env entries, taken from a Secret; call with
+(dict "ctx" $ "role" "worker"). The bundled NATS has one user per role; an external one the
+single user or token of externalNats.
+*/}}
 {{- define "warm-images.nats.env" -}}
-{{- if include "warm-images.nats.auth" . }}
+{{- $ctx := .ctx }}
+{{- if and $ctx.Values.nats.enabled $ctx.Values.nats.auth.enabled }}
 - name: WARM_NATS_USER
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ include "warm-images.nats.userKey" . }}
+  value: {{ include "warm-images.roleUser" .role | quote }}
 - name: WARM_NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ include "warm-images.nats.passwordKey" . }}
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ printf "%s-password" .role }}
+{{- else if include "warm-images.nats.auth" $ctx }}
+- name: WARM_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ include "warm-images.nats.userKey" $ctx }}
+- name: WARM_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ include "warm-images.nats.passwordKey" $ctx }}
 {{- end }}
-{{- if include "warm-images.nats.token" . }}
+{{- if include "warm-images.nats.token" $ctx }}
 - name: WARM_NATS_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.nats.secretName" . }}
-      key: {{ .Values.externalNats.existingSecretTokenKey | default "nats-token" }}
+      name: {{ include "warm-images.nats.secretName" $ctx }}
+      key: {{ $ctx.Values.externalNats.existingSecretTokenKey | default "nats-token" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The subjects a role may publish and subscribe to on the bundled NATS, as YAML {publish, subscribe}.
+A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
+and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
+back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
+publish catalog events; a worker writes only status keys and its own event subjects.
+*/}}
+{{- define "warm-images.nats.permissions" -}}
+{{- $read := dict }}
+{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" }}
+{{- $stream := printf "KV_%s" $bucket }}
+{{- $_ := set $read $bucket (list
+  (printf "$JS.API.STREAM.INFO.%s" $stream)
+  (printf "$JS.API.DIRECT.GET.%s" $stream)
+  (printf "$JS.API.DIRECT.GET.%s.>" $stream)
+  (printf "$JS.API.STREAM.MSG.GET.%s" $stream)
+  (printf "$JS.API.CONSUMER.CREATE.%s" $stream)
+  (printf "$JS.API.CONSUMER.CREATE.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.MSG.NEXT.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.INFO.%s.>" $stream)
+  (printf "$JS.API.CONSUMER.DELETE.%s.>" $stream)
+  (printf "$JS.ACK.%s.>" $stream)) }}
+{{- end }}
+{{- $common := list "$JS.API.INFO" }}
+{{- $catalog := concat (get $read "warm-catalog") (list "$JS.API.STREAM.CREATE.KV_warm-catalog" "$KV.warm-catalog.>") }}
+{{- $status := concat (get $read "warm-status") (list "$JS.API.STREAM.CREATE.KV_warm-status" "$KV.warm-status.>") }}
+{{- $lease := concat (get $read "warm-beat") (list "$JS.API.STREAM.CREATE.KV_warm-beat" "$JS.API.STREAM.UPDATE.KV_warm-beat" "$KV.warm-beat.>") }}
+{{- $roles := dict
+  "watcher" (dict
+    "publish" (concat $common $catalog (get $read "warm-status") (list "warm.events.catalog" "warm.events.catalog.>"))
+    "subscribe" (list "_INBOX.>"))
+  "worker" (dict
+    "publish" (concat $common (get $read "warm-catalog") $status (list "warm.events.pull.>" "warm.events.rewarm.>"))
+    "subscribe" (list "_INBOX.>"))
+  "beat" (dict
+    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") $lease)
+    "subscribe" (list "_INBOX.>"))
+  "client" (dict
+    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") (get $read "warm-beat"))
+    "subscribe" (list "_INBOX.>" "warm.events.>")) }}
+{{- toYaml $roles }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------- broker */}}
@@ -231,45 +326,72 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "").
 {{- printf "%s:6379" (include "warm-images.redis.name" .) }}
 {{- end }}
 
+{{/* A bundled Redis URL for user and password (call with (dict "ctx" $ "user" … "password" …)):
+rediss:// with the CA to verify the server when redis.tls is on. */}}
+{{- define "warm-images.redis.url" -}}
+{{- if include "warm-images.tls" .ctx.Values.redis }}
+{{- printf "rediss://%s:%s@%s/0?ssl_cert_reqs=required&ssl_ca_certs=%s/ca.crt" .user .password (include "warm-images.redis.host" .ctx) (include "warm-images.redis.caDir" .ctx) }}
+{{- else }}
+{{- printf "redis://%s:%s@%s/0" .user .password (include "warm-images.redis.host" .ctx) }}
+{{- end }}
+{{- end }}
+
 {{/*
-WARM_BROKER_URL, never as plain text when it carries a password: from the chart's Redis Secret
-(which holds the whole URL), or, with an existing Redis Secret that only holds the password,
-assembled by the kubelet from WARM_REDIS_PASSWORD (dependent environment variable).
+WARM_BROKER_URL of one role, never as plain text when it carries a password: from the chart's
+Redis Secret (which holds each role's whole URL), or, with an existing Redis Secret that only
+holds the passwords, assembled by the kubelet from WARM_REDIS_PASSWORD (dependent environment
+variable). Call with (dict "ctx" $ "role" "worker").
 */}}
 {{- define "warm-images.broker.env" -}}
-{{- if .Values.redis.enabled }}
-{{- if not .Values.redis.auth.enabled }}
+{{- $ctx := .ctx }}
+{{- $user := include "warm-images.roleUser" .role }}
+{{- if $ctx.Values.redis.enabled }}
+{{- if not $ctx.Values.redis.auth.enabled }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://%s/0" (include "warm-images.redis.host" .) | quote }}
-{{- else if .Values.redis.auth.existingSecret }}
+  value: {{ include "warm-images.redis.url" (dict "ctx" $ctx "user" "" "password" "") | replace "://:@" "://" | quote }}
+{{- else if $ctx.Values.redis.auth.existingSecret }}
 - name: WARM_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.redis.auth.existingSecret }}
-      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+      name: {{ $ctx.Values.redis.auth.existingSecret }}
+      key: {{ printf "%s-password" .role }}
 - name: WARM_BROKER_URL
-  value: {{ printf "redis://:$(WARM_REDIS_PASSWORD)@%s/0" (include "warm-images.redis.host" .) | quote }}
+  value: {{ include "warm-images.redis.url" (dict "ctx" $ctx "user" $user "password" "$(WARM_REDIS_PASSWORD)") | quote }}
 {{- else }}
 - name: WARM_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "warm-images.redis.name" . }}
-      key: broker-url
+      name: {{ include "warm-images.redis.name" $ctx }}
+      key: {{ printf "%s-broker-url" .role }}
 {{- end }}
-{{- else if or .Values.externalBroker.url .Values.externalBroker.existingSecret }}
+{{- else if or $ctx.Values.externalBroker.url $ctx.Values.externalBroker.existingSecret }}
 - name: WARM_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.externalBroker.existingSecret | default (include "warm-images.componentName" (dict "ctx" . "component" "broker")) }}
-      key: {{ ternary .Values.externalBroker.existingSecretKey "broker-url" (ne .Values.externalBroker.existingSecret "") }}
+      name: {{ $ctx.Values.externalBroker.existingSecret | default (include "warm-images.componentName" (dict "ctx" $ctx "component" "broker")) }}
+      key: {{ ternary $ctx.Values.externalBroker.existingSecretKey "broker-url" (ne $ctx.Values.externalBroker.existingSecret "") }}
 {{- else }}
 {{- fail "redis.enabled is false: set externalBroker.url or externalBroker.existingSecret" }}
 {{- end }}
 {{- end }}
 
+{{/*
+The rights of the application users on the bundled Redis (ACL rules after the user's password).
+Every role moves Celery messages: lists, hashes, sorted sets, pub/sub on any key; none may run
+what could wipe or reconfigure the broker or scan it (@dangerous: FLUSHALL, FLUSHDB, CONFIG,
+KEYS, SHUTDOWN, DEBUG, MONITOR, …). The default user, held by the Redis pod alone for its probes,
+keeps every right.
+*/}}
+{{- define "warm-images.redis.aclRules" -}}
+~* &* +@all -@dangerous
+{{- end }}
+
 {{/* ---------------------------------------------------------------- app containers */}}
 
-{{/* Environment shared by every container running the application image. */}}
+{{/*
+Environment shared by every container running the application image, with the credentials of
+its role; call with (dict "ctx" $ "role" "worker").
+*/}}
 {{- define "warm-images.app.env" -}}
 {{- $namespace := dict "name" "WARM_POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace")) }}
 {{- $parts := list (list $namespace | toYaml) (include "warm-images.broker.env" . | trim) (include "warm-images.nats.env" . | trim) }}
@@ -294,15 +416,24 @@ envFrom:
   mountPath: /tmp
 {{- end }}
 
-{{/* Volumes of every pod running the application image: /tmp, and the NATS CA when set. */}}
+{{/* Volumes of every pod running the application image: /tmp, and the CAs of NATS and Redis
+when they speak TLS. */}}
 {{- define "warm-images.app.volumes" -}}
 {{ include "warm-images.tmp.volume" . }}
 {{- if include "warm-images.nats.ca" . }}
 - name: nats-ca
   secret:
-    secretName: {{ .Values.externalNats.tls.caSecret }}
+    secretName: {{ ternary .Values.nats.tls.secretName .Values.externalNats.tls.caSecret .Values.nats.enabled }}
     items:
-      - key: {{ .Values.externalNats.tls.caSecretKey }}
+      - key: {{ ternary "ca.crt" .Values.externalNats.tls.caSecretKey .Values.nats.enabled }}
+        path: ca.crt
+{{- end }}
+{{- if include "warm-images.tls" .Values.redis }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.tls.secretName }}
+    items:
+      - key: ca.crt
         path: ca.crt
 {{- end }}
 {{- end }}
@@ -314,11 +445,20 @@ envFrom:
   mountPath: {{ include "warm-images.nats.caDir" . }}
   readOnly: true
 {{- end }}
+{{- if include "warm-images.tls" .Values.redis }}
+- name: redis-ca
+  mountPath: {{ include "warm-images.redis.caDir" . }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
-{{/* Roll the pods when the shared configuration changes. */}}
+{{/*
+Roll the pods when the shared configuration or the chart's credentials change: a client keeping
+an old password after the server took a new one would be locked out.
+*/}}
 {{- define "warm-images.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/credentials: {{ print (include (print .Template.BasePath "/nats/secret.yaml") .) (include (print .Template.BasePath "/redis/secret.yaml") .) | sha256sum }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------- runtime */}}
@@ -352,6 +492,12 @@ type: {{ $type }}
 socket: {{ .Values.worker.runtime.socketPath | default (get $sockets $type) }}
 api: {{ ternary "docker" "cri" (eq $type "docker") }}
 imageFs: {{ .Values.worker.diskBudget.imageFsPath | default (get $imageFs $type) }}
+imageFsProbe: {{ .Values.worker.diskBudget.probePath | default (printf "%s/warm-images-fs-probe" (.Values.worker.diskBudget.imageFsPath | default (get $imageFs $type) | trimSuffix "/")) }}
+{{- end }}
+
+{{/* Where the worker sees the empty probe directory of the image filesystem. */}}
+{{- define "warm-images.imageFsProbeMount" -}}
+/var/lib/warm-images/image-fs
 {{- end }}
 
 {{/*
@@ -361,6 +507,14 @@ again, so a pull (or a retry's delay) longer than it would run twice. An externa
 through an existing Secret is not known here and is not checked.
 */}}
 {{- define "warm-images.validate" -}}
+{{- if not .Values.networkPolicy.enabled }}
+{{- range $server := list "nats" "redis" }}
+{{- $values := get $.Values $server }}
+{{- if and $values.enabled (not $values.auth.enabled) }}
+{{- fail (printf "%s.auth.enabled=false needs networkPolicy.enabled=true: without either, every pod in the cluster could use the bundled %s" $server (ternary "NATS" "Redis" (eq $server "nats"))) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $redis := or .Values.redis.enabled (hasPrefix "redis" .Values.externalBroker.url) }}
 {{- $longest := maxf .Values.worker.pull.timeout .Values.worker.pull.retryBackoffMax }}
 {{- if and $redis (le (.Values.config.brokerVisibilityTimeout | float64) $longest) }}

@@ -21,12 +21,12 @@ import pytest
 import redis
 from celery import Celery
 
-from beat.lease import Lease, LeaseBus
+from beat.lease import Lease
 from localcluster import free_port, product
 from localcluster.harness import wait_for
 from localcluster.product import ProductProcess
 from localcluster.services import NatsServer, RedisServer
-from tasks.bus import NatsBus
+from tasks.bus import BusUnavailable, NatsBus
 from tasks.names import REWARM_NODE
 from tasks.rewarm import dispatch_rewarm
 from tasks.routing import queue_for_node
@@ -114,7 +114,7 @@ def test_the_lease_has_one_holder_and_passes_on_release_and_on_expiry(
     private_nats: NatsServer,
 ) -> None:
     settings = NatsSettings(url=private_nats.url)
-    with LeaseBus(settings, ttl=2) as bus_a, LeaseBus(settings, ttl=2) as bus_b:
+    with NatsBus(settings) as bus_a, NatsBus(settings) as bus_b:
         first, second = Lease(bus_a, ttl=2, holder="a"), Lease(bus_b, ttl=2, holder="b")
         assert first.hold() and not second.hold()
         assert first.hold()  # renewing is not taking twice
@@ -127,6 +127,30 @@ def test_the_lease_has_one_holder_and_passes_on_release_and_on_expiry(
         wait_for(first.hold, 15, "the lease to expire")
         assert time.monotonic() - taken >= 1.9  # not before the TTL (2 s) since b's write
         assert not second.hold()
+
+
+def test_the_lease_survives_nats_losing_its_storage_and_still_expires(
+    private_nats: NatsServer,
+) -> None:
+    settings = NatsSettings(url=private_nats.url)
+    with NatsBus(settings) as bus_a, NatsBus(settings) as bus_b:
+        first, second = Lease(bus_a, ttl=2, holder="a"), Lease(bus_b, ttl=2, holder="b")
+        assert first.hold()
+        private_nats.restart_empty()
+
+        def holds_again() -> bool:
+            try:
+                return first.hold()
+            except BusUnavailable:
+                return False
+
+        time.sleep(2 / 3)  # until then "a" renews nothing: it cannot see the loss before
+        wait_for(holds_again, 20, "the holder to take the lease in the new bucket")
+        assert not second.hold()
+        # The new bucket has the lease's TTL too: "a" stops renewing and "b" takes over.
+        taken = time.monotonic()
+        wait_for(second.hold, 15, "the lease to expire in the new bucket")
+        assert time.monotonic() - taken >= 1.5
 
 
 def start_beat(name: str, env: dict[str, str], logdir: Path) -> ProductProcess:

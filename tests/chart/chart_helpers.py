@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "chart"
 HELM = REPO / ".tools" / "bin" / "helm"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
+# Given passwords for every render without a cluster, as a GitOps user gives them.
+CI_PASSWORDS = Path(__file__).resolve().parent / "ci-passwords.yaml"
 RELEASE = "warm"
 NAMESPACE = "warm-images"
 PREFIX = f"{RELEASE}-warm-images"
@@ -42,8 +44,19 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`helm template` of the chart as release RELEASE in NAMESPACE, extra args appended."""
-    return run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    """`helm template` of the chart as release RELEASE in NAMESPACE with the CI passwords,
+    extra args appended."""
+    return run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(CI_PASSWORDS),
+        *args,
+    )
 
 
 @dataclass
@@ -87,7 +100,7 @@ class Rendered:
         return specs[0]
 
     def container(self, component: str) -> Doc:
-        containers = self.pod_spec(component)["containers"]
+        containers: list[Doc] = self.pod_spec(component)["containers"]
         assert len(containers) == 1
         return containers[0]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from chart_helpers import (
     CHART,
+    CI_PASSWORDS,
     NAMESPACE,
     PREFIX,
     RELEASE,
@@ -37,7 +38,8 @@ STANDARD_LABELS = (
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict(helm: Path, value_set: str) -> None:
-    result = run_helm(helm, "lint", "--strict", str(CHART), *values_args(value_set))
+    lint = ["lint", "--strict", str(CHART), "-f", str(CI_PASSWORDS), *values_args(value_set)]
+    result = run_helm(helm, *lint)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -216,8 +218,12 @@ def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
     assert {"-js", "-sd", "/data"} <= set(nats["args"])
     config = default.get("Secret", "nats-config")["stringData"]["nats.conf"]
     assert "jetstream {" in config
-    assert "user: $WARM_NATS_USER" in config
-    assert "password: $WARM_NATS_PASSWORD" in config
+    # One user per part, its password from the server's environment (the credentials Secret).
+    for role in ("watcher", "worker", "beat", "client"):
+        assert f'user: "warm-{role}"' in config
+        assert f"password: $NATS_{role.upper()}_PASSWORD" in config
+        password = env_of(nats)[f"NATS_{role.upper()}_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": f"{PREFIX}-nats", "key": f"{role}-password"}
     # Authentication off: no authorization block and no credentials anywhere.
     minimal = rendered["minimal"]
     assert "authorization" not in minimal.get("Secret", "nats-config")["stringData"]["nats.conf"]
@@ -229,6 +235,11 @@ def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     assert redis["image"] == "redis:7-alpine"
     script = redis["command"][-1]
     assert 'requirepass "${REDIS_PASSWORD}"' in script
+    for role in ("watcher", "worker", "beat", "client"):
+        assert (
+            f"user warm-{role} on >${{REDIS_{role.upper()}_PASSWORD}} ~* &* +@all -@dangerous"
+            in script
+        )
     assert "appendonly no" in script
     full_script = rendered["full"].container("redis")["command"][-1]
     assert "appendonly yes" in full_script
@@ -301,6 +312,7 @@ def test_external_nats_with_token_and_private_ca(rendered: dict[str, Rendered]) 
 
 def test_external_nats_token_from_an_existing_secret(helm: Path) -> None:
     base = ["--set", "nats.enabled=false", "--set", "externalNats.url=nats://n:4222"]
+    base += ["--set", "networkPolicy.enabled=false"]
     existing = ["--set", "externalNats.existingSecret=nats-creds"]
     result = template(helm, *base, *existing, "--set", "externalNats.existingSecretTokenKey=tok")
     assert result.returncode == 0, result.stderr
@@ -421,14 +433,95 @@ def test_priority_class(rendered: dict[str, Rendered]) -> None:
 
 
 def test_network_policies(rendered: dict[str, Rendered]) -> None:
-    assert not rendered["default"].of_kind("NetworkPolicy")
-    full = rendered["full"]
+    """On by default, one per part, each closing both directions to what the part uses."""
+    default = rendered["default"]
     release = {"app.kubernetes.io/name": "warm-images", "app.kubernetes.io/instance": RELEASE}
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+        for p in default.of_kind("NetworkPolicy")
+    }
+    parts = {"watcher", "worker", "beat", "flower", "test", "nats", "redis"}
+    assert set(policies) == parts
+    for part, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress", "Egress"], part
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == part
     for name, port in (("nats", 4222), ("redis", 6379)):
-        (rule,) = full.get("NetworkPolicy", name)["spec"]["ingress"]
+        (rule,) = policies[name]["ingress"]
         assert rule["from"] == [{"podSelector": {"matchLabels": release}}]
         assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
-    assert "ingress" not in full.get("NetworkPolicy", "beat")["spec"]
+        assert policies[name]["egress"] == []  # the servers reach nothing
+    assert policies["beat"]["ingress"] == [] and policies["test"]["ingress"] == []
+
+    def reached(part: str) -> set[object]:
+        found: set[object] = set()
+        for rule in policies[part]["egress"]:
+            ports = {(p["port"], p["protocol"]) for p in rule["ports"]}
+            targets = [
+                t["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                for t in rule.get("to", [])
+            ]
+            found |= set(targets) or ports
+        return found
+
+    clients = {"nats", "redis", (53, "UDP"), (53, "TCP")}
+    api = {(443, "TCP"), (6443, "TCP")}
+    assert reached("watcher") == clients | api
+    assert reached("worker") == clients  # reads no Secret by default: no API server
+    assert reached("beat") == reached("flower") == reached("test") == clients
+    with_credentials = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+        for p in rendered["credentials"].of_kind("NetworkPolicy")
+    }
+    egress = with_credentials["worker"]["egress"]
+    assert {(p["port"], p["protocol"]) for r in egress for p in r["ports"]} >= api
+    # The given Flower peers, and an external server reached through extraEgress.
+    (flower,) = rendered["full"].get("NetworkPolicy", "flower")["spec"]["ingress"]
+    assert flower["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+    external = rendered["external"].get("NetworkPolicy", "worker")["spec"]["egress"]
+    assert external[-1]["ports"] == [
+        {"port": 4222, "protocol": "TCP"},
+        {"port": 6379, "protocol": "TCP"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "nats.enabled=false", "--set", "externalNats.url=nats://n:4222"],
+            "networkPolicy.extraEgress",
+        ),
+        (
+            ["--set", "networkPolicy.enabled=false", "--set", "redis.auth.enabled=false"],
+            "redis.auth.enabled=false needs networkPolicy.enabled=true",
+        ),
+        (
+            ["--set", "networkPolicy.enabled=false", "--set", "nats.auth.enabled=false"],
+            "nats.auth.enabled=false needs networkPolicy.enabled=true",
+        ),
+        (["--set", "flower.ingress.enabled=true"], "flower.ingress has no tls"),
+    ],
+)
+def test_unsafe_combinations_are_refused(helm: Path, args: list[str], message: str) -> None:
+    result = template(helm, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_insecure_ingress_only_when_asked(helm: Path) -> None:
+    args = ["--set", "flower.ingress.enabled=true", "--set", "flower.ingress.allowInsecure=true"]
+    result = template(helm, *args)
+    assert result.returncode == 0, result.stderr
+    assert "tls" not in Rendered.parse("insecure", result.stdout).get("Ingress", "flower")["spec"]
+
+
+def test_flower_is_read_only_for_a_viewer(rendered: dict[str, Rendered]) -> None:
+    env = env_of(rendered["default"].container("flower"))
+    assert env["FLOWER_READ_ONLY"]["value"] == "true"
+    auth = secret_data(rendered["default"].get("Secret", "flower"))["basic-auth"]
+    assert auth.startswith("warm-viewer:")
 
 
 @pytest.mark.parametrize(
@@ -455,6 +548,8 @@ def test_notes(helm: Path, args: list[str], expected: list[str]) -> None:
         "--dry-run=client",
         "--namespace",
         NAMESPACE,
+        "-f",
+        str(CI_PASSWORDS),
         *[str(CHART.parent / a) if a.endswith(".yaml") else a for a in args],
     )
     assert result.returncode == 0, result.stderr

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from chart_helpers import (
+    CHART,
     NAMESPACE,
     PREFIX,
+    RELEASE,
     VALUE_SETS,
     Doc,
     Rendered,
     env_of,
     load_values,
+    run_helm,
     secret_data,
+    template,
 )
 
 WORKLOAD_RULES = [
@@ -28,6 +33,8 @@ WORKLOAD_RULES = [
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
+# The parts with users of their own on the bundled NATS and Redis.
+ROLES = ("watcher", "worker", "beat", "client")
 # Components running the application image with the non-root defaults.
 NON_ROOT_APP = ("watcher", "beat", "flower", "test")
 SOCKETS = {
@@ -245,20 +252,33 @@ def test_runtime_socket_mount(rendered: dict[str, Rendered], value_set: str) -> 
 
 
 @pytest.mark.parametrize("value_set", sorted(IMAGE_FILESYSTEMS))
-def test_image_filesystem_mount(rendered: dict[str, Rendered], value_set: str) -> None:
-    """The disk budget's statvfs needs the runtime's image directory at the path the runtime
-    reports: mounted there read-only, checked to be an existing directory."""
-    path = IMAGE_FILESYSTEMS[value_set]
+def test_image_filesystem_probe_mount(rendered: dict[str, Rendered], value_set: str) -> None:
+    """The disk budget's statvfs reads an empty directory under the runtime's root, made by the
+    kubelet, mounted read-only where WARM_IMAGE_FS_PATH says."""
+    probe = f"{IMAGE_FILESYSTEMS[value_set]}/warm-images-fs-probe"
     spec = rendered[value_set].pod_spec("worker")
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["image-fs"]["hostPath"] == {"path": path, "type": "Directory"}
-    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
-    assert mounts["image-fs"] == {
-        "name": "image-fs",
-        "mountPath": path,
-        "readOnly": True,
-        "mountPropagation": "HostToContainer",
-    }
+    assert volumes["image-fs"]["hostPath"] == {"path": probe, "type": "DirectoryOrCreate"}
+    container = spec["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    target = env_of(container)["WARM_IMAGE_FS_PATH"]["value"]
+    assert mounts["image-fs"] == {"name": "image-fs", "mountPath": target, "readOnly": True}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_no_runtime_root_is_mounted(rendered: dict[str, Rendered], value_set: str) -> None:
+    """Neither the runtime's root nor any directory above it reaches the worker: a file-read
+    bug there must not expose every container's layers or Docker's config.v2.json files."""
+    roots = set(IMAGE_FILESYSTEMS.values()) | {"/var/lib/containerd", "/var/lib/docker"}
+    for _, spec in rendered[value_set].pod_specs():
+        for volume in spec.get("volumes", []):
+            path = volume.get("hostPath", {}).get("path")
+            if path is None:
+                continue
+            for root in roots:
+                assert not root.startswith(path.rstrip("/") + "/") and path != root, (
+                    f"{value_set}: {volume['name']} mounts {path}, which holds {root}"
+                )
 
 
 def test_image_filesystem_not_mounted_when_disabled(rendered: dict[str, Rendered]) -> None:
@@ -324,7 +344,9 @@ def credentials_of(result: Rendered, value_set: str) -> set[str]:
     }
     values = load_values(value_set)
     for section in ("nats", "redis", "flower"):
-        found.add(values.get(section, {}).get("auth", {}).get("password", ""))
+        auth = values.get(section, {}).get("auth", {})
+        found.add(auth.get("password", ""))
+        found.update(auth.get("passwords", {}).values())
     found.add(values.get("externalNats", {}).get("password", ""))
     found.add(values.get("externalNats", {}).get("token", ""))
     found.add(values.get("externalBroker", {}).get("url", ""))
@@ -345,9 +367,12 @@ def test_credentials_only_in_secrets(rendered: dict[str, Rendered], value_set: s
 def test_given_passwords_reach_their_secrets(rendered: dict[str, Rendered]) -> None:
     """The leak test is meaningful: the passwords of the value set are in the Secrets."""
     result = rendered["credentials"]
-    assert secret_data(result.get("Secret", "nats"))["nats-password"] == "natsValuesPassw0rd"
+    assert secret_data(result.get("Secret", "nats"))["worker-password"] == "natsWorkerPassw0rd"
     redis = secret_data(result.get("Secret", "redis"))
-    assert redis["broker-url"] == f"redis://:redisValuesPassw0rd@{PREFIX}-redis:6379/0"
+    assert redis["redis-password"] == "redisValuesPassw0rd"
+    assert redis["worker-broker-url"] == (
+        f"redis://warm-worker:redisWorkerPassw0rd@{PREFIX}-redis:6379/0"
+    )
     flower = secret_data(result.get("Secret", "flower"))
     assert flower["basic-auth"] == "ops:flowerValuesPassw0rd"
 
@@ -357,7 +382,10 @@ def test_credential_env_comes_from_secrets(rendered: dict[str, Rendered], value_
     for component, spec in rendered[value_set].pod_specs():
         for container in spec["containers"]:
             for name, entry in env_of(container).items():
-                if CREDENTIAL_ENV.search(name):
+                if name == "WARM_NATS_USER" and "value" in entry:
+                    # The bundled NATS's user names are the parts' names, not secrets.
+                    assert entry["value"] in {f"warm-{role}" for role in ROLES}, component
+                elif CREDENTIAL_ENV.search(name):
                     assert "secretKeyRef" in entry.get("valueFrom", {}), f"{component}: {name}"
                 elif name == "WARM_BROKER_URL" and "value" in entry:
                     # Plain only without a password, or assembled by the kubelet from a Secret.
@@ -371,25 +399,92 @@ def test_existing_secrets_are_referenced(rendered: dict[str, Rendered]) -> None:
     env = env_of(result.container("watcher"))
     assert env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-nats-creds",
-        "key": "nats-password",
+        "key": "watcher-password",
     }
     assert env["WARM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-redis-creds",
-        "key": "password",
+        "key": "watcher-password",
     }
     assert env["WARM_BROKER_URL"]["value"] == (
-        f"redis://:$(WARM_REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
+        f"redis://warm-watcher:$(WARM_REDIS_PASSWORD)@{PREFIX}-redis:6379/0"
     )
+    # The Redis pod alone holds the default user's password, under the key given.
+    redis = env_of(result.container("redis"))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert redis == {"name": "warm-redis-creds", "key": "password"}
     flower = env_of(result.container("flower"))["FLOWER_BASIC_AUTH"]
     assert flower["valueFrom"]["secretKeyRef"] == {"name": "warm-flower-creds", "key": "auth"}
 
 
 def test_generated_passwords_are_strong(rendered: dict[str, Rendered]) -> None:
     default = rendered["default"]
-    for name, key in (
-        ("nats", "nats-password"),
-        ("redis", "redis-password"),
-        ("flower", "password"),
-    ):
+    keys = [("nats", f"{role}-password") for role in ROLES]
+    keys += [("redis", f"{role}-password") for role in ROLES]
+    for name, key in [*keys, ("redis", "redis-password"), ("flower", "password")]:
         password = secret_data(default.get("Secret", name))[key]
         assert re.fullmatch(r"[A-Za-z0-9]{32}", password), name
+
+
+# ------------------------------------------------------------------ passwords under GitOps
+
+
+def secrets_of(text: str) -> dict[str, dict[str, str]]:
+    result = Rendered.parse("render", text)
+    return {s["metadata"]["name"]: secret_data(s) for s in result.of_kind("Secret")}
+
+
+def test_helm_template_gives_the_same_secrets_every_time(helm: Path) -> None:
+    """With the passwords given (as a GitOps repository gives them), two renders agree, and the
+    pods' checksum of the credentials with them, so nothing rolls or drifts between syncs."""
+    first, second = (template(helm) for _ in range(2))
+    assert first.returncode == 0, first.stderr
+    assert secrets_of(first.stdout) == secrets_of(second.stdout)
+    assert first.stdout == second.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "nats.auth.passwords.watcher is empty"),
+        (["--set", "nats.auth.existingSecret=nats-creds"], "redis.auth.password is empty"),
+        (
+            ["--set", "nats.auth.existingSecret=n", "--set", "redis.auth.existingSecret=r"],
+            "flower.auth.password is empty",
+        ),
+    ],
+)
+def test_helm_template_without_passwords_fails_clearly(
+    helm: Path, args: list[str], message: str
+) -> None:
+    """Without a cluster to read generated passwords back from, no password is made up."""
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Passwords and GitOps" in result.stderr
+
+
+def test_existing_secrets_need_no_passwords(helm: Path) -> None:
+    existing = ["nats", "redis", "flower"]
+    args = [arg for name in existing for arg in ("--set", f"{name}.auth.existingSecret={name}-c")]
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_changed_password_rolls_its_clients(helm: Path) -> None:
+    """Pods read passwords at start: a new one must restart the server and every client."""
+
+    def checksums(*args: str) -> dict[str, str]:
+        result = Rendered.parse("render", template(helm, *args).stdout)
+        return {
+            owner["metadata"]["labels"]["app.kubernetes.io/component"]: annotations.get(
+                "checksum/credentials", ""
+            )
+            for owner in result.docs
+            if owner["kind"] in ("Deployment", "DaemonSet")
+            for annotations in [owner["spec"]["template"]["metadata"]["annotations"]]
+        }
+
+    before = checksums()
+    after = checksums("--set", "redis.auth.passwords.worker=aNewOne")
+    assert set(before) >= {"watcher", "worker", "beat", "flower", "redis"}
+    for component in ("watcher", "worker", "beat", "flower", "redis"):
+        assert before[component] != after[component], component

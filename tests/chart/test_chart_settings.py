@@ -187,6 +187,8 @@ def test_pod_namespace_for_the_lease(rendered: dict[str, Rendered]) -> None:
                 "redis.enabled=false",
                 "--set",
                 "externalBroker.url=amqp://rabbit:5672//",
+                "--set",
+                "networkPolicy.enabled=false",
             ],
             False,  # RabbitMQ has no visibility timeout
         ),

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from tasks.models import NodeSlice
+from tasks.models import ClassSlice
 from tasks.settings import ExplicitImage, WatchSettings
 from watcher.catalog import CatalogState
-from watcher.dispatch import slice_payload
 from watcher.reflector import Changed, Listed
 from watcher.slices import SliceIndex
 from watcher.targeting import node_facts
@@ -180,11 +179,11 @@ def test_slices_per_node_class() -> None:
     assert "n2" in affected
     assert images("n2") == ["docker.io/library/pause:3.9"]
     assert index.target_nodes("docker.io/library/arm:1") == 2
-    # The slice as the dispatcher writes it is the contract's NodeSlice, byte for byte.
+    # The slice as the dispatcher writes it is the contract's ClassSlice, byte for byte.
     mask = index.members("n0")
-    payload = slice_payload("n0", index.slice_json(mask))
-    assert payload == NodeSlice("n0", index.slice_images(mask)).to_json()
-    assert NodeSlice.from_json(payload).images[0].image == "docker.io/library/arm:1"
+    payload = index.slice_json(mask)
+    assert payload == ClassSlice(index.slice_images(mask)).to_json()
+    assert ClassSlice.from_json(payload).images[0].image == "docker.io/library/arm:1"
 
 
 def test_a_freed_image_bit_is_not_reused_in_the_same_update() -> None:

@@ -315,3 +315,23 @@ def test_opt_in_mode_counts_only_annotated_workloads(start_watcher: Start) -> No
     create(cluster.api, workload("Deployment", "plain", ref(f"plain-{tag}")))
     wait_for(lambda: ref(f"in-{tag}") in cluster.entries(), what="the annotated workload")
     assert ref(f"plain-{tag}") not in cluster.entries()
+
+
+def test_nodes_of_one_class_share_one_slice_and_a_slice_nobody_names_is_deleted(
+    start_watcher: Start,
+) -> None:
+    tag = uid()
+    names = [f"n-{tag}-{i}" for i in range(3)]
+    cluster = start_watcher(nodes=[node(name) for name in names])
+    first, second = ref(f"first-{tag}"), ref(f"second-{tag}")
+    create(cluster.api, workload("Deployment", f"first-{tag}", first))
+    wait_for(lambda: all(cluster.slice_images(n) == {first} for n in names), what="the slices")
+    (shared,) = {cluster.catalog.get_pointer(name)[0].slice for name in names}
+    assert shared in cluster.catalog.class_slices()
+
+    create(cluster.api, workload("Deployment", f"second-{tag}", second))
+    wait_for(lambda: all(cluster.slice_images(n) == {first, second} for n in names), what="growth")
+    (grown,) = {cluster.catalog.get_pointer(name)[0].slice for name in names}
+    assert grown != shared
+    wait_for(lambda: shared not in cluster.catalog.class_slices(), what="the old slice deleted")
+    assert grown in cluster.catalog.class_slices()

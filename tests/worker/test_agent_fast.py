@@ -47,14 +47,19 @@ def test_a_pull_is_published_and_recorded(
     agent: NodeAgent, runtime: FakeRuntime, bus: NatsBus, events: Events
 ) -> None:
     runtime.registry.push(APP)
+    runtime.registry.fail(APP, FailureKind.TRANSIENT, "connection reset")
+    agent.pull(APP)
+    assert StatusStore(bus).get(agent.node).images[APP].outcome == Outcome.RETRYING
 
     result = agent.pull(APP)
 
     assert result.outcome is Outcome.PULLED
     assert result.image_id == runtime.list_images()[0].id
-    events.wait_for(lambda: bool(events.of(APP)), 5, "the pull event")
-    assert events.of(APP)[0].outcome is Outcome.PULLED
-    assert StatusStore(bus).get(agent.node).images[APP].outcome == Outcome.PULLED
+    events.wait_for(lambda: len(events.of(APP)) == 2, 5, "the pull events")
+    assert events.of(APP)[-1].outcome is Outcome.PULLED
+    status = StatusStore(bus).get(agent.node)  # a warm image is counted, no longer named
+    assert APP not in status.images
+    assert status.warm_count == 1
 
 
 def test_a_rewarm_lists_once_and_pulls_only_what_is_missing(
@@ -75,7 +80,7 @@ def test_a_rewarm_lists_once_and_pulls_only_what_is_missing(
     assert runtime.calls["list_images"] == 1
     assert runtime.calls["image_status"] == 2  # the size of each pulled image, nothing else
     status = StatusStore(bus).get(agent.node)
-    assert (status.warm, status.missing) == (sorted(images), [])
+    assert (status.warm_count, status.expected_count, status.images) == (3, 3, {})
 
 
 def test_a_permanent_failure_is_tried_once_until_asked_again(
@@ -91,7 +96,8 @@ def test_a_permanent_failure_is_tried_once_until_asked_again(
     assert "not retried until its catalog entry changes" in periodic.failed[APP]
     assert "manifest unknown" in asked.failed[APP]
     assert runtime.pulls == [APP, APP]  # the periodic re-warm cost no registry request
-    assert StatusStore(bus).get(agent.node).failed == {APP: asked.failed[APP]}
+    recorded = StatusStore(bus).get(agent.node).images[APP]
+    assert (recorded.outcome, recorded.reason) == (Outcome.FAILED, asked.failed[APP])
 
 
 def test_a_transient_failure_is_left_to_retry(agent: NodeAgent, runtime: FakeRuntime) -> None:

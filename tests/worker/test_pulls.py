@@ -20,6 +20,7 @@ from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import NodeSlice, Outcome, SliceImage
+from tasks.names import STATUS_BUCKET
 from tasks.status import StatusStore
 from worker import metrics
 from worker.agent import NodeAgent
@@ -58,7 +59,10 @@ def test_rewarm_lists_once_and_pulls_only_what_the_slice_lacks(
     assert (report.present, report.pulled) == (1, 1)
     assert runtime.pulls == [lacking.ref]
     assert {held.ref, lacking.ref} <= node.image_refs()
-    assert StatusStore(bus).get(node_name).missing == []
+    assert StatusStore(bus).get(node_name).images == {}  # nothing of the slice is missing
+    written = bus.kv_revision(STATUS_BUCKET)
+    assert agent.rewarm(0, []).present == 2
+    assert bus.kv_revision(STATUS_BUCKET) == written  # a re-warm that changes nothing writes
 
 
 def test_a_moved_tag_is_pulled_again(

@@ -38,8 +38,13 @@ class CriRuntime:
 
     name = "cri"
 
-    def __init__(self, endpoint: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: str, *, connect_timeout: float = 10.0, image_fs_path: str | None = None
+    ) -> None:
         self.endpoint = endpoint if "://" in endpoint else f"unix://{endpoint}"
+        # A directory on the image filesystem (WARM_IMAGE_FS_PATH), measured instead of the
+        # mountpoint ImageFsInfo names, which would need the runtime's root mounted here.
+        self._image_fs_path = image_fs_path
         self._channel = grpc.insecure_channel(self.endpoint)
         self._images = rpc.ImageServiceStub(self._channel)
         self._runtime = rpc.RuntimeServiceStub(self._channel)
@@ -89,6 +94,8 @@ class CriRuntime:
         answer = self._query(self._images.ImageFsInfo, pb.ImageFsInfoRequest())
         used = sum(fs.used_bytes.value for fs in answer.image_filesystems)
         mounts = [fs.fs_id.mountpoint for fs in answer.image_filesystems if fs.fs_id.mountpoint]
+        if self._image_fs_path:
+            mounts = [self._image_fs_path]
         capacity, available = _disk(mounts)
         return FilesystemUsage(used, capacity, available)
 

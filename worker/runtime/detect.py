@@ -27,13 +27,13 @@ SOCKETS = (
 def open_runtime(settings: RuntimeSettings) -> ImageRuntime:
     """The driver for this node's runtime, checked to answer; :class:`RuntimeUnavailable` if not."""
     if settings.endpoint:
-        return _open(kind_of(settings.kind, settings.endpoint), settings.endpoint)
+        return _open(kind_of(settings.kind, settings.endpoint), settings.endpoint, settings)
     tried = []
     for kind, path in SOCKETS:
         if settings.kind not in ("auto", kind) or not Path(path).exists():
             continue
         try:
-            return _open(kind, f"unix://{path}")
+            return _open(kind, f"unix://{path}", settings)
         except RuntimeUnavailable as error:
             tried.append(str(error))
     found = "; ".join(tried) or "no socket exists"
@@ -49,8 +49,13 @@ def kind_of(kind: str, endpoint: str) -> str:
     return "docker" if "docker" in Path(endpoint.split("://")[-1]).name else "cri"
 
 
-def _open(kind: str, endpoint: str) -> ImageRuntime:
-    runtime: ImageRuntime = DockerRuntime(endpoint) if kind == "docker" else CriRuntime(endpoint)
+def _open(kind: str, endpoint: str, settings: RuntimeSettings) -> ImageRuntime:
+    probe = settings.image_fs_path
+    runtime: ImageRuntime = (
+        DockerRuntime(endpoint, image_fs_path=probe)
+        if kind == "docker"
+        else CriRuntime(endpoint, image_fs_path=probe)
+    )
     try:
         runtime.version()  # fail at start-up, not at the first pull
     except RuntimeUnavailable:

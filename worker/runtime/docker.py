@@ -45,7 +45,7 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, image_fs_path: str | None = None) -> None:
         self.endpoint = endpoint if "://" in endpoint else f"unix://{endpoint}"
         try:
             # "auto" asks dockerd its API version: an older engine refuses a newer client's.
@@ -54,7 +54,9 @@ class DockerRuntime:
             )
         except docker.errors.DockerException as error:
             raise RuntimeUnavailable(f"Docker at {self.endpoint}: {error}") from None
-        self._root: str | None = None
+        # Measured for the disk budget: a directory on dockerd's filesystem (WARM_IMAGE_FS_PATH),
+        # else DockerRootDir, asked once.
+        self._root: str | None = image_fs_path
 
     def version(self, timeout: float | None = None) -> str:
         def ask() -> Any:
