@@ -75,10 +75,14 @@ def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) ->
     if settings.node.remote_control:
         argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
     else:
-        # Two broker connections (the queue and its acknowledgements) instead of six; Flower
-        # and `celery inspect` no longer see this worker.
+        # The default at fleet scale: task events on, which are all Flower's task list needs
+        # (it lists the worker from them too); no remote control (a broadcast queue and its
+        # reply connections) and no heartbeats, which only `celery inspect` and Flower's worker
+        # pages need. Retries publish on a connection opened and closed for them (pool limit
+        # 0) instead of one kept per thread: four connections at most, six to eight otherwise.
         app.conf.worker_enable_remote_control = False
-        argv.append("--without-heartbeat")
+        app.conf.broker_pool_limit = 0
+        argv += ["--without-heartbeat", "--task-events"]
     return argv + extra
 
 
