@@ -14,7 +14,12 @@ own it lacks what a watcher depends on; this module adds that on top of kmock 0.
 * equality-based labelSelector and metadata.name/metadata.namespace/spec.nodeName fieldSelector;
 * PUT (replace_*, e.g. kubernetes.leaderelection's LeaseLock) with 409 on a stale
   resourceVersion; kmock 0.8 has no PUT;
-* Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope.
+* Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope;
+* a request log in Kubernetes verbs (requests()), so a test can prove what a component did
+  *not* ask for, e.g. that no worker read a Secret a task message named.
+
+Every other kind, Secrets included, is served by kmock as is: get, list, watch, create, update,
+patch and delete, in namespaces.
 
 It is a double, not a cluster: no controllers run, so a Deployment creates no Pods and there is
 no admission or defaulting. The server runs in its own thread with its own event loop, so the
@@ -35,6 +40,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -401,6 +407,42 @@ def _gone(rv: str, compacted_rv: int) -> Event:
     }
 
 
+# --- the request log ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One request the double served, as RBAC would see it."""
+
+    verb: str  # get, list, watch, create, update, patch, delete, or the HTTP method
+    resource: str | None  # plural, e.g. "secrets"
+    namespace: str | None
+    name: str | None
+    user_agent: str = ""  # which client asked: the double has no users, clients can differ here
+
+
+_VERBS = {
+    kmock.action.FETCH: "get",
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.CREATE: "create",
+    kmock.action.DELETE: "delete",
+}
+
+
+def _api_request(request: rendering.Request) -> ApiRequest:
+    verb = _VERBS.get(request.action) if request.action is not None else None
+    if request.action == kmock.action.UPDATE:  # a PUT became UPDATE in _replace
+        verb = "patch" if request.method == kmock.method.PATCH else "update"
+    return ApiRequest(
+        verb or str(request.method.value).lower(),
+        request.resource.plural if request.resource is not None else None,
+        request.namespace,
+        request.name,
+        request.headers.get("User-Agent", ""),
+    )
+
+
 # --- the server thread ----------------------------------------------------------------------
 
 
@@ -484,6 +526,12 @@ class FakeKubeAPI(Service):
     def served(self) -> dict[str, int]:
         """What the double has done to its clients so far (see RVEmulator.served)."""
         return self.call(lambda emulator: dict(emulator.served))
+
+    def requests(self, resource: str | None = None) -> list[ApiRequest]:
+        """The requests served so far (the last 1,000 or more), oldest first; only those on
+        ``resource`` (a plural, e.g. "secrets") when given."""
+        served = self.call(lambda emulator: [_api_request(r) for r in emulator])
+        return [r for r in served if resource is None or r.resource == resource]
 
     def write_kubeconfig(self, path: Path) -> Path:
         """Write a kubeconfig pointing at this API, for load_kube_config() or KUBECONFIG."""

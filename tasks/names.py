@@ -6,8 +6,10 @@ node worker's code; these constants are the whole coupling between them.
 
 from __future__ import annotations
 
+import hashlib
+
 # Celery tasks, executed by the node worker (worker/) on its own queue.
-PULL_IMAGE = "warm.pull_image"  # (node, image, pull_secrets, digest) -> one image on one node
+PULL_IMAGE = "warm.pull_image"  # (node, image, digest) -> one image on one node
 REWARM_NODE = "warm.rewarm_node"  # (node, revision) -> diff the node's catalog slice, pull gaps
 # The beat entry for the periodic re-warm. The scheduler fans it out itself (one rewarm_node per
 # node), so no worker ever consumes a message by this name.
@@ -31,3 +33,16 @@ def pull_events_subject(node: str) -> str:
 
 def rewarm_events_subject(node: str) -> str:
     return f"{REWARM_EVENTS}.{node}"
+
+
+# Pull secrets: the watcher copies each Secret that workloads name in imagePullSecrets into the
+# release namespace under a name of its own; catalogs and slices name only those copies, and
+# the worker reads nothing else (its RBAC reaches only the release namespace).
+PULL_SECRET_MIRROR_PREFIX = "warm-pull-"
+
+
+def mirrored_secret_name(source: str) -> str:
+    """The name of the watcher's copy of pull secret ``source`` ("namespace/name"): the same
+    for the same source on every replica and after restarts, and 50 characters (<= 63)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:40]
+    return f"{PULL_SECRET_MIRROR_PREFIX}{digest}"

@@ -97,6 +97,9 @@ class WatchSettings:
     # An image no workload uses any more stays this long (a rollout replaces its users).
     catalog_grace_period: float = 600.0
     resync_interval: float = 3600.0  # seconds between full re-lists of every watched kind
+    # Seconds between two reads of every referenced pull secret, so a mirrored copy follows
+    # its source (a rotated password) within this time.
+    pull_secret_sync_interval: float = 60.0
     stale_after: float = 600.0  # a watch silent this long makes /healthz fail
 
 
@@ -146,6 +149,8 @@ class Settings:
     rewarm: RewarmSettings = field(default_factory=RewarmSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
+    # The release namespace (WARM_POD_NAMESPACE): the Lease and the mirrored pull secrets.
+    release_namespace: str = "default"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -237,6 +242,7 @@ def _read(source: _Source) -> Settings:
                 "WARM_CATALOG_GRACE_PERIOD", 600.0, float, minimum=0
             ),
             resync_interval=source.number("WARM_RESYNC_INTERVAL", 3600.0, float),
+            pull_secret_sync_interval=source.number("WARM_PULL_SECRET_SYNC_INTERVAL", 60.0, float),
             stale_after=source.number("WARM_WATCH_STALE_AFTER", 600.0, float),
         ),
         rewarm=RewarmSettings(
@@ -256,6 +262,7 @@ def _read(source: _Source) -> Settings:
             health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
             metrics_port=source.number("WARM_METRICS_PORT", 9808, int, minimum=0),
         ),
+        release_namespace=source.text("WARM_POD_NAMESPACE", "default"),
     )
 
 

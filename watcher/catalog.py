@@ -9,6 +9,10 @@ Per image the state counts its users' placement rules and pull secrets, so a cha
 same whether one pod or 100,000 use the image. An image whose last user leaves lingers for the
 grace period with its last placement, so a rollout (old ReplicaSet gone, new one coming) or a
 CronJob's Job coming and going does not drop it from nodes and pull it again.
+
+Pull secrets are counted by their source names ("namespace/name"), which only the watcher
+sees; what it publishes names the copies it mirrors into the release namespace instead
+(:meth:`CatalogState.catalog_secrets`), the only Secrets a node may read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TypeVar
 
 from tasks.images import InvalidImageReference, normalize_image
 from tasks.models import InvalidImage
+from tasks.names import mirrored_secret_name
 from tasks.settings import WatchSettings
 
 from .reflector import Changed, Event, Listed
@@ -85,9 +90,18 @@ class ImageUse:
 
 class CatalogState:
     def __init__(
-        self, settings: WatchSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: WatchSettings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        mirror_namespace: str | None = None,
+        has_copy: Callable[[str], bool] = lambda source: True,
     ) -> None:
+        """``mirror_namespace``: where pull secrets are mirrored (None publishes none);
+        ``has_copy`` tells whether a source has its copy there now."""
         self._grace = settings.catalog_grace_period
+        self._mirror_namespace = mirror_namespace
+        self._has_copy = has_copy
         self._clock = clock
         self._selector: tuple[Requirement, ...] | None = (
             parse_label_selector(settings.namespace_selector)
@@ -114,6 +128,32 @@ class CatalogState:
         self._expire()
         changes, self._changes = self._changes, Changes()
         return changes
+
+    def catalog_secrets(self, image: str) -> tuple[str, ...]:
+        """The pull secrets a catalog entry or slice names for ``image``: the copies that exist."""
+        namespace = self._mirror_namespace
+        if namespace is None:
+            return ()
+        sources = self.images[image].pull_secrets()
+        names = (mirrored_secret_name(source) for source in sources if self._has_copy(source))
+        return tuple(sorted(f"{namespace}/{name}" for name in names))
+
+    def images_using(self, sources: set[str]) -> set[str]:
+        """Images some of whose pull secrets are among ``sources``."""
+        if not sources:
+            return set()
+        return {image for image, use in self.images.items() if sources.intersection(use.secrets)}
+
+    def referenced_secrets(self) -> set[str]:
+        """Source pull secrets of the workloads in use now (lingering images keep none)."""
+        if self._mirror_namespace is None:
+            return set()
+        return {
+            source
+            for use in self.images.values()
+            if use.orphaned_at is None
+            for source in use.secrets
+        }
 
     # --- events -----------------------------------------------------------------------------
 

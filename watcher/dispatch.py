@@ -190,7 +190,7 @@ class Dispatcher:
         return CatalogEntry(
             image=image,
             workloads=tuple(users[:ENTRY_WORKLOADS]),
-            pull_secrets=use.pull_secrets(),
+            pull_secrets=self._state.catalog_secrets(image),
             target_nodes=self._index.target_nodes(image),
             target=tuple(sorted(rule.describe() for rule in use.targets())),
             workload_count=len(users),
@@ -211,9 +211,8 @@ class Dispatcher:
                     metrics.TASKS_SENT.labels(REWARM_NODE).inc()
                     sent += 1
                     continue
-                for image in images:
-                    secrets = list(self._state.images[image].pull_secrets())
-                    kwargs = {"node": node, "image": image, "pull_secrets": secrets}
+                for image in images:  # the node reads the pull secrets from its slice
+                    kwargs = {"node": node, "image": image}
                     self._app.send_task(PULL_IMAGE, kwargs=kwargs, queue=queue, producer=producer)
                     metrics.TASKS_SENT.labels(PULL_IMAGE).inc()
                     sent += 1

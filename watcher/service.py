@@ -2,8 +2,9 @@
 
 Reflector threads only parse and summarize; this loop alone owns the catalog, so it needs no
 locks. It waits for every reflector's first list before the first flush, so a restart does not
-publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches, and
-a replica that becomes leader starts with a full sync. A periodic resync lists everything
+publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
+mirrors pull secrets, see :mod:`watcher.mirror`), and a replica that becomes leader starts
+with a full sync. A periodic resync lists everything
 again (catching anything a watch could have missed) and rewrites the KV catalog.
 """
 
@@ -29,6 +30,7 @@ from .catalog import CatalogState, Changes
 from .catalog_guard import CatalogGuard
 from .dispatch import Dispatcher, Sync
 from .leader import LeaderElector
+from .mirror import SecretMirror
 from .queue_depth import QueueDepthSampler
 from .reflector import Event, Reflector
 from .sources import reflectors
@@ -50,7 +52,16 @@ class Watcher:
         identity: str | None = None,
     ) -> None:
         self._settings = settings
-        self.state = CatalogState(settings.watch)
+        self.mirror = None  # WARM_PULL_SECRETS=false: no mirror, no secret names published
+        if settings.runtime.pull_secrets:
+            self.mirror = SecretMirror(
+                api, settings.release_namespace, settings.watch.pull_secret_sync_interval
+            )
+        self.state = CatalogState(
+            settings.watch,
+            mirror_namespace=self.mirror.namespace if self.mirror else None,
+            has_copy=self.mirror.has_copy if self.mirror else lambda source: False,
+        )
         self.dispatcher = Dispatcher(app, bus, self.state)
         self.catalog_guard = CatalogGuard(bus)
         self._events: queue.Queue[Event] = queue.Queue()
@@ -148,7 +159,13 @@ class Watcher:
                 self.dispatcher.owe(Sync.FULL)
             if not was_leading:
                 self.dispatcher.owe(Sync.FULL)
+                if self.mirror is not None:
+                    self.mirror.resync()
                 was_leading = True
+            if self.mirror is not None and (owed or self.mirror.due):
+                # Before the flush: a copy exists before any task or slice names it.
+                changed = self.mirror.sync(self.state.referenced_secrets())
+                owed.retargeted_images |= self.state.images_using(changed)
             if not owed and not self.dispatcher.owes:
                 continue
             if last_failure and now - last_failure < RETRY_FLUSH:

@@ -120,7 +120,7 @@ class SliceIndex:
     def _slice_image(self, image: str) -> SliceImage:
         found = self._slice_images.get(image)
         if found is None:
-            secrets = self._state.images[image].pull_secrets()
+            secrets = self._state.catalog_secrets(image)
             found = self._slice_images[image] = SliceImage(image, secrets)
         return found
 

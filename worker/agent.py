@@ -72,7 +72,9 @@ class NodeAgent:
         self.bus = bus
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
-        self.credentials = credentials or CredentialSource(settings.runtime)
+        self.credentials = credentials or CredentialSource(
+            settings.runtime, settings.release_namespace
+        )
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
@@ -82,10 +84,16 @@ class NodeAgent:
         self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
         self._failed_lock = threading.Lock()
 
-    def pull(self, reference: str, *, attempt: int = 1) -> PullResult:
+    def pull(self, reference: str, *, digest: str | None = None, attempt: int = 1) -> PullResult:
         """Make one image present and report the result (a pull task); never raises for a bad
-        image. Its pull secrets and digest are read from this node's catalog slice."""
-        entry, result = self._attempt(reference, attempt, self._slice_entry)
+        image. Its pull secrets (and its digest, unless given) are read from this node's
+        catalog slice, never from a task message: only the watcher names Secrets a node reads."""
+
+        def entry_of(image: ImageRef) -> SliceImage:
+            entry = self._slice_entry(image)
+            return replace(entry, digest=digest or entry.digest)
+
+        entry, result = self._attempt(reference, attempt, entry_of)
         return self._done(entry, result, Trigger.TASK)
 
     def pull_entry(self, entry: SliceImage, *, attempt: int = 1) -> PullResult:

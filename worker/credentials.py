@@ -1,9 +1,12 @@
 """Registry credentials for one pull: read when the pull starts, dropped when it ends.
 
-Messages and the catalog name pull secrets ("namespace/name") and never carry their content, so
-a broker or NATS dump leaks nothing. The worker reads the named secrets from the Kubernetes API
-at pull time (a rotated password works at the next pull; RBAC needs only ``get`` on secrets),
-and falls back to the node's own credentials file (kubelet's config.json) when configured.
+The catalog names pull secrets ("namespace/name") and never carries their content, so a NATS
+dump leaks nothing. The names are those of the watcher's copies in the release namespace
+(``warm-pull-…``, see watcher/mirror.py); the worker reads them from the Kubernetes API at pull
+time (a rotated password works at the next pull) and refuses, without asking the API, any other
+name: its RBAC is ``get`` on Secrets of the release namespace only, and this keeps it from
+reading even the release's own Secrets should a bad catalog entry name one. It falls back to
+the node's own credentials file (kubelet's config.json) when configured.
 
 Matching follows kubelet: a docker config maps registry keys ("host[:port][/path]", optionally
 with a scheme, a ``*`` glob in the host) to credentials; a key matches an image when its host
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.images import DEFAULT_REGISTRY, ImageRef
+from tasks.names import PULL_SECRET_MIRROR_PREFIX
 from tasks.settings import RuntimeSettings
 
 from .runtime import Credentials
@@ -57,11 +61,17 @@ class _Key:
 class CredentialSource:
     """Finds the credentials for an image among its pull secrets and the node's file."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, namespace: str) -> None:
+        """``namespace``: the release namespace, the only one whose Secrets are read."""
         self._use_secrets = settings.pull_secrets
+        self._namespace = namespace
         self._kubelet_file = settings.kubelet_credentials_file
         self._api: Any = None
         self._lock = threading.Lock()
+        if self._use_secrets:
+            # Importing the kubernetes client takes seconds on a busy node: do it now, not
+            # in the first private pull (which waits on the lock if it comes first).
+            threading.Thread(target=self._core_api, name="kube-connect", daemon=True).start()
 
     def for_image(self, image: ImageRef, secrets: Sequence[str]) -> list[Credentials]:
         """Credentials to try for ``image``, in order; empty to pull anonymously."""
@@ -73,8 +83,16 @@ class CredentialSource:
 
     def _read_secret(self, name: str) -> dict[str, Any]:
         namespace, _, secret_name = name.partition("/")
+        if namespace != self._namespace or not secret_name.startswith(PULL_SECRET_MIRROR_PREFIX):
+            log.warning(
+                "pull secret %s ignored: only %s/%s* copies are read",
+                name,
+                self._namespace,
+                PULL_SECRET_MIRROR_PREFIX,
+            )
+            return {}
         api = self._core_api()
-        if api is None or not secret_name:
+        if api is None:
             return {}
         try:
             secret = api.read_namespaced_secret(

@@ -1,5 +1,10 @@
 """The node worker's Celery tasks, registered on the shared app under the names in tasks.names.
 
+A task message never chooses the Secrets a node reads: anyone who can publish on the broker
+(every node holds its password; Flower can send tasks) could otherwise make every worker read
+any Secret it names. Pull secrets come from the node's catalog slice, which only the watcher
+writes; a message that names some is logged and the names ignored.
+
 Transient failures go back to Celery with exponential backoff and full jitter, up to a limit;
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
@@ -18,7 +23,7 @@ from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
-from tasks.models import Outcome, PullResult, SliceImage, Trigger
+from tasks.models import Outcome, PullResult, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
@@ -42,12 +47,10 @@ def pull_image(
     if node != agent.node:
         log.error("pull of %s for node %s reached node %s: dropped", image, node, agent.node)
         return "misrouted"
+    if pull_secrets:  # only the catalog, written by the watcher, names Secrets a node reads
+        log.warning("pull of %s: secret names in the task message ignored: %s", image, pull_secrets)
     attempt = self.request.retries + 1
-    if pull_secrets is None and digest is None:  # as retries send it: read the catalog
-        result = agent.pull(image, attempt=attempt)
-    else:
-        entry = SliceImage(image, tuple(pull_secrets or ()), digest)
-        result = agent.pull_entry(entry, attempt=attempt)
+    result = agent.pull(image, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
         _retry_or_give_up(self, agent, result)
     return result.outcome.value

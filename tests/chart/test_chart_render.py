@@ -156,6 +156,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_EXPLICIT_IMAGES": "[]",
         "WARM_CATALOG_GRACE_PERIOD": "600",
         "WARM_RESYNC_INTERVAL": "3600",
+        "WARM_PULL_SECRET_SYNC_INTERVAL": "60",
         "WARM_WATCH_STALE_AFTER": "600",
         "WARM_LEADER_ELECTION": "false",
         "WARM_LEASE_NAME": f"{PREFIX}-watcher",

@@ -102,21 +102,21 @@ def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     full = rendered["full"]
     assert rules_of(full, "ClusterRole", "watcher") == CLUSTER_RULES
     for namespace in ("team-a", "team-b"):
-        assert rules_of(full, "Role", "watcher", namespace) == WORKLOAD_RULES
-        assert rules_of(full, "Role", "worker", namespace) == [
+        assert rules_of(full, "Role", "watcher", namespace) == [
+            *WORKLOAD_RULES,
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
                 "resourceNames": ["regcred"],
                 "verbs": ["get"],
-            }
+            },
         ]
     assert full.find("ClusterRole", "worker") is None
 
 
 def test_worker_credentials_grant_get_secrets_only(rendered: dict[str, Rendered]) -> None:
     credentials = rendered["credentials"]
-    assert rules_of(credentials, "ClusterRole", "worker") == [
+    assert rules_of(credentials, "Role", "worker", NAMESPACE) == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
     ]
     assert credentials.pod_spec("worker")["automountServiceAccountToken"] is True
@@ -125,19 +125,24 @@ def test_worker_credentials_grant_get_secrets_only(rendered: dict[str, Rendered]
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
-    """No wildcard, no write beyond the Lease, Secrets only with credentials on."""
+    """No wildcard, no write beyond the Lease and the pull secrets' copies in the release
+    namespace, Secrets only with credentials on, and only `get` outside the release namespace."""
     result = rendered[value_set]
     values = load_values(value_set)
     credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
+    copies = f"{PREFIX}-watcher-pull-secrets"
     for role in result.of_kind("ClusterRole") + result.of_kind("Role"):
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], role["metadata"]["name"]
-            assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update"}
-            if {"create", "update"} & set(rule["verbs"]):
-                assert rule["resources"] == ["leases"]
+            writes = {"create", "update", "delete"} & set(rule["verbs"])
+            assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update", "delete"}
+            if writes and rule["resources"] != ["leases"]:
+                assert role["metadata"]["name"] == copies, role["metadata"]["name"]
+                assert role["metadata"]["namespace"] == NAMESPACE
             if "secrets" in rule["resources"]:
-                assert credentials and rule["verbs"] == ["get"]
+                assert credentials
+                assert rule["verbs"] == ["get"] or role["metadata"]["name"] == copies
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)

@@ -88,6 +88,7 @@ def test_chart_defaults_are_the_products(
         nats=replace(own.nats, url=f"nats://{PREFIX}-nats:4222"),
         runtime=replace(own.runtime, pull_secrets=False),
         leader=replace(own.leader, lease_name=f"{PREFIX}-watcher", namespace="warm-images"),
+        release_namespace="warm-images",
     )
     assert from_chart == expected
 
@@ -107,6 +108,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_EXPLICIT_IMAGES": data["WARM_EXPLICIT_IMAGES"],  # JSON, checked below
         "WARM_CATALOG_GRACE_PERIOD": "0",
         "WARM_RESYNC_INTERVAL": "900",
+        "WARM_PULL_SECRET_SYNC_INTERVAL": "30",
         "WARM_WATCH_STALE_AFTER": "300.5",
         "WARM_LEADER_ELECTION": "false",
         # 1e+06 if rendered with quote alone.

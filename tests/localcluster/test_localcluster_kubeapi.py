@@ -179,6 +179,44 @@ def test_namespaces_can_be_created_and_read(core: client.CoreV1Api) -> None:
     assert [ns.metadata.name for ns in core.list_namespace().items] == ["shop"]
 
 
+def test_secrets_are_served_in_namespaces_and_every_request_is_logged(
+    kube: FakeKubeAPI, core: client.CoreV1Api
+) -> None:
+    secret = {
+        "metadata": {"name": "regcred", "labels": {"team": "a"}},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30="},
+    }
+    created = core.create_namespaced_secret("shop", secret)
+    with pytest.raises(client.ApiException) as err:
+        core.create_namespaced_secret("shop", secret)
+    assert err.value.status == 409
+    events = watch.Watch().stream(
+        core.list_namespaced_secret,
+        "shop",
+        resource_version=created.metadata.resource_version,
+        timeout_seconds=5,
+    )
+    core.patch_namespaced_secret("regcred", "shop", {"metadata": {"annotations": {"a": "1"}}})
+    current = core.read_namespaced_secret("regcred", "shop")
+    current.data = {".dockerconfigjson": "e30K"}
+    core.replace_namespaced_secret("regcred", "shop", current)
+    listed = core.list_namespaced_secret("shop", label_selector="team=a").items
+    core.delete_namespaced_secret("regcred", "shop")
+
+    assert next(events)["object"].metadata.annotations == {"a": "1"}
+    assert [s.data for s in listed] == [{".dockerconfigjson": "e30K"}]
+    assert core.list_namespaced_secret("other").items == []
+    with pytest.raises(client.ApiException) as err:
+        core.read_namespaced_secret("regcred", "shop")
+    assert err.value.status == 404
+    verbs = sorted(r.verb for r in kube.requests("secrets"))  # the watch starts lazily
+    assert verbs == sorted(
+        ["create", "create", "watch", "patch", "get", "update", "list", "list", "delete", "get"]
+    )
+    assert ("get", "shop", "regcred") in [(r.verb, r.namespace, r.name) for r in kube.requests()]
+
+
 def test_kubeconfig_works_in_another_process(kube: FakeKubeAPI, tmp_path: Path) -> None:
     client.CoreV1Api(kube.api_client()).create_node(node("n1"))
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")

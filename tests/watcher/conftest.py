@@ -29,17 +29,24 @@ from watcher.service import Watcher
 def start_watcher(
     nats_server: NatsServer, redis_server: RedisServer
 ) -> Iterator[Callable[..., WatchedCluster]]:
-    """``start_watcher(nodes=[...], health_port=0, **watch_settings)``: a fresh API double
-    with those nodes, and a watcher on it."""
+    """``start_watcher(nodes=[...], health_port=0, release_namespace="default",
+    **watch_settings)``: a fresh API double with those nodes, and a watcher on it."""
     started: list[WatchedCluster] = []
     buses: list[NatsBus] = []
 
-    def start(nodes: list[Any] | None = None, health_port: int = 0, **watch: Any) -> WatchedCluster:
+    def start(
+        nodes: list[Any] | None = None,
+        health_port: int = 0,
+        release_namespace: str = "default",
+        **watch: Any,
+    ) -> WatchedCluster:
         kube = FakeKubeAPI(bookmark_interval=0.5).start()
         api = kube.api_client()
         for node in nodes or ():
             client.CoreV1Api(api).create_node(node)
-        settings = watcher_settings(nats_server, redis_server, health_port, **watch)
+        settings = watcher_settings(
+            nats_server, redis_server, health_port, release_namespace, **watch
+        )
         bus = NatsBus(settings.nats)
         buses.append(bus)
         app = Celery("watcher-tests")

@@ -77,7 +77,7 @@ def test_owned_objects_make_one_user_and_only_new_pairs_become_pulls(
     # A second user of the same image is no new (node, image) pair: no second pull.
     create(cluster.api, workload("StatefulSet", f"db-{tag}", image))
     wait_for(lambda: cluster.entries()[image].workload_count == 2, what="the second user")
-    assert cluster.tasks(name) == [(PULL_IMAGE, {"node": name, "image": image, "pull_secrets": []})]
+    assert cluster.tasks(name) == [(PULL_IMAGE, {"node": name, "image": image})]
 
 
 def test_namespace_and_annotation_filters_and_image_patterns(start_watcher: Start) -> None:

@@ -85,7 +85,11 @@ class WatchedCluster:
 
 
 def watcher_settings(
-    nats: NatsServer, broker: RedisServer, health_port: int = 0, **watch: Any
+    nats: NatsServer,
+    broker: RedisServer,
+    health_port: int = 0,
+    release_namespace: str = "default",
+    **watch: Any,
 ) -> Settings:
     base = load_settings(
         {
@@ -96,7 +100,12 @@ def watcher_settings(
         }
     )
     watch.setdefault("catalog_grace_period", 0.0)
-    return replace(base, nats=NatsSettings(url=nats.url), watch=replace(base.watch, **watch))
+    return replace(
+        base,
+        nats=NatsSettings(url=nats.url),
+        watch=replace(base.watch, **watch),
+        release_namespace=release_namespace,
+    )
 
 
 def node(name: str, labels: dict[str, str] | None = None, taints: list[Any] | None = None) -> Any:

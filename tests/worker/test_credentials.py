@@ -1,8 +1,10 @@
 """Private registries: credentials from a pull secret in the API, or from the node's file.
 
 A real registry with htpasswd auth refuses anonymous pulls; the worker reads the
-``kubernetes.io/dockerconfigjson`` secret named in the catalog from the Kubernetes API double at
-pull time and pulls through containerd with it. The password must never reach NATS.
+``kubernetes.io/dockerconfigjson`` secret named in the catalog (the watcher's copy in the release
+namespace) from the Kubernetes API double at pull time and pulls through containerd with it.
+The password must never reach NATS, and no name outside the catalog's copies is ever read: not
+one a task message carries, not one outside the release namespace.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from kubernetes import client
 from worker_testing import MakeAgent, payloads_of
 
 from localcluster import Containerd, FakeKubeAPI, Registry, push_image
-from localcluster.harness import Events
+from localcluster.harness import WARM_TIMEOUT, Events, start_worker
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.images import parse_image
 from tasks.models import NodeSlice, Outcome, SliceImage
-from tasks.names import STATUS_BUCKET
+from tasks.names import PULL_IMAGE, STATUS_BUCKET, mirrored_secret_name, pull_events_subject
 from worker.credentials import match
 
 USER, PASSWORD = "alice", f"s3cret-{uuid.uuid4().hex[:8]}"
@@ -54,17 +57,24 @@ def docker_config(host: str, user: str = USER, password: str = PASSWORD) -> dict
     return {"auths": {f"http://{host}": {"auth": auth}}}
 
 
-def create_pull_secret(kube: FakeKubeAPI, name: str, config: dict[str, object]) -> str:
+def create_pull_secret(
+    kube: FakeKubeAPI, name: str, config: dict[str, object], namespace: str = "default"
+) -> str:
+    """A registry Secret as the watcher mirrors it: its copy of source ``team/<name>``, in the
+    release namespace (the settings' default, "default"); returns the name the catalog uses."""
     data: dict[str, bytes | str] = {
         ".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()
     }
+    copy = mirrored_secret_name(f"team/{name}")
     secret = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name, namespace="default"),
+        metadata=client.V1ObjectMeta(name=copy, namespace=namespace),
         type="kubernetes.io/dockerconfigjson",
         data=data,
     )
-    client.CoreV1Api(kube.api_client()).create_namespaced_secret("default", secret)
-    return f"default/{name}"
+    api = kube.api_client()
+    api.user_agent = "the-test"
+    client.CoreV1Api(api).create_namespaced_secret(namespace, secret)
+    return f"{namespace}/{copy}"
 
 
 def test_a_private_image_is_pulled_with_the_secret_named_in_the_catalog(
@@ -119,9 +129,66 @@ def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     image = push_image(private_registry.host, "team/other", "v1", auth=(USER, PASSWORD))
     agent, _ = make_agent()
 
-    result = agent.pull_entry(SliceImage(image.ref, ("default/no-such-secret",)))
+    result = agent.pull_entry(SliceImage(image.ref, (f"default/{mirrored_secret_name('x/gone')}",)))
 
     assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
+
+
+def test_only_copies_in_the_release_namespace_are_read(
+    make_agent: MakeAgent, private_registry: Registry, kube: FakeKubeAPI, kubeconfig: Path
+) -> None:
+    image = push_image(private_registry.host, "team/elsewhere", "v1", auth=(USER, PASSWORD))
+    host = private_registry.host
+    elsewhere = create_pull_secret(kube, f"a-{uuid.uuid4().hex[:6]}", docker_config(host), "apps")
+    release_secret = f"default/release-secret-{uuid.uuid4().hex[:6]}"  # not a copy
+    agent, _ = make_agent()
+    before = len(kube.requests("secrets"))
+
+    result = agent.pull_entry(SliceImage(image.ref, (elsewhere, release_secret)))
+
+    assert result.outcome is Outcome.FAILED  # neither was read: an anonymous pull, refused
+    assert kube.requests("secrets")[before:] == []
+
+
+def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
+    private_registry: Registry,
+    kube: FakeKubeAPI,
+    kubeconfig: Path,
+    node: Containerd,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    bus: NatsBus,
+    workdir: Path,
+) -> None:
+    """A real worker process and a real Celery message, as Flower or anyone on the broker
+    could send it; the API double's request log shows which Secrets the worker asked for."""
+    host = private_registry.host
+    image = push_image(host, f"team/msg-{uuid.uuid4().hex[:6]}", "v1", auth=(USER, PASSWORD))
+    copy = create_pull_secret(kube, f"c-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
+    named = create_pull_secret(kube, f"n-{uuid.uuid4().hex[:6]}", docker_config(host), "other")
+    # Even a copy in the release namespace is not read because a message names it.
+    other_copy = create_pull_secret(kube, f"o-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
+    worker = start_worker(
+        node.endpoint,
+        redis_server,
+        nats_server,
+        workdir / "logs",
+        KUBECONFIG=str(kubeconfig),
+        WARM_POD_NAMESPACE="warm",
+    )
+    events = Events.follow(bus, pull_events_subject(worker.node))
+    before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
+    try:
+        CatalogStore(bus).put_slice(NodeSlice(worker.node, (SliceImage(image.ref, (copy,)),)))
+        worker.send(PULL_IMAGE, image=image.ref, pull_secrets=[named, other_copy])
+        events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")
+    finally:
+        worker.stop()
+
+    assert [e.outcome for e in events.of(image.ref)] == [Outcome.PULLED]  # the catalog's copy
+    read = kube.requests("secrets")[before:]
+    assert [(r.verb, r.namespace, r.name) for r in read] == [("get", *copy.split("/"))]
+    assert "secret names in the task message ignored" in worker.process.log_tail(20_000)
 
 
 def test_the_kubelet_credentials_file_is_the_fallback(
