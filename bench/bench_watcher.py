@@ -61,6 +61,9 @@ SMALL_POOL = 10  # nodes the latency workloads select
 TIMEOUT = 1800.0
 LATENCY_TIMEOUT = 60.0
 EVENTS = re.compile(r'^warm_watcher_events_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE)
+REWARMS = re.compile(
+    r'^warm_watcher_tasks_sent_total\{task="warm.rewarm_node"\} ([0-9.e+]+)$', re.M
+)
 MONITOR_LINE = re.compile(r"^\+(\d+\.\d+) ")
 
 
@@ -163,21 +166,31 @@ def _put(emulator: RVEmulator, resource: Any, objects: list[dict[str, Any]]) -> 
         emulator._objects[resource, obj["metadata"].get("namespace"), obj["metadata"]["name"]] = obj
 
 
-def watcher_events(port: int) -> dict[str, float]:
-    """The watcher's own warm_watcher_events counter, by kind, from its /metrics."""
+def watcher_metrics(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
+            return str(answer.read().decode())
     except OSError:
-        return {}
-    return {kind: float(value) for kind, value in EVENTS.findall(text)}
+        return ""
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+def watcher_events(port: int) -> dict[str, float]:
+    """The watcher's own warm_watcher_events counter, by kind, from its /metrics."""
+    return {kind: float(value) for kind, value in EVENTS.findall(watcher_metrics(port))}
+
+
+def rewarms_sent(port: int) -> float:
+    """Re-warm tasks the watcher sent: one per node that joined, once the first sync is out."""
+    return sum(float(value) for value in REWARMS.findall(watcher_metrics(port)))
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str] = str
+) -> float:
     started = time.monotonic()
     while not check():
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs()}")
         time.sleep(0.05)
     return time.time()
 
@@ -206,6 +219,9 @@ class PullTaskMonitor:
     def seen(self, image: str) -> float | None:
         with self._lock:
             return self.first.get(image)
+
+    def has(self, image: str) -> bool:
+        return self.seen(image) is not None
 
     def close(self) -> None:
         self._stop.set()
@@ -318,6 +334,13 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
             ),
             TIMEOUT,
             "the watcher's initial list",
+            watcher.log_tail,
+        )
+        dispatched = wait_until(
+            lambda: rewarms_sent(port) >= args.nodes,
+            TIMEOUT,
+            "a re-warm task for every node (the first sync dispatched)",
+            watcher.log_tail,
         )
         before = watcher_events(port).get("Pod", 0)
         burst_started = double.emit("", "pods", "MODIFIED", touched(pods, args.burst, "bench"))
@@ -325,6 +348,7 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
             lambda: watcher_events(port).get("Pod", 0) >= before + args.burst,
             TIMEOUT,
             f"{args.burst} pod updates",
+            watcher.log_tail,
         )
         latencies = []
         for k in range(-1, args.samples):  # the first (k = -1) is a warm-up, not measured
@@ -332,18 +356,19 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
             entered = double.emit(
                 "apps", "deployments", "ADDED", [latency_deployment(k + 1, image)]
             )
-            wait_until(lambda i=image: monitor.seen(i) is not None, LATENCY_TIMEOUT, image)  # type: ignore[misc]
+            wait_until(partial(monitor.has, image), LATENCY_TIMEOUT, image, watcher.log_tail)
             if k >= 0:
                 latencies.append((monitor.seen(image) or 0.0) - entered)
         assert watcher.pid is not None
         rss = peak_rss_mb(watcher.pid)
-    report(args, synced - launched, args.burst / (burst_done - burst_started), raw_rate,
-           latencies, rss)  # fmt: skip
+    report(args, synced - launched, dispatched - launched,
+           args.burst / (burst_done - burst_started), raw_rate, latencies, rss)  # fmt: skip
 
 
 def report(
     args: argparse.Namespace,
     sync_s: float,
+    dispatch_s: float,
     rate: float,
     raw_rate: float,
     latencies: list[float],

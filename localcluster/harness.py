@@ -7,12 +7,13 @@ tasks, and the pull results it publishes on NATS collected in arrival order.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from celery import Celery
 
@@ -68,9 +69,10 @@ class Worker:
             time.sleep(0.1)
         return self
 
-    def send(self, task: str, **kwargs: object) -> None:
+    def send(self, task: str, **kwargs: object) -> str:
+        """Send ``task`` to this node's queue; its task id."""
         kwargs["node"] = self.node
-        self.client.send_task(task, kwargs=kwargs, queue=queue_for_node(self.node))
+        return str(self.client.send_task(task, kwargs=kwargs, queue=queue_for_node(self.node)).id)
 
     def stop(self) -> None:
         self.process.stop()
@@ -143,3 +145,61 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}: CI must provide it", pytrace=False)
     pytest.skip(reason)
+
+
+class TaskEvents:
+    """Celery's own task events (what Flower reads) on ``broker_url``, collected as they come.
+
+    Started before the tasks it should see: on Redis, events are published to whoever listens
+    at that moment.
+    """
+
+    def __init__(self, broker_url: str) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._app = Celery("task-events", broker=broker_url)
+        self._app.conf.update(event_serializer="json", accept_content=["json"])
+        self._receiver: Any = None
+        self._thread = threading.Thread(target=self._capture, name="task-events", daemon=True)
+
+    def __enter__(self) -> TaskEvents:
+        self._thread.start()
+        # Until our own event comes back, the receiver may not be listening yet.
+        with self._app.events.default_dispatcher() as ping:
+            wait_for(lambda: self._pinged(ping), READY_TIMEOUT, "the event receiver")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=5)
+        self._app.close()
+
+    def of(self, task_id: str) -> list[dict[str, Any]]:
+        return [event for event in self.received if event.get("uuid") == task_id]
+
+    def first(self, task_id: str, kind: str, timeout: float = WARM_TIMEOUT) -> dict[str, Any]:
+        """The first ``task-<kind>`` event of ``task_id``, waiting for it if need be."""
+        wanted = f"task-{kind}"
+
+        def found() -> list[dict[str, Any]]:
+            return [event for event in self.of(task_id) if event["type"] == wanted]
+
+        wait_for(lambda: bool(found()), timeout, f"{wanted} of {task_id}", self._seen)
+        return found()[0]
+
+    def _seen(self) -> str:
+        return "\n".join(
+            f"{e['type']} {e.get('uuid')} {e.get('exception', '')}" for e in self.received
+        )
+
+    def _pinged(self, dispatcher: Any) -> bool:
+        dispatcher.send("ping-harness")
+        time.sleep(0.1)
+        return any(event["type"] == "ping-harness" for event in self.received)
+
+    def _capture(self) -> None:
+        with self._app.connection() as connection:
+            self._receiver = self._app.events.Receiver(
+                connection, handlers={"*": self.received.append}
+            )
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)

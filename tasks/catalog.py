@@ -44,6 +44,14 @@ class UnknownNode(LookupError):
     """A node the catalog does not know (never seen by the watcher, or gone)."""
 
 
+class UnknownImage(LookupError):
+    """Images the catalog does not hold (no workload uses them, or a typo)."""
+
+    def __init__(self, images: list[str]) -> None:
+        super().__init__(f"not in the catalog: {', '.join(images)}")
+        self.images = images
+
+
 class CatalogStore:
     def __init__(self, bus: NatsBus, bucket: str = CATALOG_BUCKET) -> None:
         self._bus = bus
@@ -104,6 +112,11 @@ class CatalogStore:
 
     def delete_entry(self, image: str) -> None:
         self._bus.kv_delete(self._bucket, image_key(image))
+
+    def get_entry(self, image: str) -> CatalogEntry | None:
+        """The entry of ``image`` (a normalized reference), or None when not in the catalog."""
+        found = self._bus.kv_get(self._bucket, image_key(image))
+        return CatalogEntry.from_json(found[0]) if found and found[0] else None
 
     def entries(self) -> list[CatalogEntry]:
         entries = []

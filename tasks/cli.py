@@ -3,8 +3,10 @@
 Registered as Celery CLI plugins (entry point group ``celery.commands`` in pyproject.toml), so
 they take ``-A``, the broker and the rest of Celery's global options like built-in commands.
 
-Tables are for people, ``--json`` is for scripts, and the exit code is for CI: ``rewarm
---wait`` fails when a pull failed or a node did not report in time.
+Tables are for people, ``--json`` is for scripts, and the exit code is for CI and ``helm test``:
+0 all is warm, 1 something is missing or failed (or a node did not report in time), 2 the broker
+or NATS could not be reached (or the command line is wrong). An unreachable service is one line
+naming the setting to check, within its connect timeout: never a traceback or a retry loop.
 """
 
 from __future__ import annotations
@@ -13,16 +15,20 @@ import dataclasses
 import json
 import queue
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import click
+from celery import Celery
 from celery.bin.base import CeleryCommand, CLIContext
+from kombu.exceptions import KombuError
 
 from .bus import BusUnavailable, NatsBus
-from .catalog import CatalogStore, UnknownNode
+from .catalog import CatalogStore, UnknownImage, UnknownNode
 from .images import InvalidImageReference
 from .models import CatalogEntry
 from .names import REWARM_EVENTS
@@ -35,60 +41,179 @@ Report = dict[str, Any]
 
 MAX_LISTED = 10  # missing images listed per node in the table; --json lists them all
 MAX_ROWS = 50  # nodes listed one by one by rewarm --wait; past it, totals and failures only
+EXIT_INCOMPLETE = 1
+EXIT_UNREACHABLE = 2
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+class Unreachable(click.ClickException):
+    """The broker or NATS did not answer; the message names the setting to check."""
+
+    exit_code = EXIT_UNREACHABLE
 
 
 @click.command(cls=CeleryCommand)
 @click.option("--node", "nodes", multiple=True, help="Re-warm only this node (repeatable).")
 @click.option("--image", "images", multiple=True, help="Re-warm only this image (repeatable).")
+@click.option(
+    "--force", is_flag=True, help="Warm an --image the catalog lacks anyway, once (not kept warm)."
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Retry images that failed for good, which periodic re-warms skip.",
+)
 @click.option("--wait", is_flag=True, help="Follow the nodes' reports, then summarize.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=POSITIVE, default=600.0, show_default=True, help="Seconds to wait.")
 @click.option(
     "--window",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Spread the sends over this many seconds (beat uses WARM_REWARM_WINDOW).",
+    type=POSITIVE,
+    default=None,
+    help="Spread the sends over this many seconds (default: all at once).",
 )
 @click.pass_context
 def rewarm(
     ctx: click.Context,
     nodes: Sequence[str],
     images: Sequence[str],
+    force: bool,
+    retry_failed: bool,
     wait: bool,
     timeout: float,
-    window: float,
+    window: float | None,
 ) -> None:
     """Re-warm now: one small task per node; each pulls only what it lacks.
 
-    With --wait, exits 1 when an image could not be pulled or a node did not report in time.
+    With --wait, exits 1 when an image could not be pulled or a node did not report in time;
+    exits 2 when the broker or NATS cannot be reached.
     """
+    if force and not images:
+        raise click.UsageError("--force goes with --image: it warms images the catalog lacks")
     cli: CLIContext = ctx.obj
+    _check_broker(cli.app)
     with _bus() as bus:
         reports: queue.Queue[Report] = queue.Queue()
         if wait:  # before sending, or a fast node's report is missed
             bus.subscribe(f"{REWARM_EVENTS}.>", lambda _s, data: reports.put(json.loads(data)))
-        try:
-            sent = dispatch_rewarm(cli.app, bus, nodes, images, window=window)
-        except (UnknownNode, InvalidImageReference, InvalidNodeName) as error:
-            raise click.UsageError(str(error)) from error
+        options = {"window": window or 0.0, "force": force, "retry_failed": retry_failed}
+        sent = _send(cli.app, bus, nodes, images, **options)
         revision = sent[0].revision if sent else 0
         click.echo(f"re-warm sent to {len(sent)} node(s) at catalog revision {revision}")
         if wait and sent:
             ok = _follow(sent, reports, timeout)
-            sys.exit(0 if ok else 1)
+            sys.exit(0 if ok else EXIT_INCOMPLETE)
 
 
 @click.command(cls=CeleryCommand, name="warm-status")
 @click.option("--node", "nodes", multiple=True, help="Only this node (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def warm_status(nodes: Sequence[str], as_json: bool) -> None:
-    """Per node: images warm / expected, missing, failed with the reason, last change."""
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Ask the nodes to re-check their runtimes now (nothing is pulled) and wait for them.",
+)
+@click.option(
+    "--timeout",
+    type=POSITIVE,
+    default=30.0,
+    show_default=True,
+    help="Seconds --refresh waits for the nodes' reports.",
+)
+@click.option(
+    "--require",
+    type=click.Choice(["warm", "reachable"]),
+    default="warm",
+    show_default=True,
+    help="What exit code 0 requires: every image warm, or only the broker and NATS answering "
+    "(the chart's helm test).",
+)
+@click.pass_context
+def warm_status(
+    ctx: click.Context,
+    nodes: Sequence[str],
+    as_json: bool,
+    refresh: bool,
+    timeout: float,
+    require: str,
+) -> None:
+    """Per node: images warm / expected, missing, failed with the reason, as of its last report.
+
+    Exit code: 0 every node holds every image, 1 something is missing or failed (or no node
+    has reported), 2 the broker or NATS cannot be reached.
+    """
+    cli: CLIContext = ctx.obj
+    _check_broker(cli.app)
     with _bus() as bus:
+        late = _refresh(cli.app, bus, nodes, timeout) if refresh else []
         statuses = _statuses(bus, nodes)
     if as_json:
         click.echo(json.dumps([status.summary() for status in statuses], indent=2))
     else:
         _print_status(statuses)
+    if late:
+        click.secho(
+            f"{len(late)} node(s) did not report within {timeout:g}s, shown as of their last "
+            f"report: {_nodes(late)}",
+            fg="red",
+            err=True,
+        )
+    warm = bool(statuses) and not late and not any(status.missing for status in statuses)
+    sys.exit(0 if warm or require == "reachable" else EXIT_INCOMPLETE)
+
+
+def _send(
+    app: Celery, bus: NatsBus, nodes: Sequence[str], images: Sequence[str], **options: Any
+) -> list[RewarmSent]:
+    """dispatch_rewarm, failing at once with one line when the broker fails mid-way."""
+    app.conf.task_publish_retry = False  # the broker answered a moment ago: no retry loop
+    try:
+        return dispatch_rewarm(app, bus, nodes, images, broker_patience=0, **options)
+    except (UnknownNode, InvalidImageReference, InvalidNodeName) as error:
+        raise click.UsageError(str(error)) from error
+    except UnknownImage as error:
+        raise click.ClickException(
+            f"{error}: `celery -A tasks catalog` lists the images in use; "
+            "--force warms it anyway, once"
+        ) from error
+    except (KombuError, OSError) as error:
+        raise Unreachable(f"broker failed: {error} (set WARM_BROKER_URL)") from error
+
+
+def _refresh(app: Celery, bus: NatsBus, nodes: Sequence[str], timeout: float) -> list[str]:
+    """Ask the nodes to check their runtimes (a re-warm that pulls nothing) and wait for their
+    reports; the nodes that did not report in time."""
+    reports: queue.Queue[Report] = queue.Queue()
+    bus.subscribe(f"{REWARM_EVENTS}.>", lambda _s, data: reports.put(json.loads(data)))
+    sent = _send(app, bus, nodes, (), check_only=True)
+    reported = {node for node, _ in _arrivals(sent, reports, timeout)}
+    return sorted({item.node for item in sent} - reported)
+
+
+def _check_broker(app: Celery) -> None:
+    """One connection to the broker, given its connect timeout (broker_connection_timeout)
+    and no more: a broker that accepts the connection but never answers counts as down too."""
+    timeout = float(app.conf.broker_connection_timeout or 4.0)
+    connection = app.connection_for_write()
+    where = connection.as_uri()  # the password masked
+    failures: list[Exception] = []
+
+    def connect() -> None:
+        try:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+        except Exception as error:  # whatever the transport raises, it is reported in one line
+            failures.append(error)
+        else:
+            connection.release()
+
+    attempt = threading.Thread(target=connect, name="broker-check", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    if attempt.is_alive():
+        raise Unreachable(
+            f"broker at {where} did not answer within {timeout:g}s (set WARM_BROKER_URL)"
+        )
+    if failures:
+        raise Unreachable(f"broker at {where} unreachable: {failures[0]} (set WARM_BROKER_URL)")
 
 
 @click.command(cls=CeleryCommand, name="catalog")
@@ -117,7 +242,7 @@ def _bus() -> Iterator[NatsBus]:
     try:
         yield bus
     except BusUnavailable as error:
-        raise click.ClickException(f"{error} (set WARM_NATS_URL)") from error
+        raise Unreachable(f"{error} (set WARM_NATS_URL)") from error
     finally:
         bus.close()
 
@@ -152,13 +277,38 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
 
 def _follow(sent: list[RewarmSent], reports: queue.Queue[Report], timeout: float) -> bool:
     """Print each node's report as it arrives, then a summary; True when all is warm."""
-    pending = {item.node: item.revision for item in sent}
     done: dict[str, Report] = {}
     live = sys.stdout.isatty()
+
+    def waiting(reported: int, elapsed: float) -> None:
+        if live:
+            _progress(reported, len(sent), elapsed)
+
+    for node, report in _arrivals(sent, reports, timeout, waiting):
+        done[node] = report
+        if len(sent) <= MAX_ROWS or report.get("failed"):  # thousands: the bar, failures
+            _clear_progress(live)
+            click.echo(f"[{len(done)}/{len(sent)}] {_report_line(node, report)}")
+    _clear_progress(live)
+    pending = sorted({item.node for item in sent} - set(done))
+    _print_summary(done, pending, timeout)
+    return not pending and not any(report.get("failed") for report in done.values())
+
+
+def _arrivals(
+    sent: list[RewarmSent],
+    reports: queue.Queue[Report],
+    timeout: float,
+    waiting: Callable[[int, float], None] = lambda _reported, _elapsed: None,
+) -> Iterator[tuple[str, Report]]:
+    """Each node's report for the re-warm it was sent, as it comes, until ``timeout``.
+
+    A report for an older revision answers an older re-warm, not this one.
+    """
+    pending = {item.node: item.revision for item in sent}
     started = time.monotonic()
     while pending and (left := started + timeout - time.monotonic()) > 0:
-        if live:
-            _progress(len(done), len(sent), time.monotonic() - started)
+        waiting(len(sent) - len(pending), time.monotonic() - started)
         try:
             report = reports.get(timeout=min(left, 0.5))
         except queue.Empty:
@@ -166,13 +316,7 @@ def _follow(sent: list[RewarmSent], reports: queue.Queue[Report], timeout: float
         node = report.get("node", "")
         if report.get("revision", 0) >= pending.get(node, sys.maxsize):
             del pending[node]
-            done[node] = report
-            if len(sent) <= MAX_ROWS or report.get("failed"):  # thousands: the bar, failures
-                _clear_progress(live)
-                click.echo(f"[{len(done)}/{len(sent)}] {_report_line(node, report)}")
-    _clear_progress(live)
-    _print_summary(done, sorted(pending), timeout)
-    return not pending and not any(report.get("failed") for report in done.values())
+            yield node, report
 
 
 def _progress(reported: int, total: int, elapsed: float) -> None:
@@ -255,17 +399,18 @@ def _nodes(nodes: list[str], shown: int = 3) -> str:
 
 
 def _print_status(statuses: list[NodeStatus]) -> None:
+    click.echo(_as_of(statuses))
     rows = [
         [
             status.node,
             f"{len(status.warm)}/{len(status.expected)}",
             str(len(status.missing)),
             str(len(status.failed)),
-            _ago(status.last_rewarm_at),
+            _ago(_reported_at(status)),
         ]
         for status in statuses
     ]
-    _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED"], rows)  # a no-op re-warm writes none
+    _table(["NODE", "WARM", "MISSING", "FAILED", "LAST REPORT"], rows)
     warm = sum(1 for status in statuses if not status.missing)
     click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
     if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text
@@ -279,6 +424,28 @@ def _print_status(statuses: list[NodeStatus]) -> None:
             click.echo(f"missing  {status.node}  {image}")
         if len(missing) > MAX_LISTED:
             click.echo(f"missing  {status.node}  ... and {len(missing) - MAX_LISTED} more (--json)")
+
+
+def _as_of(statuses: list[NodeStatus]) -> str:
+    """What the table shows is each node's last report, not the runtimes now: say when."""
+    times = sorted(at for at in map(_reported_at, statuses) if at)
+    if not times:
+        return "as of: no node has reported yet"
+    if len(statuses) == 1:
+        return f"as of {statuses[0].node}'s last report, {_when(times[0])}"
+    span = _when(times[0]) if times[0] == times[-1] else f"{_when(times[0])} to {_when(times[-1])}"
+    return f"as of each node's last report, {span} (--refresh asks the nodes now)"
+
+
+def _reported_at(status: NodeStatus) -> float | None:
+    """When the node last wrote its status: its last re-warm or a pull since."""
+    times = [status.last_rewarm_at or 0.0, *(image.at for image in status.images.values())]
+    return max(times) or None
+
+
+def _when(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{moment} ({_ago(timestamp)})"
 
 
 def _ago(timestamp: float | None) -> str:

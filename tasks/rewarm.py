@@ -25,7 +25,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 
 from .bus import NatsBus
-from .catalog import CatalogStore, UnknownNode
+from .catalog import CatalogStore, UnknownImage, UnknownNode
 from .images import normalize_image
 from .names import CATALOG_BUCKET, REWARM_NODE
 from .routing import queue_for_node
@@ -56,22 +56,37 @@ def dispatch_rewarm(
     expires: float | None = None,
     keep_going: Callable[[], bool] = lambda: True,
     broker_patience: float = BROKER_PATIENCE,
+    force: bool = False,
+    retry_failed: bool = False,
+    check_only: bool = False,
 ) -> list[RewarmSent]:
     """Send ``rewarm_node`` to ``nodes`` (default: every node in the catalog).
 
     ``images`` narrows each node's re-warm to those references. An unknown node raises
-    :class:`UnknownNode` before anything is sent, so a typo does not re-warm half a list.
+    :class:`UnknownNode`, and an image the catalog lacks :class:`UnknownImage` (unless
+    ``force``: then each node pulls it once), before anything is sent, so a typo does not
+    re-warm half a list. ``retry_failed`` retries permanent failures that periodic re-warms
+    skip; ``check_only`` pulls nothing, the nodes only record what their runtimes hold.
     ``keep_going`` is asked before each pause of a paced send; False stops the fan-out (beat
     uses it to renew its lease, and to stop if it lost it). ``expires`` (seconds) makes a node
     that was down drop a re-warm that a newer one has superseded, instead of running them all.
     ``broker_patience`` is how long a failing broker is waited out before its error is raised.
     """
     wanted = [normalize_image(image) for image in images]
-    targets = _targets(CatalogStore(bus), nodes)
+    catalog = CatalogStore(bus)
+    targets = _targets(catalog, nodes)
+    unlisted = [image for image in wanted if catalog.get_entry(image) is None]
+    if unlisted and not force:
+        raise UnknownImage(unlisted)
     revision = bus.kv_revision(CATALOG_BUCKET)
     kwargs: dict[str, object] = {"revision": revision}
-    if wanted:
-        kwargs["images"] = wanted
+    options: dict[str, object] = {
+        "images": wanted,
+        "unlisted": unlisted,
+        "retry_failed": retry_failed,
+        "check_only": check_only,
+    }
+    kwargs |= {name: value for name, value in options.items() if value}  # as small as can be
     send = _ChunkSender(app, kwargs, expires, broker_patience)
     sent: list[RewarmSent] = []
     due: list[str] = []

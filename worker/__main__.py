@@ -75,14 +75,15 @@ def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) ->
     if settings.node.remote_control:
         argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
     else:
-        # The default at fleet scale: task events on, which are all Flower's task list needs
-        # (it lists the worker from them too); no remote control (a broadcast queue and its
-        # reply connections) and no heartbeats, which only `celery inspect` and Flower's worker
-        # pages need. Retries publish on a connection opened and closed for them (pool limit
-        # 0) instead of one kept per thread: four connections at most, six to eight otherwise.
+        # The default at fleet scale: task events stay on (celeryconfig), which are all that
+        # Flower's task list needs (it lists the worker from them too); no remote control (a
+        # broadcast queue and its reply connections) and no heartbeats, which only `celery
+        # inspect` and Flower's worker pages need. Retries publish on a connection opened and
+        # closed for them (pool limit 0), not one kept per thread: at most four connections
+        # after a retry, against eight with remote control (bench_idle_workers).
         app.conf.worker_enable_remote_control = False
         app.conf.broker_pool_limit = 0
-        argv += ["--without-heartbeat", "--task-events"]
+        argv.append("--without-heartbeat")
     return argv + extra
 
 

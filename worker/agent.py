@@ -102,13 +102,23 @@ class NodeAgent:
         return self._done(normalized, result, Trigger.TASK)
 
     def rewarm(
-        self, revision: int, images: list[str], *, trigger: Trigger = Trigger.REWARM
+        self,
+        revision: int,
+        images: list[str],
+        *,
+        trigger: Trigger = Trigger.REWARM,
+        retry_failed: bool = False,
+        unlisted: list[str] | None = None,
+        check_only: bool = False,
     ) -> RewarmReport:
         """Diff this node's catalog slice against the runtime; pull only what is missing.
 
         ``images`` narrows the re-warm to those references and retries their permanent
-        failures too; a periodic re-warm (no ``images``) leaves those alone. The worker's own
-        reconcile (:mod:`worker.reconcile`) is this same diff, with its ``trigger``.
+        failures too; a periodic re-warm (no ``images``) leaves those alone unless
+        ``retry_failed``. ``unlisted`` images are not in the catalog and are pulled once anyway
+        (``rewarm --force``). ``check_only`` pulls nothing: it records what the runtime holds,
+        so the status reads as of now (``warm-status --refresh``). The worker's own reconcile
+        (:mod:`worker.reconcile`) is this same diff, with its ``trigger``.
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
@@ -117,15 +127,17 @@ class NodeAgent:
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in node_slice.images:  # all of it: the status answers the whole slice
+        listed = {item.image for item in node_slice.images}
+        extra = [SliceImage(image) for image in unlisted or () if image not in listed]
+        for entry in [*node_slice.images, *extra]:  # all: the status answers the whole slice
             found = _held_as(entry, held)
-            if found is not None:
+            if found is not None and entry.image in listed:
                 present.append(entry.image)
-            if images and entry.image not in images:
+            if images and entry.image in listed and entry.image not in images:
                 continue
-            reason = None if images else self._failed_before(entry)
+            reason = None if images or retry_failed else self._failed_before(entry)
             if found is not None:
-                if self._follows_tag(entry):
+                if self._follows_tag(entry) and not check_only:
                     stale.append((entry, found))
                 else:
                     report.present += 1
@@ -135,6 +147,8 @@ class NodeAgent:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
         self.status.record_rewarm(self.node, expected, current, present)
+        if check_only:  # the record now names what the runtime lacks: nothing more to do
+            missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:
             pulls = [pool.submit(self._pull_for_rewarm, entry, trigger) for entry in missing]
@@ -267,7 +281,10 @@ class NodeAgent:
             found = self._failed.get(entry.image)
         if found is None or found[0] != entry:
             return None
-        return f"not retried until its catalog entry changes: {found[1]}"
+        return (
+            "not retried until its catalog entry changes or "
+            f"`celery -A tasks rewarm --retry-failed`: {found[1]}"
+        )
 
     def _publish(self, subject: str, payload: bytes) -> None:
         try:

@@ -9,6 +9,12 @@ Transient failures go back to Celery with exponential backoff and full jitter, u
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
 
+Each task ends in the Celery state that says what happened (Flower shows it): a permanent
+failure raises :class:`PullFailedError` (FAILURE, never retried), a transient one retries with
+:class:`TransientPullError` as its reason (RETRY), and a re-warm that left images missing raises
+:class:`RewarmIncompleteError` (FAILURE) after its report is out. They are declared ``throws``:
+expected outcomes, logged in one line rather than with a traceback.
+
 A task reaches the node agent through its app (``self.app``), where the worker's agent step
 (:mod:`worker.steps`) put it, so the same task bodies serve any worker that has an agent.
 """
@@ -17,24 +23,25 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
+from tasks.errors import PullFailedError, RewarmIncompleteError, TransientPullError
 from tasks.models import Outcome, PullResult, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 
-from .agent import NodeAgent, agent_of
+from .agent import NodeAgent, RewarmReport, agent_of
 
 log = logging.getLogger(__name__)
 
 RETRY_FACTOR = 5  # seconds; doubled each retry, capped by WARM_PULL_RETRY_BACKOFF_MAX
 
 
-@app.task(name=PULL_IMAGE, bind=True, max_retries=None)
+@app.task(name=PULL_IMAGE, bind=True, max_retries=None, throws=(PullFailedError,))
 def pull_image(
     self: Task,
     node: str,
@@ -53,27 +60,52 @@ def pull_image(
     result = agent.pull(image, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
         _retry_or_give_up(self, agent, result)
+    if result.outcome is Outcome.FAILED:
+        raise PullFailedError(result.reason)
     return result.outcome.value
 
 
-@app.task(name=REWARM_NODE, bind=True, max_retries=None)
+@app.task(name=REWARM_NODE, bind=True, max_retries=None, throws=(RewarmIncompleteError,))
 def rewarm_node(
-    self: Task, node: str, revision: int = 0, images: list[str] | None = None, **_ignored: Any
+    self: Task,
+    node: str,
+    revision: int = 0,
+    images: list[str] | None = None,
+    *,
+    retry_failed: bool = False,
+    unlisted: list[str] | None = None,
+    check_only: bool = False,
+    **_ignored: Any,
 ) -> dict[str, int]:
+    """Options as in :meth:`NodeAgent.rewarm`; a check pulls nothing, so it never fails."""
     agent = agent_of(self.app)
     if node != agent.node:
         log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
         return {}
-    return rewarm(agent, revision, images or [], Trigger.REWARM)
+    report = rewarm(
+        agent,
+        revision,
+        images or [],
+        Trigger.REWARM,
+        retry_failed=retry_failed,
+        unlisted=unlisted,
+        check_only=check_only,
+    )
+    if report.failed and not check_only:
+        expected = report.pulled + report.present + len(report.failed) + len(report.retrying)
+        raise RewarmIncompleteError.of(report.failed, expected)
+    return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
-def rewarm(agent: NodeAgent, revision: int, images: list[str], trigger: Trigger) -> dict[str, int]:
+def rewarm(
+    agent: NodeAgent, revision: int, images: list[str], trigger: Trigger, **options: Any
+) -> RewarmReport:
     """The node's slice diffed against its runtime and the gaps pulled; what failed for now
     is retried later, each image on its own schedule. A re-warm task and the reconcile."""
-    report = agent.rewarm(revision, images, trigger=trigger)
+    report = agent.rewarm(revision, images, trigger=trigger, **options)
     for image in report.retrying:
         schedule_retry(agent, image, attempt=1)
-    return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
+    return report
 
 
 def schedule_retry(agent: NodeAgent, image: str, *, attempt: int) -> None:
@@ -91,11 +123,13 @@ def backoff_seconds(retries: int, maximum: int) -> int:
     return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
 
 
-def _retry_or_give_up(task: Task, agent: NodeAgent, result: PullResult) -> None:
+def _retry_or_give_up(task: Task, agent: NodeAgent, result: PullResult) -> NoReturn:
+    """Retry later (RETRY), or, past the limit, record the failure and end in FAILURE."""
     limit = agent.settings.runtime.max_retries
     if task.request.retries >= limit:
         reason = f"gave up after {result.attempt} attempts: {result.reason}"
         agent.report(replace(result, outcome=Outcome.FAILED, reason=reason))
-        return
+        raise PullFailedError(reason)
     countdown = backoff_seconds(task.request.retries + 1, agent.settings.runtime.retry_backoff_max)
-    raise task.retry(countdown=countdown, max_retries=limit)
+    error = TransientPullError(result.reason)
+    raise task.retry(exc=error, countdown=countdown, max_retries=limit)

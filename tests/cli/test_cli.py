@@ -12,73 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import uuid
+from collections.abc import Mapping
 
-import pytest
+from cli_testing import BAD, GOOD, answer_rewarm, celery, run
 
-from localcluster import product
-from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
-from tasks.models import CatalogEntry, NodeSlice, Outcome, PullResult, SliceImage
-from tasks.names import rewarm_events_subject
+from tasks.models import NodeSlice, Outcome, PullResult, SliceImage
 from tasks.status import StatusStore
-
-GOOD, BAD = "registry.example/web:v1", "registry.example/typo:v1"
-
-
-@pytest.fixture
-def bus(private_bus: NatsBus) -> NatsBus:
-    """This module's tests each get an empty catalog: the private NATS, not the session's."""
-    return private_bus
-
-
-@pytest.fixture
-def env(redis_server: RedisServer, private_nats: NatsServer) -> dict[str, str]:
-    return product.product_env(broker_url=f"{redis_server.url}/7", nats_url=private_nats.url)
-
-
-@pytest.fixture
-def nodes(bus: NatsBus) -> list[str]:
-    run = uuid.uuid4().hex[:4]
-    names = [f"cli-{run}-0", f"ip-10-0-1-12.cli-{run}.internal"]  # dotted, as on EC2
-    catalog = CatalogStore(bus)
-    for name in names:
-        catalog.put_slice(NodeSlice(name, (SliceImage(GOOD), SliceImage(BAD))))
-    catalog.put_entry(CatalogEntry(GOOD, ("Deployment:default/web",), (), 2, workload_count=3))
-    catalog.put_entry(CatalogEntry(BAD, ("Deployment:default/typo",), (), 2))
-    return names
-
-
-def celery(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", *args]
-    pipe = subprocess.PIPE
-    return subprocess.Popen(argv, env=env, stdout=pipe, stderr=pipe, text=True)
-
-
-def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = celery(env, *args)
-    out, err = process.communicate(timeout=60)
-    return process.returncode, out, err
-
-
-def report(bus: NatsBus, node: str, revision: int, **fields: object) -> None:
-    body = {"node": node, "revision": revision, "pulled": 0, "present": 0, "failed": {}}
-    bus.publish(rewarm_events_subject(node), json.dumps({**body, **fields}).encode())
-    bus.flush()
-
-
-def answer_rewarm(
-    bus: NatsBus, process: subprocess.Popen[str], **by_node: dict[str, object]
-) -> None:
-    """Wait for the CLI's 'sent' line, then publish each node's report as its worker would."""
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    assert "re-warm sent to" in first, first + (process.stderr.read() if process.stderr else "")
-    revision = int(first.rsplit(" ", 1)[1])
-    report(bus, next(iter(by_node)), revision - 1)  # an older re-warm's report: not ours
-    for node, fields in by_node.items():
-        report(bus, node, revision, **fields)
 
 
 def test_rewarm_wait_exits_zero_and_summarizes_when_every_node_reports_success(
@@ -98,12 +39,12 @@ def test_rewarm_wait_exits_zero_and_summarizes_when_every_node_reports_success(
 def test_rewarm_wait_exits_one_and_names_the_image_and_reason_when_a_pull_failed(
     env: dict[str, str], bus: NatsBus, nodes: list[str]
 ) -> None:
+    reports: dict[str, Mapping[str, object]] = {
+        nodes[0]: {"pulled": 1},
+        nodes[1]: {"pulled": 1, "failed": {BAD: "not found"}},
+    }
     process = celery(env, "rewarm", "--wait", "--timeout", "30")
-    answer_rewarm(
-        bus,
-        process,
-        **{nodes[0]: {"pulled": 1}, nodes[1]: {"pulled": 1, "failed": {BAD: "not found"}}},
-    )
+    answer_rewarm(bus, process, **reports)
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, out + err
@@ -168,7 +109,7 @@ def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
     code, out, _ = run(env, "warm-status", "--json")
     code_table, table, _ = run(env, "warm-status", "--node", nodes[0])
 
-    assert code == code_table == 0
+    assert code == code_table == 1  # an image failed
     by_node = {item["node"]: item for item in json.loads(out)}
     assert by_node[nodes[0]]["warm_images"] == [GOOD]
     assert by_node[nodes[0]]["failed"] == {BAD: "manifest unknown"}
@@ -210,7 +151,7 @@ def test_catalog_lists_images_with_their_workloads_and_target_nodes(
 def test_commands_fail_clearly_when_nats_is_unreachable(env: dict[str, str]) -> None:
     code, _, err = run({**env, "WARM_NATS_URL": "nats://127.0.0.1:1"}, "warm-status")
 
-    assert code == 1
+    assert code == 2
     assert "NATS" in err and "WARM_NATS_URL" in err
 
 
