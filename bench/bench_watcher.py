@@ -1,6 +1,6 @@
 """Watcher benchmark: the whole ``python -m watcher`` process, fed by real HTTP watch streams.
 
-    python bench/bench_watcher.py [--pods 100000] [--nodes 5000] [--burst 20000] [--samples 50]
+    python bench/bench_watcher.py [--pods 10000 100000] [--pods-per-node 20] [--budget 900]
 
 Why: a watcher sees every pod and node of the cluster, first as one big list, then as a stream
 of watch events (most of them status updates). If it is slow, a rollout in a large cluster
@@ -27,7 +27,9 @@ Measured:
   the first pull task for its image on the broker, read from Redis MONITOR timestamps;
 * peak RSS: VmHWM of the watcher process (/proc/<pid>/status) at the end.
 
-If the largest size does not fit the time at hand, run a smaller --pods; the output says which.
+Sizes run smallest first, each with a fresh double, broker and watcher (5,000 nodes at 100,000
+pods). A size whose phase does not finish within ``--budget`` seconds is reported out of reach,
+with the phase, and larger sizes are not tried: the output names the largest size measured.
 """
 
 from __future__ import annotations
@@ -58,7 +60,6 @@ from localcluster.services import NatsServer, RedisServer
 IMAGES = 2000
 CHUNK = 2000  # objects put into the double per call, so its event loop keeps serving
 SMALL_POOL = 10  # nodes the latency workloads select
-TIMEOUT = 1800.0
 LATENCY_TIMEOUT = 60.0
 EVENTS = re.compile(r'^warm_watcher_events_total\{kind="(\w+)"\} ([0-9.e+]+)$', re.MULTILINE)
 REWARMS = re.compile(
@@ -277,7 +278,10 @@ def serving_rate(double: Double, pods: list[dict[str, Any]], burst: int) -> floa
         raise RuntimeError("the raw watch consumer did not connect")
     time.sleep(0.5)  # the stream is registered with the double's bus
     started = double.emit("", "pods", "MODIFIED", touched(pods, burst, "raw"))
-    finished = float(consumer.stdout.readline())
+    line = consumer.stdout.readline().strip()
+    if not line:
+        raise TimeoutError(f"the double did not stream {burst} events to a line reader")
+    finished = float(line)
     consumer.wait(timeout=30)
     return burst / (finished - started)
 
@@ -293,6 +297,7 @@ def touched(pods: list[dict[str, Any]], count: int, why: str) -> list[dict[str, 
 
 
 def run(workdir: Path, args: argparse.Namespace) -> None:
+    """One size: ``args.pods`` pods on ``args.nodes`` nodes; TimeoutError past the budget."""
     with ExitStack() as stack:
         api = stack.enter_context(FakeKubeAPI(bookmark_interval=5.0, history_limit=args.burst * 3))
         nats = stack.enter_context(NatsServer(workdir / "nats"))
@@ -332,13 +337,13 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
                 watcher_events(port).get("Pod", 0) >= args.pods
                 and watcher_events(port).get("Node", 0) >= args.nodes
             ),
-            TIMEOUT,
+            args.budget,
             "the watcher's initial list",
             watcher.log_tail,
         )
         dispatched = wait_until(
             lambda: rewarms_sent(port) >= args.nodes,
-            TIMEOUT,
+            args.budget,
             "a re-warm task for every node (the first sync dispatched)",
             watcher.log_tail,
         )
@@ -346,7 +351,7 @@ def run(workdir: Path, args: argparse.Namespace) -> None:
         burst_started = double.emit("", "pods", "MODIFIED", touched(pods, args.burst, "bench"))
         burst_done = wait_until(
             lambda: watcher_events(port).get("Pod", 0) >= before + args.burst,
-            TIMEOUT,
+            args.budget,
             f"{args.burst} pod updates",
             watcher.log_tail,
         )
@@ -397,15 +402,29 @@ def report(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pods", type=int, default=100_000)
-    parser.add_argument("--nodes", type=int, default=5000)
-    parser.add_argument("--burst", type=int, default=20_000)
-    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--pods", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--pods-per-node", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=20_000, help="pod updates (at most --pods)")
+    parser.add_argument("--samples", type=int, default=50, help="latency samples")
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds per phase")
     args = parser.parse_args()
     ensure_system_packages()
-    with scratch_dir("bw-") as workdir:
-        run(workdir, args)
-    return 0
+    measured = 0
+    for pods in sorted(args.pods):
+        nodes = max(SMALL_POOL + 2, pods // args.pods_per_node)
+        size = argparse.Namespace(**{**vars(args), "pods": pods, "nodes": nodes,
+                                     "burst": min(args.burst, pods)})  # fmt: skip
+        with scratch_dir("bw-") as workdir:
+            try:
+                run(workdir, size)
+            except TimeoutError as error:
+                print(f"{pods:,} pods on {nodes:,} nodes: out of reach within the budget of "
+                      f"{args.budget:.0f}s: {str(error).splitlines()[0]}")  # fmt: skip
+                break
+        measured = pods
+        print()
+    print(f"largest size measured: {measured:,} pods" if measured else "no size measured")
+    return 0 if measured == max(args.pods) else 1
 
 
 if __name__ == "__main__":
