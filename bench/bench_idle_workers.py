@@ -50,7 +50,6 @@ the square of the fleet; that line is printed apart.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
 import socket
 import sys
@@ -69,6 +68,7 @@ from celery import Celery
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from localcluster import Containerd, ensure_system_packages, product
+from localcluster.harness import tcp_connections
 from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer, RedisServer
 from tasks.names import PULL_IMAGE
@@ -176,24 +176,6 @@ def client_kinds(client: redis.Redis, own_id: int) -> Counter[str]:
         name = f" name={entry['name']}" if entry.get("name") else ""
         kinds[f"cmd={entry['cmd']}{subscribed}{name}"] += 1
     return kinds
-
-
-def redis_sockets(pid: int, redis_port: int) -> int:
-    """TCP connections from process ``pid`` to 127.0.0.1:``redis_port``, read from /proc."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = fd.readlink().name
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote_port = int(fields[2].split(":")[1], 16)
-        if remote_port == redis_port and fields[9] in inodes:
-            count += 1
-    return count
 
 
 class Monitor:
@@ -347,7 +329,7 @@ def measure_retry(
                 raise RuntimeError(f"{process.name} did not retry:\n{process.log_tail()}")
             time.sleep(0.2)
     time.sleep(SETTLE)
-    fleet.after_retry = [redis_sockets(p.pid, redis_server.port) for p in processes if p.pid]
+    fleet.after_retry = [tcp_connections(p.pid, redis_server.port) for p in processes if p.pid]
     fleet.client_memory = int(client.info("memory")["mem_clients_normal"])
     print(
         f"{fleet.label}: after a retry, per worker {min(fleet.after_retry)}-"
@@ -362,7 +344,7 @@ def observe_connections(
 ) -> None:
     own_id = int(client.client_id())
     fleet.connections = int(client.info("clients")["connected_clients"]) - 1  # minus ours
-    fleet.per_worker = [redis_sockets(p.pid, port) for p in processes if p.pid is not None]
+    fleet.per_worker = [tcp_connections(p.pid, port) for p in processes if p.pid is not None]
     fleet.clients = client_kinds(client, own_id)
     fleet.maxclients = int(str(client.config_get("maxclients")["maxclients"]))
     print(

@@ -178,7 +178,11 @@ def pull_task_per_image(client: Celery, observer: Observer, refs: list[str]) -> 
 
 def spread(values: list[float]) -> str:
     ordered = sorted(values)
-    p90 = statistics.quantiles(ordered, n=10)[-1] if len(ordered) > 1 else ordered[0]
+    p90 = (
+        statistics.quantiles(ordered, n=10, method="inclusive")[-1]
+        if len(ordered) > 1
+        else ordered[0]
+    )
     return f"{statistics.median(ordered):>9.0f} {p90:>7.0f} {ordered[0]:>7.0f}..{ordered[-1]:<7.0f}"
 
 

@@ -7,14 +7,13 @@ from the worker's side (its sockets to Redis in /proc), so the test's client is 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import pytest
 
 from localcluster import Containerd
-from localcluster.harness import start_worker, wait_for
+from localcluster.harness import start_worker, tcp_connections, wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.names import PULL_IMAGE
 
@@ -39,24 +38,7 @@ def test_broker_connections_per_worker_after_a_retry(
                      "the pull's retry", worker.process.log_tail)  # fmt: skip
             time.sleep(SETTLE)
             assert worker.process.pid is not None
-            held = redis_sockets(worker.process.pid, broker.port)
+            held = tcp_connections(worker.process.pid, broker.port)
         finally:
             worker.stop()
     assert 1 <= held <= most, f"{held} broker connections, expected at most {most}"
-
-
-def redis_sockets(pid: int, port: int) -> int:
-    """TCP connections from process ``pid`` to 127.0.0.1:``port``, read from /proc."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = fd.readlink().name
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    count = 0
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
-            count += 1
-    return count
