@@ -164,7 +164,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",
         "WARM_MAX_CONCURRENT_PULLS": "2",
-        "WARM_WORKER_REMOTE_CONTROL": "true",
+        "WARM_WORKER_REMOTE_CONTROL": "false",
         "WARM_PULL_TIMEOUT": "600",
         "WARM_REFRESH_TAGS": "latest",
         "WARM_PULL_MAX_RETRIES": "5",
@@ -245,7 +245,7 @@ def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     full_script = rendered["full"].container("redis")["command"][-1]
     assert "appendonly yes" in full_script
     assert "maxmemory 256mb" in full_script
-    assert "maxclients 10000" in script  # room for ~1,600 nodes at six connections each
+    assert "maxclients 25000" in script  # 5,000 nodes at four connections each, and room
     assert "protected-mode no" in rendered["minimal"].container("redis")["command"][-1]
 
 
