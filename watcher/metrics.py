@@ -20,7 +20,9 @@ CATALOG_IMAGES = Gauge("warm_watcher_catalog_images", "Images in the catalog")
 NODES = Gauge("warm_watcher_nodes", "Nodes known to the watcher")
 NODE_CLASSES = Gauge("warm_watcher_node_classes", "Classes of equivalent nodes")
 TASKS_SENT = Counter("warm_watcher_tasks_sent", "Celery tasks sent to node queues", ["task"])
-SLICE_WRITES = Counter("warm_watcher_slice_writes", "Node slices written to NATS key-value")
+SLICE_WRITES = Counter(
+    "warm_watcher_slice_writes", "Node slice pointers written to NATS key-value (one per move)"
+)
 PUBLISH_FAILURES = Counter(
     "warm_watcher_publish_failures", "Flushes that failed because NATS or the broker did"
 )

@@ -147,7 +147,7 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current, present)
+        self.status.record_rewarm(self.node, expected, current, present, node_slice.slice)
         if check_only:  # the record now names what the runtime lacks: nothing more to do
             missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
