@@ -17,7 +17,8 @@ are in three pools, the third a small one that the latency workloads select.
 Measured:
 
 * initial sync: from the watcher's start until its own ``warm_watcher_events`` counter (its
-  /metrics port) has counted every listed pod and node;
+  /metrics port) has counted every listed pod and node, then until its first sync is out (a
+  re-warm task sent to every node, by its ``warm_watcher_tasks_sent`` counter);
 * events/s: ``--burst`` pod status updates put on the double's watch bus, until the watcher's
   counter has counted them all; beside it, the double's own serving rate: the same burst to a
   client that only reads the watch stream's lines (no JSON), so the figure says which side
