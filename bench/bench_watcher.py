@@ -70,8 +70,9 @@ MONITOR_LINE = re.compile(r"^\+(\d+\.\d+) ")
 
 
 def pod(i: int, nodes: int) -> dict[str, Any]:
-    """Pod ``i`` as the apiserver sends it, trimmed to ~1 KiB."""
+    """Pod ``i`` as the apiserver sends it, trimmed to ~1 KiB; one of IMAGES images."""
     name = f"app-{i % 977}-{i}"
+    image = i % IMAGES
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -87,7 +88,7 @@ def pod(i: int, nodes: int) -> dict[str, Any]:
             "containers": [
                 {
                     "name": "main",
-                    "image": f"registry.example.com/team-{i % 40}/service-{i % IMAGES}:v{i % 7}",
+                    "image": f"registry.example.com/team-{image % 40}/service-{image}:v{image % 7}",
                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                 },
                 {"name": "proxy", "image": "docker.io/envoyproxy/envoy:v1.29.1"},
@@ -419,8 +420,10 @@ def main() -> int:
             try:
                 run(workdir, size)
             except TimeoutError as error:
+                lines = str(error).splitlines()
                 print(f"{pods:,} pods on {nodes:,} nodes: out of reach within the budget of "
-                      f"{args.budget:.0f}s: {str(error).splitlines()[0]}")  # fmt: skip
+                      f"{args.budget:.0f}s: {lines[0]}")  # fmt: skip
+                print(*[f"  watcher: {line}" for line in lines if " ERROR " in line][-1:])
                 break
         measured = pods
         print()
