@@ -134,6 +134,39 @@ def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
 
 
+def test_a_refused_image_is_tried_again_once_its_pull_secret_is_fixed(
+    make_agent: MakeAgent,
+    private_registry: Registry,
+    kube: FakeKubeAPI,
+    kubeconfig: Path,
+    bus: NatsBus,
+    node_name: str,
+) -> None:
+    """A wrong password fails for good; re-warms leave the image alone until the watcher's
+    copy holds another password, then the next re-warm pulls it."""
+    image = push_image(private_registry.host, "team/fixed", "v1", auth=(USER, PASSWORD))
+    host = private_registry.host
+    copy = create_pull_secret(kube, f"w-{uuid.uuid4().hex[:6]}", docker_config(host, USER, "x"))
+    CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(image.ref, (copy,)),)))
+    agent, runtime = make_agent()
+
+    refused = agent.rewarm(0, [])
+    skipped = agent.rewarm(0, [])
+    pulls_while_wrong = len(runtime.pulls)
+    core = client.CoreV1Api(kube.api_client())
+    namespace, _, name = copy.partition("/")
+    fixed = core.read_namespaced_secret(name, namespace)
+    auth = base64.b64encode(json.dumps(docker_config(host)).encode()).decode()
+    fixed.data = {".dockerconfigjson": auth}
+    core.replace_namespaced_secret(name, namespace, fixed)  # as the watcher follows its source
+    retried = agent.rewarm(0, [])
+
+    assert image.ref in refused.failed and "unauthorized" in refused.failed[image.ref].lower()
+    assert "not retried" in skipped.failed[image.ref]
+    assert pulls_while_wrong == 1
+    assert retried.pulled == 1 and not retried.failed
+
+
 def test_only_copies_in_the_release_namespace_are_read(
     make_agent: MakeAgent, private_registry: Registry, kube: FakeKubeAPI, kubeconfig: Path
 ) -> None:
