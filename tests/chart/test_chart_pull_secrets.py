@@ -58,8 +58,8 @@ def test_no_secret_rule_in_the_release_namespace_and_none_for_the_worker_elsewhe
     rendered: dict[str, Rendered], value_set: str
 ) -> None:
     for component in ("worker", "watcher"):
-        where = [w for w, _ in secret_rules(rendered[value_set], component)]
-        assert NAMESPACE not in where, (
+        namespaces = [w for w, _ in secret_rules(rendered[value_set], component)]
+        assert NAMESPACE not in namespaces, (
             f"{value_set}: the {component} may touch the release's own Secrets"
         )
     for where, rule in secret_rules(rendered[value_set], "worker"):

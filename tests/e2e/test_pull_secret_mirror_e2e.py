@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -110,7 +111,7 @@ def test_a_private_image_is_warmed_through_the_mirrored_secret_which_goes_with_t
         "the private image on every node",
         cluster,
     )
-    mirrored = core.read_namespaced_secret(copy, MIRROR)
+    mirrored: Any = core.read_namespaced_secret(copy, MIRROR)
     assert mirrored.data == core.read_namespaced_secret("regcred", TEAM).data
     assert mirrored.metadata.annotations["warm-images.io/source-namespace"] == TEAM
     assert core.list_namespaced_secret(RELEASE).items == []
@@ -123,7 +124,8 @@ def test_a_private_image_is_warmed_through_the_mirrored_secret_which_goes_with_t
     apps.delete_namespaced_deployment("app", TEAM)
 
     def copy_gone() -> bool:
-        return copy not in {s.metadata.name for s in core.list_namespaced_secret(MIRROR).items}
+        found: list[Any] = core.list_namespaced_secret(MIRROR).items
+        return copy not in {s.metadata.name for s in found}
 
     gone_seconds = wait_for(copy_gone, WARM_TIMEOUT, "the copy deleted with the workload", cluster)
     print(f"\nprivate image warm on {len(cluster.nodes)} nodes {warm_seconds:.2f}s after create")
