@@ -5,9 +5,14 @@
 #   beat        celery -A tasks beat
 #   Flower      celery -A tasks flower
 #   status      celery -A tasks warm-status
+#
+# Build it with scripts/build-image. BASE is any image with Python 3.11+ and `python`, `apt-get`,
+# `groupadd`/`useradd` (scripts/build-base makes one from Debian packages where Docker Hub is
+# out of reach).
+ARG BASE=python:3.11-slim
 
 # ---- builder: install the project and its dependencies into a virtualenv ----
-FROM python:3.11-slim AS builder
+FROM ${BASE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -31,7 +36,7 @@ RUN pip install --upgrade pip setuptools wheel \
     && pip check
 
 # ---- runtime: slim Python, the virtualenv, an unprivileged user ----
-FROM python:3.11-slim AS runtime
+FROM ${BASE} AS runtime
 
 LABEL org.opencontainers.image.title="warm-images" \
       org.opencontainers.image.description="Keeps container images warm on Kubernetes nodes" \

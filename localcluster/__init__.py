@@ -9,7 +9,8 @@ parts that the warmer touches can be run for real, on one machine, as root:
   own content, pushed over the registry's HTTP API;
 * Containerd: one real containerd per simulated node, each with its own root and CRI socket;
 * FakeKubeAPI: a Kubernetes API double over real HTTP (kmock plus resourceVersions, watches,
-  bookmarks, 410s) that the official `kubernetes` client lists and watches;
+  bookmarks, 410s) that the official `kubernetes` client lists and watches, and that kubectl
+  gets, creates, applies and deletes workloads on;
 * ensure_system_packages: installs the Debian packages the above need on a fresh machine.
 
 Every process is started in its own process group and stopped with it, and an atexit hook stops

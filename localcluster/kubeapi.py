@@ -15,6 +15,9 @@ own it lacks what a watcher depends on; this module adds that on top of kmock 0.
 * PUT (replace_*, e.g. kubernetes.leaderelection's LeaseLock) with 409 on a stale
   resourceVersion; kmock 0.8 has no PUT;
 * Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope;
+* what kubectl needs (issue 12): protobuf request bodies read as JSON (kubeproto), Table answers
+  to ``as=Table`` (kubetables), strategic-merge PATCH for client-side apply and apply-patch
+  for server-side apply (strategicmerge), and no metrics.k8s.io, which only metrics-server has;
 * a request log in Kubernetes verbs (requests()), so a test can prove what a component did
   *not* ask for, e.g. that no worker read a Secret a task message named.
 
@@ -44,11 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import aiohttp.web
 import attrs
 import kmock
 import kubernetes.client
+import yaml
 from kmock._internal import aiobus, parsing, references, rendering
 
+from localcluster import kubeopenapi, kubeproto, kubetables, strategicmerge
 from localcluster._lifecycle import Service
 
 T = TypeVar("T")
@@ -202,7 +208,25 @@ class RVEmulator(kmock.KubernetesEmulator):
         for queue in list(self.live):
             queue.put_nowait(None)
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        try:
+            raw_request = await _with_json_body(raw_request)
+        except kubeproto.UnsupportedBody as exc:
+            error = kmock.KubernetesError(415, "UnsupportedMediaType", str(exc))
+            return await self._render_error(error)
+        return await super().__call__(raw_request)
+
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.url.path.startswith(kubeopenapi.PREFIX):
+            return aiohttp.web.json_response(self._openapi(request.url.path))
+        if _is_merging_patch(request):
+            await self._merge_patch(request)
+        if request.subresource == "scale" and isinstance(request.data, dict):
+            # A Scale written (PUT) or patched: only its replicas reach the workload. Absent
+            # means 0: Go omits a zero replicas from a Scale's JSON.
+            replicas = (request.data.get("spec") or {}).get("replicas", 0)
+            object.__setattr__(request, "data", {"spec": {"replicas": replicas}})
+            object.__setattr__(request, "action", kmock.action.UPDATE)
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             _stamp_new_object(request)
         if _is_replace(request):
@@ -211,6 +235,21 @@ class RVEmulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         finally:
             self._trim_records()
+
+    def _openapi(self, path: str) -> dict[str, Any]:
+        kinds: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
+        for resource in self._get_resources():
+            info = self.resources[resource]
+            group, version = resource.group, resource.version
+            if info.kind and resource.plural and group is not None and version is not None:
+                entry = (resource.plural, info.kind, bool(info.namespaced))
+                kinds.setdefault((group, version), []).append(entry)
+        if path.rstrip("/") == kubeopenapi.PREFIX:
+            return kubeopenapi.index(kinds)
+        group_version = kubeopenapi.parse_path(path)
+        if group_version not in kinds:
+            raise kmock.KubernetesNotFoundError()
+        return kubeopenapi.document(*group_version, kinds[group_version])
 
     def _trim_records(self) -> None:
         if len(self._requests) > 2 * _KEEP_REQUESTS:
@@ -234,15 +273,25 @@ class RVEmulator(kmock.KubernetesEmulator):
             wanted = (request.data.get("metadata") or {}).get("resourceVersion")
             if wanted and str(wanted) != str(current.get("resourceVersion")):
                 raise _conflict(request.resource, request.name)
-            new = copy.deepcopy(request.data)
-            kept = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion")
-            new["metadata"] = {
-                **(new.get("metadata") or {}),
-                **{k: current[k] for k in kept if k in current},
-            }
-            stored.clear()
-            stored.update(new)
+            _store(stored, request.data)
         object.__setattr__(request, "action", kmock.action.UPDATE)  # Request is frozen
+
+    async def _merge_patch(self, request: rendering.Request) -> None:
+        """A strategic-merge or apply PATCH, computed here; kmock then stores the result as the
+        UPDATE it reads PATCH as. A server-side apply of a missing object creates it."""
+        assert request.resource is not None and request.name is not None
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                if not _is_apply(request):
+                    raise kmock.KubernetesObjectNotFoundError()
+                object.__setattr__(request, "action", kmock.action.CREATE)
+                return
+            stored = self.objects[key]
+            merged = strategicmerge.apply(copy.deepcopy(stored.raw), request.data)
+            _store(stored, merged)
+        object.__setattr__(request, "data", merged)
+        object.__setattr__(request, "action", kmock.action.UPDATE)
 
     def _visible(self, request: rendering.Request, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
@@ -265,10 +314,47 @@ class RVEmulator(kmock.KubernetesEmulator):
         data["metadata"]["resourceVersion"] = str(self.rv)
         data["items"] = [obj for obj in data["items"] if self._visible(request, obj)]
         kind, api_version = self._type_meta(request.resource)
+        if kubetables.wants_table(_header(request, "Accept")):
+            return self._table(request, data["items"], kind)
         if kind:  # the real apiserver sends typed list envelopes
             data.setdefault("kind", f"{kind}List")
             data.setdefault("apiVersion", api_version)
         return data
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """kmock's resource list, fixed where kubectl's discovery reads it differently."""
+        data = cast(dict[str, Any], await super()._serve_version(request))
+        # kmock says "/v1" for the core group; kubectl keys resources by this exact string and
+        # finds no "v1" then: `kubectl get pods` says "the server doesn't have a resource type".
+        data["groupVersion"] = data["groupVersion"].lstrip("/")
+        for resource in data["resources"]:
+            if "/" in resource["name"]:
+                # Subresources have no names of their own; kmock copies the parent's, and
+                # kubectl warns that "deploy" could also mean deployments/scale.
+                resource.update(singularName="", shortNames=[], categories=[])
+            if resource["name"].endswith("/scale"):  # kubectl scale picks its type from here
+                resource.update(group="autoscaling", version="v1", kind="Scale")
+        return data
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        obj = cast(dict[str, Any], await super()._serve_fetch(request))
+        if request.subresource == "scale":
+            return _scale(obj)
+        if kubetables.wants_table(_header(request, "Accept")):
+            return self._table(request, [obj], obj.get("kind"))
+        return obj
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        # kmock applies a .../scale PATCH ({"spec": {"replicas": N}}) to the object itself,
+        # which is where the replicas live; the client expects the Scale back.
+        obj = cast(dict[str, Any], await super()._serve_update(request))
+        return _scale(obj) if request.subresource == "scale" else obj
+
+    def _table(
+        self, request: rendering.Request, objs: list[Any], kind: str | None
+    ) -> dict[str, Any]:
+        include = request.params.get("includeObject") or "Metadata"
+        return kubetables.table(objs, kind, str(self.rv), include)
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""  # send the headers now, even if no event comes
@@ -352,7 +438,12 @@ def _bundled_resources() -> bytes:
     warns of deprecation on every start.
     """
     blob = importlib.resources.files("kmock._internal").joinpath("resources.json.gz")
-    return gzip.decompress(blob.read_bytes())
+    docs = json.loads(gzip.decompress(blob.read_bytes()))
+    # metrics.k8s.io is served by metrics-server, which this double has not: listed, its
+    # "nodes" and "pods" would shadow the core kinds in kubectl (their singularName is empty,
+    # which kmock serves as the plural), and `kubectl get nodes` would list NodeMetrics.
+    served = [doc for doc in docs if not doc["groupVersion"].startswith("metrics.k8s.io/")]
+    return json.dumps(served).encode()
 
 
 async def _pump(
@@ -371,12 +462,80 @@ def _stamp_new_object(request: rendering.Request) -> None:
         meta.setdefault("namespace", request.namespace)
 
 
+def _store(stored: Any, new: Mapping[str, Any]) -> None:
+    """Replace a stored object in place, keeping what the server owns in its metadata."""
+    current = dict(stored.get("metadata") or {})
+    replacement = copy.deepcopy(dict(new))
+    kept = ("uid", "creationTimestamp", "name", "namespace", "resourceVersion")
+    replacement["metadata"] = {
+        **(replacement.get("metadata") or {}),
+        **{k: current[k] for k in kept if k in current},
+    }
+    stored.clear()
+    stored.update(replacement)
+
+
+def _scale(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v1 Scale of a workload (``kubectl scale``)."""
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0)},
+    }
+
+
+def _header(request: rendering.Request, name: str) -> str:
+    wanted = name.lower()
+    return next((v for k, v in request.headers.items() if k.lower() == wanted), "")
+
+
+def _is_apply(request: rendering.Request) -> bool:
+    return _header(request, "Content-Type").startswith("application/apply-patch")
+
+
+def _is_merging_patch(request: rendering.Request) -> bool:
+    content_type = _header(request, "Content-Type")
+    return (
+        request.method == kmock.method.PATCH
+        and request.resource is not None
+        and request.name is not None
+        and request.subresource is None
+        and isinstance(request.data, dict)
+        and content_type.startswith(
+            ("application/strategic-merge-patch+json", "application/apply-patch")
+        )
+    )
+
+
+async def _with_json_body(raw: aiohttp.web.BaseRequest) -> aiohttp.web.BaseRequest:
+    """The request with a protobuf or YAML body replaced by its JSON, which kmock parses.
+
+    The headers stay as sent, so that a server-side apply is still told by its Content-Type.
+    """
+    content_type = raw.headers.get("Content-Type", "")
+    if not content_type.startswith((kubeproto.PROTOBUF, "application/apply-patch+yaml")):
+        return raw
+    clone = raw.clone()  # before reading: aiohttp clones no request whose body it has read
+    if content_type.startswith(kubeproto.PROTOBUF):
+        data = kubeproto.decode(await raw.read())
+    else:
+        data = yaml.safe_load(await raw.read())
+    clone._read_bytes = json.dumps(data).encode()  # what read(), text() and json() return
+    return clone
+
+
 def _is_replace(request: rendering.Request) -> bool:
     return (
         request.method == kmock.method.PUT
         and request.action is None
         and request.resource is not None
         and request.name is not None
+        and request.subresource is None
         and isinstance(request.data, dict)
     )
 

@@ -13,7 +13,15 @@ from kubernetes import client
 
 
 def node(name: str, labels: dict[str, str] | None = None) -> Any:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
+    # Ready, as the kubelet would report: each simulated node has its own running containerd
+    # (and `kubectl get nodes` shows STATUS Ready rather than Unknown).
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"conditions": [ready]},
+    }
 
 
 def deployment(name: str, image: str, *, replicas: int = 1, namespace: str = "default") -> Any:

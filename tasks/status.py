@@ -124,6 +124,7 @@ class StatusStore:
         self._lock = threading.Lock()
         self._written: dict[str, NodeStatus] = {}  # node -> its record as this store wrote it
         self._expected: dict[str, frozenset[str]] = {}  # node -> the slice of its last re-warm
+        self._connects = bus.connects  # what was written is known to be there since then
 
     def get(self, node: str) -> NodeStatus:
         found = self._bus.kv_get(self._bucket, node)
@@ -182,6 +183,9 @@ class StatusStore:
                 self._write(replace(changed, last_rewarm_at=time.time()))
 
     def _current(self, node: str) -> NodeStatus:
+        if self._bus.connects != self._connects:  # NATS may have restarted empty: read back
+            self._connects = self._bus.connects
+            self._written.clear()
         if node not in self._written:
             self._written[node] = self.get(node)
         return self._written[node]

@@ -6,6 +6,8 @@ tests never touch the machine's shared Redis and NATS, and fault tests can stop 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import Registry, ensure_system_packages
+from localcluster.demo import KUBECTL
 from localcluster.scratch import scratch_dir
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
@@ -56,6 +59,15 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def system_packages() -> None:
     ensure_system_packages()
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    """The pinned official kubectl that scripts/bootstrap installs (fetched if missing)."""
+    if not KUBECTL.exists():
+        script = KUBECTL.parents[2] / "scripts" / "get_helm.py"
+        subprocess.run([sys.executable, str(script), str(KUBECTL.parent)], check=True, timeout=300)
+    return KUBECTL
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ against its runtime at once (:mod:`worker.reconcile`): it never waits for a rede
 
 No pull is lost when the worker stops: SIGTERM is Celery's warm shutdown (running pulls finish,
 reserved messages go back to the queue), and a worker killed outright leaves its messages
-unacknowledged (late acks), so the broker delivers them again once it is back.
+unacknowledged (late acks), so the broker delivers them again: RabbitMQ at once, Redis only
+after its visibility timeout, which is why the successor reconciles rather than waits.
 """
 
 from __future__ import annotations

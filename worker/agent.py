@@ -122,18 +122,18 @@ class NodeAgent:
         """
         started = time.perf_counter()
         node_slice, current = self.catalog.get_slice(self.node)
-        listed = {item.image for item in node_slice.images}
-        extra = [SliceImage(image) for image in unlisted or () if image not in listed]
         # Once, and indexed by every name: ListImages ignores filters, and a scan per wanted
         # image would make a large catalog's re-warm quadratic.
         held = _index_by_name(self.runtime.list_images())
         report = RewarmReport(node=self.node, revision=max(revision, current), trigger=trigger)
         missing, present, stale = [], [], []
-        for entry in [*node_slice.images, *extra]:  # all the slice: the status answers it whole
+        listed = {item.image for item in node_slice.images}
+        extra = [SliceImage(image) for image in unlisted or () if image not in listed]
+        for entry in [*node_slice.images, *extra]:  # all: the status answers the whole slice
             found = _held_as(entry, held)
-            if found is not None:
+            if found is not None and entry.image in listed:
                 present.append(entry.image)
-            if images and entry.image not in images:
+            if images and entry.image in listed and entry.image not in images:
                 continue
             reason = None if images or retry_failed else self._failed_before(entry)
             if found is not None:
@@ -147,7 +147,7 @@ class NodeAgent:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
         self.status.record_rewarm(self.node, expected, current, present)
-        if check_only:  # the record says what the runtime holds now; that was all it asked
+        if check_only:  # the record now names what the runtime lacks: nothing more to do
             missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
         with ThreadPoolExecutor(workers, thread_name_prefix="rewarm") as pool:

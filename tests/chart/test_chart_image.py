@@ -40,10 +40,17 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 
 def stages() -> list[Stage]:
+    """The stages, each base with the global ARGs' defaults (e.g. ${BASE}) filled in."""
     found: list[Stage] = []
+    defaults: dict[str, str] = {}
     for keyword, args in instructions((REPO / "Dockerfile").read_text()):
-        if keyword == "FROM":
+        if keyword == "ARG" and not found:
+            name, _, default = args.partition("=")
+            defaults[name] = default
+        elif keyword == "FROM":
             base, _, name = args.partition(" AS ")
+            for arg, default in defaults.items():
+                base = base.replace(f"${{{arg}}}", default)
             found.append(Stage(base.strip(), name.strip()))
         else:
             found[-1].instructions.append((keyword, args))

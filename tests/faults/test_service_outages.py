@@ -94,6 +94,7 @@ def test_registry_down_for_a_while_bounded_retries_then_warm(drill: Drill, workd
     # while a storm (no backoff) would make hundreds of attempts in the same time.
     bound = 2 * 2 * (down_for + 2) / (CAP / 2)
     assert attempts <= bound, f"{attempts} attempts in {down_for:.0f}s is a retry storm"
+    drill.record("settings changed from the defaults", cluster.settings)
     drill.record("registry down for", f"{down_for:.0f} s (+ the time to the first failure)")
     drill.record(f"pull attempts in all (backoff capped at {CAP} s, full jitter)", attempts)
     drill.record("warm after the registry came back", f"{warm_after:.1f} s")

@@ -129,6 +129,7 @@ def test_compact_makes_old_version_watch_get_410(kube: FakeKubeAPI, apps: client
 def test_expire_next_watches_and_kick(kube: FakeKubeAPI, core: client.CoreV1Api) -> None:
     core.create_node(node("n1"))
     current = core.list_node().metadata.resource_version
+    before = kube.served()
     kube.expire_next_watches(1)
     with pytest.raises(client.ApiException) as err:
         list(watch.Watch().stream(core.list_node, resource_version=current, timeout_seconds=5))
@@ -148,6 +149,9 @@ def test_expire_next_watches_and_kick(kube: FakeKubeAPI, core: client.CoreV1Api)
     assert not ended.wait(0.2)
     kube.kick()
     assert ended.wait(5)
+    served = kube.served()  # the double's own count of what it did, for drills to report
+    for what in ("410 Gone", "watch dropped"):
+        assert served.get(what, 0) - before.get(what, 0) == 1, served
 
 
 def test_bookmarks_when_asked(core: client.CoreV1Api) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+from localcluster.harness import wait_for
+from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.models import Outcome, PullResult
 from tasks.names import STATUS_BUCKET
@@ -101,3 +103,16 @@ def test_a_record_written_by_an_older_worker_still_reads() -> None:
 
     assert status.summary()["warm_images"] == ["docker.io/library/a:1"]
     assert status.summary()["failed"] == {"docker.io/library/b:1": "gone"}
+
+
+def test_a_record_nats_lost_is_written_again_at_the_next_rewarm(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    store, slice_ = StatusStore(private_bus), ["registry.example.com/app:1"]
+    store.record_rewarm("n1", slice_, 1, slice_)
+    private_nats.restart_empty()  # the chart's NATS keeps no storage by default
+    wait_for(lambda: private_bus.connects == 2, 20, "the bus to reconnect")
+
+    store.record_rewarm("n1", slice_, 1, slice_)  # nothing changed on the node
+
+    assert record_size(private_bus, "n1") > 0
