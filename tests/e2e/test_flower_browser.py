@@ -142,7 +142,7 @@ def test_a_transient_failure_is_listed_under_retried_with_its_reason(
     rows = rows_under(browser, "Retried", pulls["flaky"], cluster)
     browser.save_screenshot(str(tmp_path / "flower-retried.png"))
 
-    for row in rows:
+    for row in rows:  # an attempt per row: each retry is a task of its own
         assert row["State"] == "RETRY"
         assert "TransientPullError(" in row["Exception"]
         assert "connection refused" in row["Exception"]
@@ -179,14 +179,15 @@ def open_tasks(browser: WebDriver, flower: str) -> None:
 def rows_under(
     browser: WebDriver, state_filter: str, image: str, cluster: SimCluster
 ) -> list[dict[str, str]]:
-    """Click a state filter ("Failed", ...) until a row for ``image`` shows on every node."""
+    """Click a state filter ("Failed", ...) until rows for ``image`` show from every node."""
+    workers = {f"warm@{node}" for node in cluster.nodes}
 
     def shown() -> bool:
         browser.refresh()  # the list is loaded once per page view
         browser.find_element(By.XPATH, f"//button[text()='{state_filter}']").click()
         drawn = time.monotonic() + DRAW_TIMEOUT  # the filtered list loads after the click
         while time.monotonic() < drawn:
-            if len(for_image(table_rows(browser), image)) == len(cluster.nodes):
+            if {row["Worker"] for row in for_image(table_rows(browser), image)} == workers:
                 return True
             time.sleep(0.2)
         return False
