@@ -27,17 +27,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from localcluster import Registry, free_port, push_image
+from localcluster import Registry, free_port, product, push_image
 from localcluster.harness import unavailable
 from localcluster.manifests import deployment
-from localcluster.product import celery
 from localcluster.services import NatsServer, RedisServer
 
 from .conftest import SimCluster, run_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CHART_COLUMNS = "name,uuid,state,kwargs,exception,result,received,runtime,worker"  # values.yaml
 AUTH = ("operator", "flower-e2e")
 SHOWN_TIMEOUT = 90.0  # workload created -> its pull task's state in Flower's list
 DRAW_TIMEOUT = 3.0  # a click on a state filter -> the list redrawn
@@ -57,15 +55,10 @@ def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Ite
 def flower(cluster: SimCluster) -> str:
     """Flower with basic auth and the chart's task columns, before any workload exists."""
     port = free_port()
-    env = {
-        **cluster.env,
-        "FLOWER_BASIC_AUTH": ":".join(AUTH),
-        "FLOWER_TASKS_COLUMNS": CHART_COLUMNS,
-    }
-    args = ["flower", f"--port={port}", "--address=127.0.0.1"]
-    cluster.start(celery("flower", args, env, cluster.logdir))
+    env = {**cluster.env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    cluster.start(product.flower(port, env, cluster.logdir))
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(f"{url}/healthcheck"), 30, "Flower", cluster)
+    wait_for(lambda: product.answers(f"{url}/healthcheck"), 30, "Flower", cluster)
     return url
 
 
@@ -227,10 +220,3 @@ def _tolerant(check: Callable[[], bool]) -> Callable[[], bool]:
             return False
 
     return tolerant
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
