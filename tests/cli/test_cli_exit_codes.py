@@ -156,7 +156,7 @@ def test_warm_status_exits_zero_only_when_every_node_holds_every_image(
     for node in nodes:
         status.record_rewarm(node, [GOOD, BAD], revision=1, present=[GOOD, BAD])
     warm, _, _ = run(env, "warm-status")
-    status.record_rewarm(nodes[1], [GOOD, BAD], revision=2, present=[GOOD])  # BAD removed since
+    status.record_rewarm(nodes[1], [GOOD, BAD], revision=2, present=[GOOD])  # BAD removed
     missing, _, _ = run(env, "warm-status")
     reachable, _, _ = run(env, "warm-status", "--require", "reachable")
     one_node, _, _ = run(env, "warm-status", "--node", nodes[0])
@@ -200,10 +200,9 @@ def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
         wait_for(partial(bool_queued, env, node), 20, f"the check sent to {node}")
         (sent,) = queued(env, node)
         assert sent["check_only"] is True and "images" not in sent  # nothing to pull
-        # BAD was removed from the first node since its last report
-        present = [GOOD] if node == nodes[0] else [GOOD, BAD]
-        status.record_rewarm(node, [GOOD, BAD], revision=sent["revision"], present=present)
-        report(bus, node, sent["revision"], present=1)
+        held = [GOOD] if node == nodes[0] else [GOOD, BAD]  # BAD was removed from nodes[0]
+        status.record_rewarm(node, [GOOD, BAD], revision=sent["revision"], present=held)
+        report(bus, node, sent["revision"], present=len(held))
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, err  # BAD is missing on nodes[0] now
