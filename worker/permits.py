@@ -16,7 +16,7 @@ PULLS``): it takes a slot, tries for a permit, and gives the slot back while it 
 jittered, growing pause so thousands of waiting nodes do not hammer NATS in step. The wait is
 bounded by the pull timeout; after it the pull fails as transient and Celery retries it later.
 NATS unreachable must not stop warming: after one short pause a pull goes ahead without a
-permit, logged once per outage.
+permit, logged once per outage, and so do the pulls after it without asking NATS for a while.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ BUCKET = "warm-permits"
 LEASE = 30.0  # seconds a permit outlives its holder's last renewal
 FIRST_PAUSE = 0.5  # seconds; doubles per try up to LONGEST_PAUSE, each drawn in [half, whole]
 LONGEST_PAUSE = 5.0
+OUTAGE_RECHECK = 30.0  # seconds between two tries of an unreachable NATS
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]")  # NATS key tokens: a host's dots and colon are escaped
 
 
@@ -105,7 +106,8 @@ class RegistryPermits:
         self._writes = threading.Lock()
         self._held: dict[str, tuple[int, bytes]] = {}  # key: (revision, value)
         self._renewer: threading.Thread | None = None
-        self._outage = False  # NATS was found unreachable and pulls go uncapped
+        # While NATS is unreachable, pulls go uncapped until this (monotonic) time; 0: it is not.
+        self._uncapped_until = 0.0
         bus.set_bucket_ttl(BUCKET, LEASE)
 
     def acquire(self, registry: str, slots: threading.Semaphore) -> Permit:
@@ -157,32 +159,36 @@ class RegistryPermits:
 
     def _try_take(self, registry: str) -> Permit | None:
         """A permit, or None when all are taken; an uncapped one when there is no cap or NATS
-        cannot be reached (after one short pause: a NATS restart takes about that)."""
+        cannot be reached. In an outage NATS is asked again only every ``OUTAGE_RECHECK``
+        seconds, so that pulls meanwhile do not each wait for a connection to time out."""
         limit = self._limits.of(registry)
-        if limit == 0:
+        if limit == 0 or time.monotonic() < self._uncapped_until:
             return Permit(None, registry, None)
         try:
-            permit = self._take(registry, limit)
+            permit = self._take_or_pause(registry, limit)
         except BusUnavailable as error:
-            if not self._outage:
-                self._sleep(random.uniform(FIRST_PAUSE, 2 * FIRST_PAUSE))
-                try:
-                    permit = self._take(registry, limit)
-                except BusUnavailable:
-                    if self._outage_changes(to=True):
-                        log.warning("pulls go uncapped until NATS is back: %s", error)
-                    return Permit(None, registry, None)
-            else:
-                return Permit(None, registry, None)
-        if self._outage_changes(to=False):
+            with self._lock:
+                first = self._uncapped_until == 0
+                self._uncapped_until = time.monotonic() + OUTAGE_RECHECK
+            if first:
+                log.warning("pulls go uncapped until NATS is back: %s", error)
+            return Permit(None, registry, None)
+        with self._lock:
+            ended, self._uncapped_until = self._uncapped_until != 0, 0.0
+        if ended:
             log.info("NATS is back: pulls are capped per registry again")
         return permit
 
-    def _outage_changes(self, *, to: bool) -> bool:
-        """Set the outage flag; whether this call changed it (the one thread that logs)."""
-        with self._lock:
-            changed, self._outage = self._outage != to, to
-        return changed
+    def _take_or_pause(self, registry: str, limit: int) -> Permit | None:
+        """:meth:`_take`, once more after a short pause if NATS is not there (a restart takes
+        about that), unless it is known to be down."""
+        try:
+            return self._take(registry, limit)
+        except BusUnavailable:
+            if self._uncapped_until:
+                raise
+            self._sleep(random.uniform(FIRST_PAUSE, 2 * FIRST_PAUSE))
+            return self._take(registry, limit)
 
     def _take(self, registry: str, limit: int) -> Permit | None:
         prefix = permit_prefix(registry)

@@ -130,10 +130,12 @@ def test_nats_unreachable_lets_pulls_go_uncapped_logged_once(
     with caplog.at_level(logging.WARNING, logger="worker.permits"):
         started = time.monotonic()
         first = permits.acquire("docker.io", slots)
+        then = time.monotonic()
         second = permits.acquire("docker.io", slots)
-        took = time.monotonic() - started
+        done = time.monotonic()
     assert (first.key, second.key) == (None, None)  # both pulls go ahead, uncapped
-    assert took < 15
+    assert then - started < 10  # two connection attempts and a short pause
+    assert done - then < 0.5  # the next pulls do not ask the unreachable NATS again
     assert [r.getMessage()[:40] for r in caplog.records if r.name == "worker.permits"] == [
         "pulls go uncapped until NATS is back: ca"
     ]
