@@ -82,6 +82,10 @@ class RuntimeSettings:
     # instead of the path the runtime reports, so that the runtime's root (every container's
     # layers) need not be mounted into the worker.
     image_fs_path: str | None = None
+    # Pulls from one registry at once across the cluster (0: no cap), and per-host overrides:
+    # at thousands of nodes the registry, not the node, is what a new image overwhelms.
+    registry_pull_limit: int = 100
+    registry_pull_limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,8 @@ def _read(source: _Source) -> Settings:
             kubelet_credentials_file=source.optional("WARM_KUBELET_CREDENTIALS_FILE"),
             refresh_tags=source.choice("WARM_REFRESH_TAGS", "latest", REFRESH_TAGS),
             image_fs_path=source.optional("WARM_IMAGE_FS_PATH"),
+            registry_pull_limit=source.number("WARM_REGISTRY_PULL_LIMIT", 100, int, minimum=0),
+            registry_pull_limits=source.limits("WARM_REGISTRY_PULL_LIMITS"),
         ),
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
@@ -335,6 +341,24 @@ class _Source:
         if raw in ("false", "0", "no", "off"):
             return False
         raise SettingsError(f"{name}={raw!r} is not true or false")
+
+    def limits(self, name: str) -> tuple[tuple[str, int], ...]:
+        """A JSON object of registry host to a whole number at least 0."""
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, dict) or not all(
+            type(limit) is int and limit >= 0 for limit in value.values()
+        ):
+            raise SettingsError(
+                f'{name} must be a JSON object of registry host to limit, e.g. {{"docker.io": 20}}'
+                " (0: no cap)"
+            )
+        return tuple(sorted(value.items()))
 
     def explicit_images(self, name: str) -> tuple[ExplicitImage, ...]:
         """A JSON list of references, or of {"image": ..., "nodeSelector": {...}} objects."""

@@ -34,6 +34,7 @@ from tasks.status import StatusStore
 
 from . import metrics
 from .credentials import CredentialSource
+from .permits import node_permits
 from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
@@ -80,6 +81,7 @@ class NodeAgent:
             max_concurrent=settings.runtime.max_concurrent_pulls,
             timeout=settings.runtime.pull_timeout,
             disk_budget_percent=settings.runtime.disk_budget_percent,
+            permits=node_permits(bus, settings.runtime, node),
         )
         # Permanent failures by image: the entry, the reason, its pull secrets' version.
         self._failed: dict[str, tuple[SliceImage, str, str]] = {}

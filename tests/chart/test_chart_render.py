@@ -164,6 +164,8 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",
         "WARM_MAX_CONCURRENT_PULLS": "2",
+        "WARM_REGISTRY_PULL_LIMIT": "100",
+        "WARM_REGISTRY_PULL_LIMITS": "{}",
         "WARM_WORKER_REMOTE_CONTROL": "false",
         "WARM_PULL_TIMEOUT": "600",
         "WARM_REFRESH_TAGS": "latest",

@@ -22,6 +22,7 @@ KUBERNETES_STRUCTURES = {
     "labels",
     "commonLabels",
     "updateStrategy",
+    "registryPullLimits",  # registry host to limit: the keys are the user's, the values typed
 }
 # (--set arguments, what the error must say). Helm prints the JSON pointer of the bad value.
 WRONG_VALUES = [

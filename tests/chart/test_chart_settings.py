@@ -118,6 +118,8 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_REWARM_WINDOW": "0",
         "WARM_BEAT_LOCK_TTL": "45",
         "WARM_MAX_CONCURRENT_PULLS": "2",
+        "WARM_REGISTRY_PULL_LIMIT": "0",
+        "WARM_REGISTRY_PULL_LIMITS": '{"registry.local:5000":4}',
         "WARM_WORKER_REMOTE_CONTROL": "true",
         "WARM_PULL_TIMEOUT": "1800",
         "WARM_PULL_MAX_RETRIES": "0",
@@ -155,6 +157,10 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
     )
     assert (runtime.pull_timeout, runtime.max_retries, runtime.retry_backoff_max) == (1800, 0, 300)
     assert runtime.disk_budget_percent == 72.5
+    assert (runtime.registry_pull_limit, runtime.registry_pull_limits) == (
+        0,
+        (("registry.local:5000", 4),),
+    )
     assert runtime.kubelet_credentials_file == "/var/lib/kubelet/config.json"
     assert settings.pull_secret_namespace == "warm-copies"
     assert settings.broker.visibility_timeout == 7200
