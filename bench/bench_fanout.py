@@ -46,7 +46,6 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -57,7 +56,7 @@ from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, Settings, load_settings
 from tasks.status import StatusStore
 from worker.agent import NodeAgent
-from worker.runtime import Credentials, FilesystemUsage, RuntimeImage
+from worker.runtime.fake import FakeRuntime
 
 TARGETS = {"messages": 5000, "seconds": 5.0, "memory_mb": 50.0, "nats_mb": 100.0}
 BASELINE_BUCKET = "bench-today"  # today's per-node slices, apart from the product's catalog
@@ -91,72 +90,29 @@ class Traffic:
         return Traffic(self.bytes_in * factor, self.bytes_out * factor, self.seconds * factor)
 
 
-class MonitoredNats(NatsServer):
-    """The product's NATS, with its monitoring port on, to read the server's own counters."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.monitor_port = free_port()
-        super().__init__(workdir)
-
-    def _argv(self) -> list[str]:
-        return [*super()._argv(), "-m", str(self.monitor_port)]
-
-    def counters(self) -> tuple[int, int]:
-        url = f"http://127.0.0.1:{self.monitor_port}/varz"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            varz = json.load(response)
-        return int(varz["in_bytes"]), int(varz["out_bytes"])
-
-    def traffic(self, bus: NatsBus, run: Callable[[], object]) -> Traffic:
-        bus.flush()
-        bytes_in, bytes_out = self.counters()
-        started = time.perf_counter()
-        run()
-        bus.flush()  # every publish has reached the server before it is read
-        seconds = time.perf_counter() - started
-        after_in, after_out = self.counters()
-        return Traffic(after_in - bytes_in, after_out - bytes_out, seconds)
+def nats_counters(server: NatsServer) -> tuple[int, int]:
+    """The server's own byte counters: into it from clients, out of it to them."""
+    with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=10) as response:
+        varz = json.load(response)
+    return int(varz["in_bytes"]), int(varz["out_bytes"])
 
 
-class WarmRuntime:
-    """A runtime that holds every image of the catalog: what a warm node's ListImages says."""
-
-    name = "bench"
-
-    def __init__(self, images: list[str]) -> None:
-        self._held = [
-            RuntimeImage(f"sha256:{n:064x}", (ref,), (), 1) for n, ref in enumerate(images)
-        ]
-
-    def version(self, timeout: float | None = None) -> str:
-        return "bench 1"
-
-    def list_images(self) -> list[RuntimeImage]:
-        return self._held
-
-    def image_status(self, reference: str) -> RuntimeImage | None:
-        return next((image for image in self._held if image.known_as(reference)), None)
-
-    def pull(
-        self, reference: str, *, credentials: Credentials | None = None, timeout: float
-    ) -> str:
-        raise AssertionError(f"a warm node pulled {reference}: the bench measured a pull")
-
-    def remove(self, reference: str) -> None:
-        raise AssertionError("a re-warm removes nothing")
-
-    def filesystem_usage(self) -> FilesystemUsage:
-        return FilesystemUsage(used_bytes=0)
-
-    def close(self) -> None:
-        return None
+def nats_traffic(server: NatsServer, bus: NatsBus, run: Callable[[], object]) -> Traffic:
+    bus.flush()
+    bytes_in, bytes_out = nats_counters(server)
+    started = time.perf_counter()
+    run()
+    bus.flush()  # every publish has reached the server before it is read
+    seconds = time.perf_counter() - started
+    after_in, after_out = nats_counters(server)
+    return Traffic(after_in - bytes_in, after_out - bytes_out, seconds)
 
 
 def main() -> int:
     options = _options()
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as workdir:
         redis_server = RedisServer(Path(workdir) / "redis").start()
-        nats_server = MonitoredNats(Path(workdir) / "nats")
+        nats_server = NatsServer(Path(workdir) / "nats", monitor=True)
         nats_server.start()
         try:
             return _run(options, redis_server.url, nats_server)
@@ -165,9 +121,10 @@ def main() -> int:
             redis_server.stop()
 
 
-def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats) -> int:
+def _run(options: argparse.Namespace, redis_url: str, nats_server: NatsServer) -> int:
     # The product's own Celery app and settings, pointed at the private broker and NATS.
     os.environ.update(WARM_BROKER_URL=f"{redis_url}/0", WARM_NATS_URL=nats_server.url)
+    os.environ["WARM_PULL_SECRETS"] = "false"  # no Kubernetes API here; warm nodes pull nothing
     from tasks.app import app
     from tasks.rewarm import RewarmSent, dispatch_rewarm
 
@@ -186,21 +143,24 @@ def _run(options: argparse.Namespace, redis_url: str, nats_server: MonitoredNats
         print(
             f"catalog: 1 class slice x {len(images)} images, {len(nodes)} pointers, {seeded:.1f}s"
         )
-        agents = _agents(bus, nodes, images)
+        agents, runtime = _agents(bus, nodes, images)
         for agent in agents:  # the re-warm before this one: every node warm, its slice held
             agent.rewarm(0, [])
 
         before = _used_memory(client)
-        fanned = nats_server.traffic(bus, fan_out)
+        fanned = nats_traffic(nats_server, bus, fan_out)
         product = Measured(_queued(client, nodes), fanned.seconds, _used_memory(client) - before)
         revision = sent[0].revision
-        rewarmed = nats_server.traffic(bus, lambda: [a.rewarm(revision, []) for a in agents])
+        rewarmed = nats_traffic(nats_server, bus, lambda: [a.rewarm(revision, []) for a in agents])
 
-        cold = nats_server.traffic(bus, lambda: _restarted(bus, agents[: options.baseline_nodes]))
+        cold = nats_traffic(
+            nats_server, bus, lambda: _restarted(bus, agents[: options.baseline_nodes])
+        )
         baseline_nodes = nodes[: options.baseline_nodes]
         _seed_today(bus, baseline_nodes, images)
-        today = nats_server.traffic(bus, lambda: _today_round(bus, baseline_nodes, images))
+        today = nats_traffic(nats_server, bus, lambda: _today_round(bus, baseline_nodes, images))
     assert len(sent) == len(nodes), "every node gets exactly one re-warm"
+    assert not runtime.pulls, f"a warm node pulled {runtime.pulls[:3]}: the bench measured pulls"
     client.flushdb()
 
     sample = nodes[: options.sample_nodes]
@@ -222,20 +182,26 @@ def _seed(bus: NatsBus, nodes: list[str], images: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _agents(bus: NatsBus, nodes: list[str], images: list[str]) -> list[NodeAgent]:
+def _agents(
+    bus: NatsBus, nodes: list[str], images: list[str]
+) -> tuple[list[NodeAgent], FakeRuntime]:
     """One node agent per node, as each node's worker holds one. They share one catalog and
     one status store, which only saves this process memory: each node still reads its own
     pointer and keeps its own record, and a worker holds its class slice after its first
     re-warm whether or not it shares the store."""
     settings: Settings = load_settings()
-    runtime = WarmRuntime(images)
+    runtime = FakeRuntime()  # in memory, holding every image: a warm node's ListImages
+    for image in images:
+        runtime.registry.push(image)
+        runtime.pull(image, timeout=60)
+    runtime.pulls.clear()
     catalog, status = CatalogStore(bus), StatusStore(bus)
     agents = []
     for node in nodes:
         agent = NodeAgent(settings, node, runtime, bus)
         agent.catalog, agent.status = catalog, status
         agents.append(agent)
-    return agents
+    return agents, runtime
 
 
 def _restarted(bus: NatsBus, agents: list[NodeAgent]) -> None:
@@ -382,10 +348,10 @@ def _report_nats(
     today_per_node = (today.bytes_in + today.bytes_out) / sample
     cold_per_node = (cold.bytes_in + cold.bytes_out) / sample
     print(
-        f"per node: product {per_node:,.0f} B (reads its pointer, publishes its report, writes "
-        f"no status); today {today_per_node:,.0f} B (reads its slice copy, reads and writes its "
-        f"whole status); a worker just started {cold_per_node:,.0f} B (reads its class slice "
-        "and its status once)"
+        f"per node: product {per_node:,.0f} B (reads its pointer and its small status record, "
+        f"publishes its report, writes nothing); today {today_per_node:,.0f} B (reads its "
+        f"slice copy, reads and writes its whole status); a worker just started "
+        f"{cold_per_node:,.0f} B (reads its class slice once)"
     )
     print(
         f"today and just-started rows: measured on {sample} nodes, times {scale:g} "

@@ -1,330 +1,268 @@
-"""No-op re-warm benchmark: what re-warming a node that already holds every image costs it.
+"""No-op re-warm benchmark: what re-warming a node that already holds every image costs, through
+Celery, against one pull task per image (the naive design).
 
-    python bench/bench_noop_rewarm.py [--images 50] [--size-mib 0.2] [--runs 20]
+    python bench/bench_noop_rewarm.py [--images 2000] [--latest-share 0.1] [--rounds 15]
 
 Why: beat re-warms every node each interval, and on a healthy cluster almost every re-warm finds
-nothing to pull. That no-op is the product's steady-state cost on each of thousands of nodes, so
-it must stay one runtime call and little CPU however many images a node holds. Target: one
-ListImages call and at most 50 ms of CPU per no-op re-warm.
+nothing to pull. That no-op is the product's steady-state cost on each of thousands of nodes and
+on the registry they share.
 
-Setup, all real and on loopback: a private NATS (the catalog), a registry and one containerd
-holding ``--images`` small images of distinct content, pulled once by the agent's own first
-re-warm so the node is fully warm, and the node's slice (with digests) in the catalog. The
-NodeAgent runs in this process over the real CRI driver, wrapped in a counter that forwards
-every call and counts it per CRI method.
+Setup, all real and on loopback: Redis (the broker), NATS (the catalog), a registry, containerd
+and ``python -m worker`` on every default setting (WARM_REFRESH_TAGS=latest included). The
+node's slice is written as the watcher writes it (a class slice and the node's pointer; tags,
+no digests); ``--latest-share`` of the images are ``:latest`` tags, which the default policy
+pulls again on every re-warm to follow a tag that moved. The worker's reconcile on start pulls
+them all; from then on the node is warm.
 
-Measured per re-warm (medians of ``--runs``, the sides interleaved so drift hits each alike):
+Measured per round, the two sides alternating which goes first:
 
-* product: ``NodeAgent.rewarm(revision, [])`` - the catalog slice read, one ListImages, the diff,
-  the status record and the re-warm event on NATS;
-* baseline, per-image checks: the slice read, then one ImageStatus per image, as a design that
-  checks each (node, image) pair does - a lower bound on that design, with no per-image report;
-* baseline, per-image task bodies: ``NodeAgent.pull`` once per image, the body of a per-image
-  pull task (ImageStatus, then a NATS event and a status update per image), without Celery.
+* product: one re-warm task (what beat sends each node), from the message sent to the worker's
+  re-warm report on NATS;
+* baseline: one pull task per image of the slice, from the first message sent to the last image's
+  pull report on NATS.
 
-CPU is ``time.process_time``: every thread of this process, so it includes the NATS event-loop
-thread and gRPC's own threads working for the call (and their leftovers from the run before). The
-calling thread's own CPU (``time.thread_time``) is shown beside it. Wall time is perf_counter.
+For each: wall time, the worker process's CPU (utime + stime from /proc/<pid>/stat, every
+thread), and the HTTP requests the registry served meanwhile (its own access log).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
+import os
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from localcluster import Containerd, PushedImage, Registry, ensure_system_packages, push_image
+from localcluster import Containerd, Registry, ensure_system_packages, product, push_image
 from localcluster.scratch import scratch_dir
-from localcluster.services import NatsServer
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
-from tasks.images import parse_image
-from tasks.models import NodeSlice, SliceImage
-from tasks.settings import NatsSettings, Settings, load_settings
-from worker.agent import NodeAgent
-from worker.puller import is_present
-from worker.runtime import Credentials, FilesystemUsage, RuntimeImage
-from worker.runtime.cri import CriRuntime
+from tasks.models import NodeSlice, PullResult, SliceImage, Trigger
+from tasks.names import PULL_IMAGE, REWARM_NODE, pull_events_subject, rewarm_events_subject
+from tasks.routing import queue_for_node
+from tasks.settings import NatsSettings
 
 NODE = "bench-noop"
-TARGET_CPU_MS = 50.0
-TARGET_CALLS = Counter({"ListImages": 1})
-SHOWN_CALLS = ("ListImages", "ImageStatus", "PullImage")
-
-
-class CountingRuntime:
-    """The real CRI driver; every call is forwarded, and counted under its CRI method name."""
-
-    name = "cri"
-
-    def __init__(self, inner: CriRuntime) -> None:
-        self.inner = inner
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def take_calls(self) -> Counter[str]:
-        """The calls counted since the last take, and a fresh count."""
-        with self._lock:
-            calls, self.calls = self.calls, Counter()
-        return calls
-
-    def _count(self, method: str) -> None:
-        with self._lock:
-            self.calls[method] += 1
-
-    def version(self, timeout: float | None = None) -> str:
-        self._count("Version")
-        return self.inner.version(timeout)
-
-    def list_images(self) -> list[RuntimeImage]:
-        self._count("ListImages")
-        return self.inner.list_images()
-
-    def image_status(self, reference: str) -> RuntimeImage | None:
-        self._count("ImageStatus")
-        return self.inner.image_status(reference)
-
-    def pull(
-        self, reference: str, *, credentials: Credentials | None = None, timeout: float
-    ) -> str:
-        self._count("PullImage")
-        return self.inner.pull(reference, credentials=credentials, timeout=timeout)
-
-    def remove(self, reference: str) -> None:
-        self._count("RemoveImage")
-        self.inner.remove(reference)
-
-    def filesystem_usage(self) -> FilesystemUsage:
-        self._count("ImageFsInfo")
-        return self.inner.filesystem_usage()
-
-    def close(self) -> None:
-        self.inner.close()
+TIMEOUT = 1800.0
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+# This shared machine's disk may be fuller than the default budget; not what is measured.
+HARNESS_SETTINGS = {"WARM_DISK_BUDGET_PERCENT": "99", "WARM_METRICS_PORT": "0"}
 
 
 @dataclass
 class Sample:
-    cpu_ms: float  # whole process
-    thread_cpu_ms: float  # the calling thread only
     wall_ms: float
-    calls: Counter[str]
+    cpu_ms: float
+    requests: int
 
 
 @dataclass
 class Side:
     label: str
     run: Callable[[], None]
-    samples: list[Sample]
+    samples: list[Sample] = field(default_factory=list)
 
 
-def measure(run: Callable[[], None], runtime: CountingRuntime) -> Sample:
-    runtime.take_calls()
-    cpu, thread_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
+class Observer:
+    """The worker's reports on NATS: re-warm reports, and pull results of pull tasks."""
+
+    def __init__(self, bus: NatsBus) -> None:
+        self._changed = threading.Condition()
+        self.rewarms: list[dict[str, object]] = []
+        self.task_pulls = 0
+        bus.subscribe(rewarm_events_subject(NODE), self._on_rewarm)
+        bus.subscribe(pull_events_subject(NODE), self._on_pull)
+
+    def _on_rewarm(self, _subject: str, data: bytes) -> None:
+        with self._changed:
+            self.rewarms.append(json.loads(data))
+            self._changed.notify_all()
+
+    def _on_pull(self, _subject: str, data: bytes) -> None:
+        if PullResult.from_json(data).trigger is Trigger.TASK:
+            with self._changed:
+                self.task_pulls += 1
+                self._changed.notify_all()
+
+    def wait(self, check: Callable[[], bool], what: str) -> None:
+        with self._changed:
+            if not self._changed.wait_for(check, TIMEOUT):
+                raise TimeoutError(f"the worker did not report {what} in {TIMEOUT:.0f}s")
+
+
+def worker_cpu_ms(pid: int) -> float:
+    """utime + stime of the whole process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_MS
+
+
+def registry_requests(registry: Registry) -> list[str]:
+    lines = registry.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if "HTTP/1.1" in line]
+
+
+def settled_requests(registry: Registry) -> int:
+    """The registry's request count once its access log stops growing (it logs on completion)."""
+    count = len(registry_requests(registry))
+    while True:
+        time.sleep(0.3)
+        now = len(registry_requests(registry))
+        if now == count:
+            return count
+        count = now
+
+
+def measure(run: Callable[[], None], pid: int, registry: Registry) -> Sample:
+    requests, cpu, started = settled_requests(registry), worker_cpu_ms(pid), time.perf_counter()
     run()
-    return Sample(
-        cpu_ms=(time.process_time() - cpu) * 1000,
-        thread_cpu_ms=(time.thread_time() - thread_cpu) * 1000,
-        wall_ms=(time.perf_counter() - wall) * 1000,
-        calls=runtime.take_calls(),
-    )
+    wall = (time.perf_counter() - started) * 1000
+    cpu_used = worker_cpu_ms(pid) - cpu
+    return Sample(wall, cpu_used, settled_requests(registry) - requests)
 
 
-def per_image_checks(catalog: CatalogStore, runtime: CountingRuntime) -> Callable[[], None]:
-    """Baseline: the slice read, then one ImageStatus per image (a per-(node, image) check)."""
+def push_images(registry: Registry, count: int, latest_share: float) -> list[str]:
+    """``count`` images of distinct content, ``latest_share`` of them tagged ``latest``."""
+    latest = round(count * latest_share)
+    run = uuid.uuid4().hex[:6]
 
+    def push(index: int) -> str:
+        tag = "latest" if index < latest else "v1"
+        return push_image(registry.host, f"noop-{run}/app-{index:04d}", tag, size_mib=0.01).ref
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(push, range(count)))
+
+
+def product_rewarm(client: Celery, observer: Observer, images: int) -> Callable[[], None]:
     def run() -> None:
-        node_slice, _ = catalog.get_slice(NODE)
-        for entry in node_slice.images:
-            image = parse_image(entry.image)
-            if not is_present(image, runtime.image_status(image.pull_ref), entry.digest):
-                raise RuntimeError(f"{entry.image} is not warm: the baseline measured a pull")
-
-    return run
-
-
-def per_image_tasks(agent: NodeAgent, entries: list[SliceImage]) -> Callable[[], None]:
-    """Baseline: one pull-task body per image (ImageStatus, NATS event, status update)."""
-
-    def run() -> None:
-        for entry in entries:
-            agent.pull_entry(entry)
-
-    return run
-
-
-def product_rewarm(agent: NodeAgent, revision: int, images: int) -> Callable[[], None]:
-    def run() -> None:
-        report = agent.rewarm(revision, [])
-        if report.present != images or report.pulled or report.failed or report.retrying:
+        seen = len(observer.rewarms)
+        client.send_task(REWARM_NODE, kwargs={"node": NODE}, queue=queue_for_node(NODE))
+        observer.wait(lambda: len(observer.rewarms) > seen, "its re-warm")
+        report = observer.rewarms[-1]
+        if report["pulled"] or report["failed"] or report["retrying"]:
             raise RuntimeError(f"not a no-op re-warm: {report}")
+        if report["present"] != images:
+            raise RuntimeError(f"re-warm saw {report['present']} of {images} images: {report}")
 
     return run
 
 
-def push_images(registry: Registry, count: int, size_mib: float) -> list[PushedImage]:
-    tag = uuid.uuid4().hex[:8]
-    return [
-        push_image(registry.host, f"bench/noop-{i:03d}", tag, size_mib=size_mib)
-        for i in range(count)
-    ]
+def pull_task_per_image(client: Celery, observer: Observer, refs: list[str]) -> Callable[[], None]:
+    def run() -> None:
+        seen = observer.task_pulls
+        with client.producer_or_acquire() as producer:
+            for ref in refs:
+                client.send_task(
+                    PULL_IMAGE,
+                    kwargs={"node": NODE, "image": ref},
+                    queue=queue_for_node(NODE),
+                    producer=producer,
+                )
+        observer.wait(lambda: observer.task_pulls >= seen + len(refs), "every pull task")
+
+    return run
 
 
-def agent_settings(nats_url: str, endpoint: str) -> Settings:
-    # The disk budget is read once, from Settings, into the agent's Puller, and checked only
-    # right before a pull: it matters for the first (warming) re-warm alone. This shared
-    # machine's disk may sit above the default 80 %, which is not what is measured here.
-    return load_settings(
-        {
-            "WARM_NATS_URL": nats_url,
-            "WARM_RUNTIME_ENDPOINT": endpoint,
-            "WARM_NODE_NAME": NODE,
-            "WARM_DISK_BUDGET_PERCENT": "99",
-        }
+def spread(values: list[float]) -> str:
+    ordered = sorted(values)
+    p90 = (
+        statistics.quantiles(ordered, n=10, method="inclusive")[-1]
+        if len(ordered) > 1
+        else ordered[0]
     )
+    return f"{statistics.median(ordered):>9.0f} {p90:>7.0f} {ordered[0]:>7.0f}..{ordered[-1]:<7.0f}"
 
 
-def warm_node(agent: NodeAgent, revision: int, runtime: CountingRuntime, images: int) -> None:
-    """The agent's first re-warm pulls every image: from here on the node is fully warm."""
-    started = time.perf_counter()
-    report = agent.rewarm(revision, [])
-    if report.pulled != images:
-        raise RuntimeError(f"warming pulled {report.pulled} of {images}: {report}")
-    calls = runtime.take_calls()
+def report(sides: list[Side], args: argparse.Namespace, latest: int) -> None:
     print(
-        f"node warmed by the first re-warm: {report.pulled} images pulled in "
-        f"{time.perf_counter() - started:.2f}s ({format_calls(calls)})",
-        flush=True,
+        f"No-op re-warm through Celery: {args.images} images per node ({latest} :latest), "
+        f"{args.rounds} alternating rounds;"
     )
-
-
-def interleave(sides: list[Side], runs: int, runtime: CountingRuntime) -> None:
-    for side in sides:  # warm-up: connections, code paths, caches; not measured
-        measure(side.run, runtime)
-    for index in range(runs):
-        shift = index % len(sides)
-        for side in sides[shift:] + sides[:shift]:
-            side.samples.append(measure(side.run, runtime))
-
-
-def median_calls(samples: list[Sample]) -> Counter[str]:
-    methods = {method for sample in samples for method in sample.calls}
-    return Counter(
-        {m: round(statistics.median(s.calls[m] for s in samples)) for m in sorted(methods)}
-    )
-
-
-def format_calls(calls: Counter[str]) -> str:
-    shown = [f"{calls[m]} {m}" for m in SHOWN_CALLS]
-    others = [f"{count} {m}" for m, count in sorted(calls.items()) if m not in SHOWN_CALLS]
-    return ", ".join(shown + others)
-
-
-def summary(side: Side) -> tuple[float, float, float, Counter[str]]:
-    samples = side.samples
-    return (
-        statistics.median(s.cpu_ms for s in samples),
-        statistics.median(s.thread_cpu_ms for s in samples),
-        statistics.median(s.wall_ms for s in samples),
-        median_calls(samples),
-    )
-
-
-def print_side(side: Side) -> None:
-    cpu, thread_cpu, wall, calls = summary(side)
-    cpus = " ".join(f"{s.cpu_ms:.1f}" for s in side.samples)
-    print(f"{side.label}: median CPU {cpu:.1f} ms (thread {thread_cpu:.1f} ms), wall {wall:.1f} ms")
-    print(f"  calls per re-warm: {format_calls(calls)}; CPU ms per run: {cpus}", flush=True)
-
-
-def report(sides: list[Side], images: int, size_mib: float, runs: int) -> bool:
-    product = sides[0]
-    cpu, _, _, calls = summary(product)
-    every_run_one_call = all(sample.calls == TARGET_CALLS for sample in product.samples)
-    met = cpu <= TARGET_CPU_MS and every_run_one_call
+    print("containerd, Redis, NATS and a registry on loopback; python -m worker on defaults")
+    print("(WARM_REFRESH_TAGS=latest). CPU: the worker process, all threads (/proc);")
+    print("registry requests: the registry's access log.")
     print()
-    print(f"No-op re-warm of a fully warm node: {images} images of {size_mib:g} MiB, containerd")
-    print(f"CRI on loopback; medians of {runs} runs each, interleaved. CPU = this process, all")
-    print("threads (NATS loop and gRPC threads included); thread = the calling thread only.")
-    print()
-    print(
-        f"{'case':<44} {'CPU ms':>7} {'thread':>7} {'wall ms':>8} "
-        f"{'List':>5} {'Status':>7} {'Pull':>5}"
-    )
+    print(f"{'case':<40} {'':>6} {'median':>9} {'p90':>7} {'min..max':>15}")
     for side in sides:
-        cpu_ms, thread_ms, wall_ms, side_calls = summary(side)
-        print(
-            f"{side.label:<44} {cpu_ms:>7.1f} {thread_ms:>7.1f} {wall_ms:>8.1f} "
-            f"{side_calls['ListImages']:>5} {side_calls['ImageStatus']:>7} "
-            f"{side_calls['PullImage']:>5}"
-        )
+        for name, values in (
+            ("wall ms", [s.wall_ms for s in side.samples]),
+            ("CPU ms", [s.cpu_ms for s in side.samples]),
+            ("reqs", [float(s.requests) for s in side.samples]),
+        ):
+            label = side.label if name == "wall ms" else ""
+            print(f"{label:<40} {name:>7} {spread(values)}")
+    product_side, baseline = sides
+    for name, pick in (("wall", "wall_ms"), ("CPU", "cpu_ms")):
+        ours = statistics.median(getattr(s, pick) for s in product_side.samples)
+        theirs = statistics.median(getattr(s, pick) for s in baseline.samples)
+        print(f"median {name}: baseline / product = {theirs / max(ours, 1e-9):.1f}x")
     print()
-    verdict = "MET" if met else "MISSED"
-    print(
-        f"target: 1 ListImages and no other runtime call in every run, <= {TARGET_CPU_MS:g} ms "
-        f"CPU -> {verdict} "
-        f"(product: {format_calls(calls)}, {cpu:.1f} ms CPU)"
-    )
-    for baseline in sides[1:]:
-        b_cpu, _, b_wall, b_calls = summary(baseline)
-        print(
-            f"vs {baseline.label}: {b_cpu / max(cpu, 1e-9):.1f}x the CPU, "
-            f"{b_wall / max(summary(product)[2], 1e-9):.1f}x the wall time, "
-            f"{sum(b_calls.values())} runtime calls instead of {sum(calls.values())}"
-        )
-    return met
+    print("The product's registry requests are the :latest manifests it checks for a moved tag")
+    print("(WARM_REFRESH_TAGS=latest); per-image pull tasks find the tag present and never ask.")
 
 
-def run(workdir: Path, options: argparse.Namespace) -> bool:
-    with contextlib.ExitStack() as stack:
+def run(workdir: Path, args: argparse.Namespace) -> int:
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisServer(workdir / "redis"))
         nats = stack.enter_context(NatsServer(workdir / "nats"))
         registry = stack.enter_context(Registry(workdir / "registry"))
         node = stack.enter_context(Containerd(workdir, "node", insecure_registries=[registry.host]))
         bus = stack.enter_context(NatsBus(NatsSettings(url=nats.url)))
-        runtime = CountingRuntime(CriRuntime(node.endpoint))
-        stack.callback(runtime.close)
-        print(f"pushing {options.images} images to {registry.host} ...", flush=True)
-        pushed = push_images(registry, options.images, options.size_mib)
-        entries = [SliceImage(image.ref, digest=image.digest) for image in pushed]
-        catalog = CatalogStore(bus)
-        revision = catalog.put_slice(NodeSlice(NODE, tuple(entries)))
-        agent = NodeAgent(agent_settings(nats.url, node.endpoint), NODE, runtime, bus)
-        warm_node(agent, revision, runtime, options.images)
+        print(f"pushing {args.images} images to {registry.host} ...", file=sys.stderr, flush=True)
+        refs = push_images(registry, args.images, args.latest_share)
+        CatalogStore(bus).put_slice(NodeSlice(NODE, tuple(SliceImage(ref) for ref in refs)))
+        observer = Observer(bus)
+        broker = f"{redis.url}/0"
+        env = product.product_env(
+            broker_url=broker, nats_url=nats.url, kubeconfig=None, **HARNESS_SETTINGS
+        )
+        worker = product.worker(NODE, node.endpoint, env, workdir / "logs").start()
+        stack.callback(worker.stop)
+        client = Celery("bench", broker=broker)
+        client.conf.update(task_serializer="json", accept_content=["json"])
+        stack.callback(client.close)
+        print("the worker's reconcile on start warms the node ...", file=sys.stderr, flush=True)
+        observer.wait(
+            lambda: any(r["trigger"] == Trigger.START and r["pulled"] for r in observer.rewarms),
+            "its reconcile on start",
+        )
+        if worker.pid is None:
+            raise RuntimeError(f"the worker is not running:\n{worker.log_tail()}")
         sides = [
-            Side(
-                "product: rewarm(revision, [])", product_rewarm(agent, revision, len(entries)), []
-            ),
-            Side("baseline: slice + ImageStatus per image", per_image_checks(catalog, runtime), []),
-            Side("baseline: pull-task body per image", per_image_tasks(agent, entries), []),
+            Side("product: one re-warm task", product_rewarm(client, observer, len(refs))),
+            Side("baseline: one pull task per image", pull_task_per_image(client, observer, refs)),
         ]
-        interleave(sides, options.runs, runtime)
-        for side in sides:
-            print_side(side)
-        return report(sides, options.images, options.size_mib, options.runs)
-
-
-def options() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=50)
-    parser.add_argument("--size-mib", type=float, default=0.2)
-    parser.add_argument("--runs", type=int, default=20)
-    return parser.parse_args()
+        for side in sides:  # warm-up: connections, code paths; not measured
+            side.run()
+        for index in range(args.rounds):
+            for side in sides[:: -1 if index % 2 else 1]:
+                side.samples.append(measure(side.run, worker.pid, registry))
+    report(sides, args, round(args.images * args.latest_share))
+    return 0
 
 
 def main() -> int:
-    args = options()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--latest-share", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
     ensure_system_packages()
     with scratch_dir("bn-") as workdir:
-        return 0 if run(workdir, args) else 1
+        return run(workdir, args)
 
 
 if __name__ == "__main__":

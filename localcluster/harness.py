@@ -6,6 +6,7 @@ tasks, and the pull results it publishes on NATS collected in arrival order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -105,6 +106,24 @@ def start_worker(
     )
     process = product.worker(name, endpoint, environment, logdir)
     return Worker(process, name, broker).start()
+
+
+def tcp_connections(pid: int, port: int) -> int:
+    """TCP connections from process ``pid`` to 127.0.0.1:``port`` (e.g. a worker's to its
+    broker), read from /proc: the process's own view, so no other client is counted."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = fd.readlink().name
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[9] in inodes:
+            count += 1
+    return count
 
 
 def registry_requests(registry: Registry, fragment: str) -> list[str]:

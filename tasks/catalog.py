@@ -91,7 +91,7 @@ class CatalogStore:
             pointer, revision = self.get_pointer(node)
             images = self._class_slice(pointer.slice)
             if images is not None:
-                return NodeSlice(node, images), revision
+                return NodeSlice(node, images, pointer.slice), revision
         raise UnknownNode(f"node {node!r}: its slice keeps moving; the watcher is rewriting it")
 
     def delete_slice(self, node: str) -> None:

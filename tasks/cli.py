@@ -406,11 +406,11 @@ def _print_status(statuses: list[NodeStatus]) -> None:
             f"{len(status.warm)}/{len(status.expected)}",
             str(len(status.missing)),
             str(len(status.failed)),
-            _ago(_reported_at(status)),
+            _ago(_changed_at(status)),
         ]
         for status in statuses
     ]
-    _table(["NODE", "WARM", "MISSING", "FAILED", "LAST REPORT"], rows)
+    _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED"], rows)  # a no-op re-warm writes none
     warm = sum(1 for status in statuses if not status.missing)
     click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
     if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text
@@ -427,18 +427,21 @@ def _print_status(statuses: list[NodeStatus]) -> None:
 
 
 def _as_of(statuses: list[NodeStatus]) -> str:
-    """What the table shows is each node's last report, not the runtimes now: say when."""
-    times = sorted(at for at in map(_reported_at, statuses) if at)
+    """The table is the nodes' records, not the runtimes now: say as of when.
+
+    A node checks its runtime at every re-warm and writes its record only when something
+    changed, so the record holds as of its last re-warm; the time known is its last change.
+    """
+    times = sorted(at for at in map(_changed_at, statuses) if at)
     if not times:
         return "as of: no node has reported yet"
-    if len(statuses) == 1:
-        return f"as of {statuses[0].node}'s last report, {_when(times[0])}"
     span = _when(times[0]) if times[0] == times[-1] else f"{_when(times[0])} to {_when(times[-1])}"
-    return f"as of each node's last report, {span} (--refresh asks the nodes now)"
+    whose = f"{statuses[0].node}'s" if len(statuses) == 1 else "each node's"
+    return f"as of {whose} last re-warm or pull; last change {span}; --refresh asks now"
 
 
-def _reported_at(status: NodeStatus) -> float | None:
-    """When the node last wrote its status: its last re-warm or a pull since."""
+def _changed_at(status: NodeStatus) -> float | None:
+    """When the node last changed its record: a re-warm that found a change, or a pull."""
     times = [status.last_rewarm_at or 0.0, *(image.at for image in status.images.values())]
     return max(times) or None
 

@@ -103,6 +103,7 @@ class NodeSlice:
 
     node: str
     images: tuple[SliceImage, ...] = ()
+    slice: str = ""  # the content hash of the class slice it resolves to
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ INVALID_IMAGE_EVENTS = "warm.events.catalog.invalid"  # one per malformed refere
 REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-warm
 
 # NATS JetStream key-value buckets.
-CATALOG_BUCKET = "warm-catalog"  # images.<key> -> CatalogEntry, nodes.<node> -> NodeSlice
+# images.<key> -> CatalogEntry, slices.<hash> -> ClassSlice, nodes.<node> -> SlicePointer
+CATALOG_BUCKET = "warm-catalog"
 STATUS_BUCKET = "warm-status"  # <node> -> NodeStatus
 BEAT_BUCKET = "warm-beat"  # leader -> the beat that may dispatch (expires unless renewed)
 

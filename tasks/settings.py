@@ -54,9 +54,10 @@ class NatsSettings:
 @dataclass(frozen=True)
 class NodeSettings:
     name: str | None = None
-    # Remote control and heartbeats let Flower and `celery inspect` see the worker, at the cost
-    # of four more broker connections per node (six instead of two): off for very large fleets.
-    remote_control: bool = True
+    # Remote control and heartbeats let `celery inspect` and Flower's worker pages reach the
+    # worker, at up to eight broker connections per node instead of four (bench_idle_workers):
+    # off by default for fleets of thousands; task events (Flower's task list) stay on.
+    remote_control: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def _read(source: _Source) -> Settings:
         ),
         node=NodeSettings(
             name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME"),
-            remote_control=source.flag("WARM_WORKER_REMOTE_CONTROL", True),
+            remote_control=source.flag("WARM_WORKER_REMOTE_CONTROL", False),
         ),
         runtime=RuntimeSettings(
             kind=source.choice("WARM_RUNTIME", "auto", RUNTIME_KINDS),

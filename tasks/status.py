@@ -1,8 +1,9 @@
 """Per-node status in NATS key-value: what each node lacks and why, against the slice it answers.
 
 Each node worker owns its key (``<node>`` in the status bucket) and is its only writer, so
-updates need no coordination across nodes; within a worker a lock orders them, and the worker
-keeps the record it last wrote in memory instead of reading it back.
+updates need no coordination across nodes; within a worker a lock orders them. The record is
+read back before each update (a few hundred bytes), so one that NATS lost is written again by
+the next re-warm.
 
 The record stays small and written only when it changes, because 5,000 nodes re-warm every
 interval: it counts what is warm and names only the images of the node's slice that are not
@@ -39,6 +40,7 @@ class ImageStatus:
     reason: str = ""
     at: float = 0.0
     attempt: int = 0
+    trigger: str = ""  # what asked for the attempt (tasks.models.Trigger); "" when none did
 
 
 @dataclass
@@ -50,6 +52,7 @@ class NodeStatus:
     warm_count: int = 0  # of which the runtime held or pulled
     last_rewarm_at: float | None = None  # the last re-warm that changed the record
     last_rewarm_revision: int | None = None  # the revision of the slice it answers
+    slice: str = ""  # that slice's content hash: a pointer rewritten unchanged is no news
     # The slice a reader measures against; not stored (the catalog holds it).
     expected: list[str] = field(default_factory=list, compare=False)
 
@@ -122,7 +125,6 @@ class StatusStore:
         self._bus = bus
         self._bucket = bucket
         self._lock = threading.Lock()
-        self._written: dict[str, NodeStatus] = {}  # node -> its record as this store wrote it
         self._expected: dict[str, frozenset[str]] = {}  # node -> the slice of its last re-warm
 
     def get(self, node: str) -> NodeStatus:
@@ -138,7 +140,7 @@ class StatusStore:
         if not results:
             return
         with self._lock:
-            status = self._current(node)
+            status = self.get(node)
             images, warm = dict(status.images), status.warm_count
             expected = self._expected.get(node)
             for result in results:
@@ -152,19 +154,27 @@ class StatusStore:
                 # An image outside the slice re-warmed is new to the node (the watcher sent
                 # it): named now, it leaves at the next re-warm if it left the slice.
                 images[result.image] = _merged(before, _image_status(result))
-            self._write(replace(status, images=images, warm_count=max(0, warm)))
+            self._write(status, replace(status, images=images, warm_count=max(0, warm)))
 
     def record_rewarm(
-        self, node: str, expected: list[str], revision: int, present: list[str] | None = None
+        self,
+        node: str,
+        expected: list[str],
+        revision: int,
+        present: list[str] | None = None,
+        slice_hash: str = "",
     ) -> None:
-        """A re-warm's diff: the slice answered, at ``revision``, and what the runtime holds.
+        """A re-warm's diff: the slice answered (at ``revision``, with ``slice_hash``), and
+        what the runtime holds.
 
         Images that left the slice leave the record; images present are warm; the others
-        keep what the record knew of them (a failure and its reason) or are missing.
+        keep what the record knew of them (a failure and its reason) or are missing. The
+        watcher's periodic resync rewrites every pointer unchanged: a revision that moved
+        over the same content keeps the record as it was.
         """
         held = set(present or ())
         with self._lock:
-            status = self._current(node)
+            status = self.get(node)
             images = {
                 image: status.images.get(image) or ImageStatus(outcome=MISSING)
                 for image in expected
@@ -176,20 +186,17 @@ class StatusStore:
                 expected_count=len(expected),
                 warm_count=len(expected) - len(images),
                 last_rewarm_revision=revision,
+                slice=slice_hash,
             )
+            if slice_hash and slice_hash == status.slice:
+                changed.last_rewarm_revision = status.last_rewarm_revision
             self._expected[node] = frozenset(expected)
             if changed != status:
-                self._write(replace(changed, last_rewarm_at=time.time()))
+                self._write(status, replace(changed, last_rewarm_at=time.time()))
 
-    def _current(self, node: str) -> NodeStatus:
-        if node not in self._written:
-            self._written[node] = self.get(node)
-        return self._written[node]
-
-    def _write(self, status: NodeStatus) -> None:
-        if status != self._written.get(status.node):
+    def _write(self, before: NodeStatus, status: NodeStatus) -> None:
+        if status != before:
             self._bus.kv_put(self._bucket, status.node, status.to_json())
-            self._written[status.node] = status
 
 
 def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +205,8 @@ def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image_status(result: PullResult) -> ImageStatus:
-    return ImageStatus(result.outcome.value, result.reason, round(result.at, 3), result.attempt)
+    at = round(result.at, 3)
+    return ImageStatus(result.outcome.value, result.reason, at, result.attempt, result.trigger)
 
 
 def _merged(before: ImageStatus | None, after: ImageStatus) -> ImageStatus:

@@ -20,7 +20,9 @@ CATALOG_IMAGES = Gauge("warm_watcher_catalog_images", "Images in the catalog")
 NODES = Gauge("warm_watcher_nodes", "Nodes known to the watcher")
 NODE_CLASSES = Gauge("warm_watcher_node_classes", "Classes of equivalent nodes")
 TASKS_SENT = Counter("warm_watcher_tasks_sent", "Celery tasks sent to node queues", ["task"])
-SLICE_WRITES = Counter("warm_watcher_slice_writes", "Node slices written to NATS key-value")
+SLICE_WRITES = Counter(
+    "warm_watcher_slice_writes", "Node slice pointers written to NATS key-value (one per move)"
+)
 PUBLISH_FAILURES = Counter(
     "warm_watcher_publish_failures", "Flushes that failed because NATS or the broker did"
 )
@@ -28,6 +30,13 @@ CATALOG_LOSSES = Counter(
     "warm_watcher_catalog_losses", "Times the catalog bucket was found emptied and written again"
 )
 LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")
+PULL_SECRET_COPIES = Gauge(
+    "warm_watcher_pull_secret_copies", "Pull secrets mirrored into the release namespace"
+)
+PULL_SECRETS_SKIPPED = Gauge(
+    "warm_watcher_pull_secrets_skipped",
+    "Referenced pull secrets not mirrored: missing, unreadable or not a registry type",
+)
 UNTAINT_SECONDS = Histogram(
     "warm_watcher_node_untaint_seconds",
     "Seconds from a node's creation to the removal of its startup taint, by why it was removed",

@@ -76,11 +76,14 @@ def _worker_argv(settings: Settings, queue: str, node: str, extra: list[str]) ->
     if settings.node.remote_control:
         argv.append(f"--heartbeat-interval={HEARTBEAT_INTERVAL}")
     else:
-        # Two broker connections (the queue and its acknowledgements) instead of six; Flower
-        # and `celery inspect` no longer see this worker, so its task events would cost a
-        # connection for nothing.
+        # The default at fleet scale: task events stay on (celeryconfig), which are all that
+        # Flower's task list needs (it lists the worker from them too); no remote control (a
+        # broadcast queue and its reply connections) and no heartbeats, which only `celery
+        # inspect` and Flower's worker pages need. Retries publish on a connection opened and
+        # closed for them (pool limit 0), not one kept per thread: at most four connections
+        # after a retry, against eight with remote control (bench_idle_workers).
         app.conf.worker_enable_remote_control = False
-        app.conf.worker_send_task_events = False
+        app.conf.broker_pool_limit = 0
         argv.append("--without-heartbeat")
     return argv + extra
 

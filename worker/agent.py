@@ -81,7 +81,8 @@ class NodeAgent:
             timeout=settings.runtime.pull_timeout,
             disk_budget_percent=settings.runtime.disk_budget_percent,
         )
-        self._failed: dict[str, tuple[SliceImage, str]] = {}  # permanent, by image
+        # Permanent failures by image: the entry, the reason, its pull secrets' version.
+        self._failed: dict[str, tuple[SliceImage, str, str]] = {}
         self._failed_lock = threading.Lock()
 
     def pull(self, reference: str, *, digest: str | None = None, attempt: int = 1) -> PullResult:
@@ -146,7 +147,7 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current, present)
+        self.status.record_rewarm(self.node, expected, current, present, node_slice.slice)
         if check_only:  # the record now names what the runtime lacks: nothing more to do
             missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
@@ -269,17 +270,22 @@ class NodeAgent:
         return next(found, SliceImage(reference))
 
     def _remember(self, entry: SliceImage, result: PullResult) -> None:
-        with self._failed_lock:
-            if result.outcome is Outcome.FAILED:
-                self._failed[entry.image] = (entry, result.reason)
-            elif result.outcome in (Outcome.PULLED, Outcome.PRESENT):
+        if result.outcome is Outcome.FAILED:
+            version = self.credentials.version(entry.pull_secrets)
+            with self._failed_lock:
+                self._failed[entry.image] = (entry, result.reason, version)
+        elif result.outcome in (Outcome.PULLED, Outcome.PRESENT):
+            with self._failed_lock:
                 self._failed.pop(entry.image, None)
 
     def _failed_before(self, entry: SliceImage) -> str | None:
-        """The reason ``entry`` failed for good, if it did under this very catalog entry."""
+        """The reason ``entry`` failed for good, if it did under this very catalog entry and
+        the same content of its pull secrets (a fixed password is worth another try)."""
         with self._failed_lock:
             found = self._failed.get(entry.image)
         if found is None or found[0] != entry:
+            return None
+        if found[2] != self.credentials.version(entry.pull_secrets):
             return None
         return (
             "not retried until its catalog entry changes or "

@@ -81,28 +81,42 @@ class CredentialSource:
         candidates = [match(auths, image) for auths in configs]
         return [found for found in candidates if found is not None]
 
+    def version(self, secrets: Sequence[str]) -> str:
+        """Which content ``secrets`` hold now (their resourceVersions), so that an image refused
+        under one password is tried again once the watcher copied a fixed one."""
+        if not self._use_secrets or not secrets:
+            return ""
+        found = (self._fetch(name, quiet=True) for name in secrets)
+        return ",".join(str(s.metadata.resource_version) if s else "-" for s in found)
+
     def _read_secret(self, name: str) -> dict[str, Any]:
-        namespace, _, secret_name = name.partition("/")
-        if namespace != self._namespace or not secret_name.startswith(PULL_SECRET_MIRROR_PREFIX):
-            log.warning(
-                "pull secret %s ignored: only %s/%s* copies are read",
-                name,
-                self._namespace,
-                PULL_SECRET_MIRROR_PREFIX,
-            )
-            return {}
-        api = self._core_api()
-        if api is None:
-            return {}
-        try:
-            secret = api.read_namespaced_secret(
-                secret_name, namespace, _request_timeout=_API_TIMEOUT
-            )
-        except Exception as error:  # a missing secret means an anonymous pull, as in kubelet
-            status = getattr(error, "status", None) or type(error).__name__
-            log.warning("pull secret %s not readable (%s): pulling without it", name, status)
+        secret = self._fetch(name)
+        if secret is None:
             return {}
         return auths_of_secret(secret.type or "", secret.data or {})
+
+    def _fetch(self, name: str, *, quiet: bool = False) -> Any:
+        """The Secret ``name`` from the API; None when it is not a copy, or not readable."""
+        namespace, _, secret_name = name.partition("/")
+        if namespace != self._namespace or not secret_name.startswith(PULL_SECRET_MIRROR_PREFIX):
+            if not quiet:
+                log.warning(
+                    "pull secret %s ignored: only %s/%s* copies are read",
+                    name,
+                    self._namespace,
+                    PULL_SECRET_MIRROR_PREFIX,
+                )
+            return None
+        api = self._core_api()
+        if api is None:
+            return None
+        try:
+            return api.read_namespaced_secret(secret_name, namespace, _request_timeout=_API_TIMEOUT)
+        except Exception as error:  # a missing secret means an anonymous pull, as in kubelet
+            if not quiet:
+                status = getattr(error, "status", None) or type(error).__name__
+                log.warning("pull secret %s not readable (%s): pulling without it", name, status)
+            return None
 
     def _core_api(self) -> Any:
         with self._lock:

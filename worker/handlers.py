@@ -9,14 +9,14 @@ Transient failures go back to Celery with exponential backoff and full jitter, u
 permanent failures are recorded and dropped. So a registry that is down costs a bounded number
 of retries per image, spread out in time, and a missing tag costs exactly one attempt.
 
+A task reaches the node agent through its app (``self.app``), where the worker's agent step
+(:mod:`worker.steps`) put it, so the same task bodies serve any worker that has an agent.
+
 Each task ends in the Celery state that says what happened (Flower shows it): a permanent
 failure raises :class:`PullFailedError` (FAILURE, never retried), a transient one retries with
 :class:`TransientPullError` as its reason (RETRY), and a re-warm that left images missing raises
 :class:`RewarmIncompleteError` (FAILURE) after its report is out. They are declared ``throws``:
 expected outcomes, logged in one line rather than with a traceback.
-
-A task reaches the node agent through its app (``self.app``), where the worker's agent step
-(:mod:`worker.steps`) put it, so the same task bodies serve any worker that has an agent.
 """
 
 from __future__ import annotations
@@ -82,30 +82,28 @@ def rewarm_node(
     if node != agent.node:
         log.error("re-warm for node %s reached node %s: dropped", node, agent.node)
         return {}
-    report = rewarm(
-        agent,
-        revision,
-        images or [],
-        Trigger.REWARM,
-        retry_failed=retry_failed,
-        unlisted=unlisted,
-        check_only=check_only,
-    )
+    options = {"retry_failed": retry_failed, "unlisted": unlisted, "check_only": check_only}
+    report = rewarm(agent, revision, images or [], Trigger.REWARM, **options)
     if report.failed and not check_only:
         expected = report.pulled + report.present + len(report.failed) + len(report.retrying)
         raise RewarmIncompleteError.of(report.failed, expected)
-    return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
+    return counts(report)
 
 
 def rewarm(
     agent: NodeAgent, revision: int, images: list[str], trigger: Trigger, **options: Any
 ) -> RewarmReport:
     """The node's slice diffed against its runtime and the gaps pulled; what failed for now
-    is retried later, each image on its own schedule. A re-warm task and the reconcile."""
+    is retried later, each image on its own schedule. A re-warm task and the reconcile;
+    ``options`` are those of :meth:`NodeAgent.rewarm`."""
     report = agent.rewarm(revision, images, trigger=trigger, **options)
     for image in report.retrying:
         schedule_retry(agent, image, attempt=1)
     return report
+
+
+def counts(report: RewarmReport) -> dict[str, int]:
+    return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
 def schedule_retry(agent: NodeAgent, image: str, *, attempt: int) -> None:

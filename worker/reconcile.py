@@ -29,7 +29,7 @@ from tasks.catalog import UnknownNode
 from tasks.models import Trigger
 
 from .agent import NodeAgent, agent_of
-from .handlers import rewarm
+from .handlers import counts, rewarm
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,6 @@ class Reconcile(bootsteps.StartStopStep):
         except Exception:  # a thread's exception is lost unless logged; the worker goes on
             log.exception("reconcile on %s failed", trigger)
         else:
-            log.info("reconcile on %s of node %s: %s", trigger, agent.node, done)
+            log.info("reconcile on %s of node %s: %s", trigger, agent.node, counts(done))
         finally:
             self._running.release()

@@ -67,6 +67,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* A bundled server's image (call with .Values.nats.image or .Values.redis.image): the tag
+for the reader, the digest for the runtime when one is given. */}}
+{{- define "warm-images.serverImage" -}}
+{{- if .digest }}
+{{- printf "%s:%s@%s" .repository .tag .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+
 {{- define "warm-images.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -270,7 +280,8 @@ The subjects a role may publish and subscribe to on the bundled NATS, as YAML {p
 A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
 and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
 back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
-publish catalog events; a worker writes only status keys and its own event subjects.
+publish catalog events; a worker writes only status keys and node event subjects. The watcher
+may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) does.
 */}}
 {{- define "warm-images.nats.permissions" -}}
 {{- $read := dict }}
@@ -295,7 +306,7 @@ publish catalog events; a worker writes only status keys and its own event subje
 {{- $roles := dict
   "watcher" (dict
     "publish" (concat $common $catalog (get $read "warm-status") (list "warm.events.catalog" "warm.events.catalog.>"))
-    "subscribe" (list "_INBOX.>"))
+    "subscribe" (list "_INBOX.>" "warm.events.>"))
   "worker" (dict
     "publish" (concat $common (get $read "warm-catalog") $status (list "warm.events.pull.>" "warm.events.rewarm.>"))
     "subscribe" (list "_INBOX.>"))

@@ -27,6 +27,8 @@ from localcluster.harness import wait_for
 from localcluster.product import ProductProcess
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import BusUnavailable, NatsBus
+from tasks.catalog import CatalogStore
+from tasks.models import CatalogEntry
 from tasks.names import REWARM_NODE
 from tasks.rewarm import dispatch_rewarm
 from tasks.routing import queue_for_node
@@ -81,6 +83,7 @@ def test_a_rewarm_narrowed_to_nodes_and_images_sends_only_to_those(
     private_redis: RedisServer, private_bus: NatsBus, seed_nodes: SeedNodes
 ) -> None:
     nodes = seed_nodes(5, 3)
+    CatalogStore(private_bus).put_entry(CatalogEntry("docker.io/library/nginx:latest"))
     client = redis.Redis.from_url(f"{private_redis.url}/4")
 
     dispatch_rewarm(broker_app(private_redis, 4), private_bus, nodes[:2], ["nginx"])
@@ -146,9 +149,9 @@ def test_the_lease_survives_nats_losing_its_storage_and_still_expires(
 
         time.sleep(2 / 3)  # until then "a" renews nothing: it cannot see the loss before
         wait_for(holds_again, 20, "the holder to take the lease in the new bucket")
+        taken = time.monotonic()
         assert not second.hold()
         # The new bucket has the lease's TTL too: "a" stops renewing and "b" takes over.
-        taken = time.monotonic()
         wait_for(second.hold, 15, "the lease to expire in the new bucket")
         assert time.monotonic() - taken >= 1.5
 

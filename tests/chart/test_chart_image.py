@@ -57,11 +57,46 @@ def stages() -> list[Stage]:
     return found
 
 
-def test_multi_stage_on_slim_python() -> None:
-    builder, final = stages()
+def build_args(stage: Stage) -> dict[str, str]:
+    return dict(arg.partition("=")[::2] for arg in stage.args_of("ARG"))
+
+
+def test_multi_stage_on_slim_python_pinned_by_digest() -> None:
+    builder, final = stages()  # the bases are ${BASE}'s default, overridable with --build-arg
     assert builder.name == "builder"
-    assert builder.base == final.base == "python:3.11-slim"
-    assert any("pip install ." in run for run in builder.args_of("RUN"))
+    assert builder.base == final.base
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", builder.base), builder.base
+    assert any("pip install --no-deps --no-build-isolation ." in r for r in builder.args_of("RUN"))
+
+
+def test_dependencies_come_from_the_lock_with_hashes() -> None:
+    """Every package installed is pinned and verified: the lock is installed with
+    --require-hashes, and no other pip install may resolve or fetch anything."""
+    builder = stages()[0]
+    installs = [run for run in builder.args_of("RUN") if "pip install" in run]
+    assert installs[0] == "pip install --require-hashes --no-deps -r requirements.lock"
+    assert all("--no-deps" in run for run in installs)
+    assert "COPY requirements.lock ./" in [f"COPY {c}" for c in builder.args_of("COPY")]
+    lock = (REPO / "requirements.lock").read_text()
+    pins = re.findall(r"(?m)^([A-Za-z0-9._-]+)==(\S+) \\$", lock)
+    entries = re.split(r"(?m)^(?=[A-Za-z0-9._-]+==)", lock)[1:]
+    assert len(pins) == len(entries) > 20
+    assert all("--hash=sha256:" in entry for entry in entries)
+    locked = {name.lower() for name, _ in pins}
+    pyproject = (REPO / "pyproject.toml").read_text()
+    section = pyproject.split("dependencies = [", 1)[1].split("]", 1)[0]
+    wanted = {re.split(r"[\[<>=]", d.strip().strip('",'))[0].lower() for d in section.split("\n")}
+    assert {w for w in wanted if w} <= locked
+    assert "setuptools" in locked  # the build backend too, since the build is not isolated
+
+
+def test_image_says_where_it_comes_from() -> None:
+    final = stages()[-1]
+    args = build_args(final)
+    assert args["REVISION"] == "unknown" and args["SOURCE_URL"].startswith("https://")
+    (labels,) = final.args_of("LABEL")
+    assert 'org.opencontainers.image.source="${SOURCE_URL}"' in labels
+    assert 'org.opencontainers.image.revision="${REVISION}"' in labels
 
 
 def test_final_stage_runs_unprivileged_without_build_tools() -> None:
@@ -88,5 +123,5 @@ def test_dockerignore_keeps_the_context_small_and_clean() -> None:
     # An allow-list: everything out, then the packaging files and the Python packages back in.
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert {"pyproject.toml", "tasks", "watcher", "worker", "beat"} <= allowed
+    assert {"pyproject.toml", "requirements.lock", "tasks", "watcher", "worker", "beat"} <= allowed
     assert not allowed & {".git", ".tools", "tests", "chart", ".env", "localcluster"}

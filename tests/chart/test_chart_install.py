@@ -38,6 +38,13 @@ def build_image(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
     return result, calls.read_text().splitlines() if calls.exists() else []
 
 
+# The commit scripts/build-image puts in the image's OCI revision label.
+REVISION = (
+    subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    or "unknown"  # the script's own fallback outside a git checkout
+).strip()
+
+
 def test_build_image_tags_with_the_charts_app_version_and_pushes_to_the_registry(
     tmp_path: Path,
 ) -> None:
@@ -50,7 +57,8 @@ def test_build_image_tags_with_the_charts_app_version_and_pushes_to_the_registry
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert calls == [
-        f"build --tag {image} --build-arg BASE=deb:1 --network host .",
+        f"build --tag {image} --build-arg REVISION={REVISION} --build-arg BASE=deb:1"
+        " --network host .",
         f"push {image}",
     ]
     assert f"--set image.repository={REPOSITORY}" in result.stdout
@@ -60,7 +68,8 @@ def test_build_image_without_a_registry_builds_locally_and_refuses_to_push(
     tmp_path: Path,
 ) -> None:
     result, calls = build_image(tmp_path, "--tag", "dev")
-    assert result.returncode == 0 and calls == ["build --tag warm-images:dev ."]
+    assert result.returncode == 0
+    assert calls == [f"build --tag warm-images:dev --build-arg REVISION={REVISION} ."]
     result, _ = build_image(tmp_path, "--push")
     assert result.returncode == 2 and "--push needs --registry" in result.stderr
     result, _ = build_image(tmp_path, "--regsitry", "x")

@@ -167,7 +167,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",
         "WARM_MAX_CONCURRENT_PULLS": "2",
-        "WARM_WORKER_REMOTE_CONTROL": "true",
+        "WARM_WORKER_REMOTE_CONTROL": "false",
         "WARM_PULL_TIMEOUT": "600",
         "WARM_REFRESH_TAGS": "latest",
         "WARM_PULL_MAX_RETRIES": "5",
@@ -218,7 +218,7 @@ def test_watcher_replicas_and_disruption_budget(rendered: dict[str, Rendered]) -
 def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
     default = rendered["default"]
     nats = default.container("nats")
-    assert nats["image"] == "nats:2.10-alpine"
+    assert re.fullmatch(r"nats:2\.10-alpine@sha256:[0-9a-f]{64}", nats["image"])
     assert {"-js", "-sd", "/data"} <= set(nats["args"])
     config = default.get("Secret", "nats-config")["stringData"]["nats.conf"]
     assert "jetstream {" in config
@@ -236,7 +236,7 @@ def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
 
 def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     redis = rendered["default"].container("redis")
-    assert redis["image"] == "redis:7-alpine"
+    assert re.fullmatch(r"redis:7-alpine@sha256:[0-9a-f]{64}", redis["image"])
     script = redis["command"][-1]
     assert 'requirepass "${REDIS_PASSWORD}"' in script
     for role in ("watcher", "worker", "beat", "client"):
@@ -248,7 +248,7 @@ def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
     full_script = rendered["full"].container("redis")["command"][-1]
     assert "appendonly yes" in full_script
     assert "maxmemory 256mb" in full_script
-    assert "maxclients 10000" in script  # room for ~1,600 nodes at six connections each
+    assert "maxclients 25000" in script  # 5,000 nodes at four connections each, and room
     assert "protected-mode no" in rendered["minimal"].container("redis")["command"][-1]
 
 
@@ -575,3 +575,17 @@ def test_health_probes(rendered: dict[str, Rendered], helm: Path) -> None:
     off = Rendered.parse("probes-off", result.stdout)
     assert "livenessProbe" not in off.container("watcher")
     assert "readinessProbe" not in off.container("worker")
+
+
+def test_every_pod_pulls_with_the_charts_secrets(rendered: dict[str, Rendered]) -> None:
+    """imagePullSecrets reach every pod, the bundled NATS and Redis included (a mirror that
+    needs credentials serves them too)."""
+    for component, spec in rendered["full"].pod_specs():
+        assert spec.get("imagePullSecrets") == [{"name": "ghcr-pull"}], component
+
+
+def test_bundled_images_by_tag_when_no_digest(helm: Path) -> None:
+    args = ["--set", "nats.image.digest=", "--set", "redis.image.digest="]
+    result = Rendered.parse("tags", template(helm, *args).stdout)
+    assert result.container("nats")["image"] == "nats:2.10-alpine"
+    assert result.container("redis")["image"] == "redis:7-alpine"

@@ -70,6 +70,28 @@ WRONG_VALUES = [
     (["--set", "externalNats.url=nats://user:pw@nats:4222"], "at '/externalNats/url'"),
     (["--set", "worker.tolerations[0].operator=Maybe"], "at '/worker/tolerations/0/operator'"),
     (["--set", "image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
+    # Holes that once let a value mean something else than it says.
+    (["--set", "config.namespaces=null"], "at '/config': missing property 'namespaces'"),
+    (["--set-json", 'config.namespaces=["default","*"]'], "at '/config/namespaces'"),
+    (["--set-json", 'config.namespaces=["*","*"]'], "at '/config/namespaces'"),
+    (["--set-json", "config.namespaces=[]"], "at '/config/namespaces'"),
+    (
+        ["--set-json", 'worker.credentials.secretNames=["*"]'],
+        "at '/worker/credentials/secretNames/0'",
+    ),
+    (
+        ["--set", "securityContext.runAsUsr=5"],
+        "at '/securityContext': additional properties 'runAsUsr' not allowed",
+    ),
+    (
+        ["--set", "worker.podSecurityContext.seccompProfile.typo=x"],
+        "at '/worker/podSecurityContext/seccompProfile'",
+    ),
+    (
+        ["--set", "nats.securityContext.capabilities.dorp=ALL"],
+        "at '/nats/securityContext/capabilities'",
+    ),
+    (["--set", "redis.podSecurityContext.fsGroupChangePolicy=Never"], "at '/redis/podSecurity"),
 ]
 
 
@@ -133,3 +155,17 @@ def test_readme_lists_every_value() -> None:
     schema = load_schema()
     for path, _, _ in leaves(load_values(), schema, schema):
         assert f"| `{path}` |" in readme
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set-json", 'config.namespaces=["*"]'],
+        ["--set-json", 'config.namespaces=["team-a","team-b"]'],
+        ["--set", "worker.securityContext.seLinuxOptions.type=spc_t"],
+        ["--set-json", "worker.podSecurityContext.supplementalGroups=[999]"],
+    ],
+)
+def test_schema_keeps_what_is_right(helm: Path, args: list[str]) -> None:
+    result = template(helm, *args)
+    assert result.returncode == 0, result.stderr

@@ -514,3 +514,20 @@ def test_a_changed_password_rolls_its_clients(helm: Path) -> None:
     assert set(before) >= {"watcher", "worker", "beat", "flower", "redis"}
     for component in ("watcher", "worker", "beat", "flower", "redis"):
         assert before[component] != after[component], component
+
+
+def test_readme_explains_the_security_model() -> None:
+    """What an operator must know before installing: the socket is node root, and a warmed
+    private image needs the kubelet's credential verification to stay private."""
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("### Security model", 1)[1].split("\n### ", 1)[0]
+    for needed in (
+        "node root",
+        "KubeletEnsureSecretPulledImages",
+        "imagePullCredentialsVerificationPolicy: AlwaysVerify",
+        "NeverVerifyPreloadedImages",
+        "AlwaysPullImages",
+        "warm-viewer",
+        "-@dangerous",
+    ):
+        assert needed in section, needed

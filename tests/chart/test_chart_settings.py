@@ -119,7 +119,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_REWARM_WINDOW": "0",
         "WARM_BEAT_LOCK_TTL": "45",
         "WARM_MAX_CONCURRENT_PULLS": "2",
-        "WARM_WORKER_REMOTE_CONTROL": "false",
+        "WARM_WORKER_REMOTE_CONTROL": "true",
         "WARM_PULL_TIMEOUT": "1800",
         "WARM_PULL_MAX_RETRIES": "0",
         "WARM_PULL_RETRY_BACKOFF_MAX": "300",

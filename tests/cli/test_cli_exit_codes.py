@@ -156,7 +156,7 @@ def test_warm_status_exits_zero_only_when_every_node_holds_every_image(
     for node in nodes:
         status.record_rewarm(node, [GOOD, BAD], revision=1, present=[GOOD, BAD])
     warm, _, _ = run(env, "warm-status")
-    status.record_rewarm(nodes[1], [GOOD, BAD], revision=2, present=[GOOD])  # BAD removed since
+    status.record_rewarm(nodes[1], [GOOD, BAD], revision=2, present=[GOOD])  # BAD removed
     missing, _, _ = run(env, "warm-status")
     reachable, _, _ = run(env, "warm-status", "--require", "reachable")
     one_node, _, _ = run(env, "warm-status", "--node", nodes[0])
@@ -182,10 +182,10 @@ def test_warm_status_says_its_figures_are_as_of_each_nodes_last_report(
     _, single, _ = run(env, "warm-status", "--node", nodes[0])
 
     header = table.splitlines()[0]
-    assert header.startswith("as of each node's last report, ") and " UTC (" in header
-    assert "--refresh" in header
-    assert single.splitlines()[0].startswith(f"as of {nodes[0]}'s last report, ")
-    assert table.splitlines()[1].split()[-2:] == ["LAST", "REPORT"]
+    assert header.startswith("as of each node's last re-warm or pull; last change 20")
+    assert " UTC (" in header and header.endswith("--refresh asks now")
+    assert single.splitlines()[0].startswith(f"as of {nodes[0]}'s last re-warm or pull; ")
+    assert table.splitlines()[1].split()[-1] == "CHANGED"
 
 
 def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
@@ -200,10 +200,9 @@ def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
         wait_for(partial(bool_queued, env, node), 20, f"the check sent to {node}")
         (sent,) = queued(env, node)
         assert sent["check_only"] is True and "images" not in sent  # nothing to pull
-        # BAD was removed from the first node since its last report
-        present = [GOOD] if node == nodes[0] else [GOOD, BAD]
-        status.record_rewarm(node, [GOOD, BAD], revision=sent["revision"], present=present)
-        report(bus, node, sent["revision"], present=1)
+        held = [GOOD] if node == nodes[0] else [GOOD, BAD]  # BAD was removed from nodes[0]
+        status.record_rewarm(node, [GOOD, BAD], revision=sent["revision"], present=held)
+        report(bus, node, sent["revision"], present=len(held))
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, err  # BAD is missing on nodes[0] now

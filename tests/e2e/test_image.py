@@ -13,6 +13,7 @@ node through the containerized worker (read back through CRI).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -150,7 +151,7 @@ def http_ok(url: str, expect: bytes) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
             return bool(answer.status == 200 and expect in answer.read())
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or something else on the port
         return False
 
 

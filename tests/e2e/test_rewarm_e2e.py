@@ -19,6 +19,7 @@ from kubernetes import client
 from localcluster import Registry, free_port, push_image
 from localcluster.manifests import deployment
 from localcluster.product import celery
+from tasks.names import REWARM_NODE
 
 from .conftest import SimCluster, wait_for
 
@@ -162,39 +163,32 @@ def flower(broker_cluster: SimCluster) -> Iterator[str]:
     process.stop()
 
 
-def test_flower_lists_the_node_workers_and_serves_metrics(
+def test_flower_lists_the_node_workers_tasks_and_serves_metrics(
     broker_cluster: SimCluster, flower: str
 ) -> None:
-    assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
-
+    """On the workers' defaults (task events on, no remote control or heartbeats: four broker
+    connections at most), Flower shows each node's tasks, from the task events alone."""
+    assert requests.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+    done = broker_cluster.cli("rewarm", "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr + broker_cluster.logs()
     expected = {f"warm@{node}" for node in broker_cluster.nodes}
-    seen: set[str] = set()
 
-    def listed() -> bool:
-        answer = requests.get(
-            f"{flower}/api/workers", params={"refresh": 1}, auth=FLOWER_AUTH, timeout=30
-        )
-        seen.update(answer.json() if answer.ok else {})
-        return expected <= seen
+    def rewarms() -> set[str]:
+        answer = requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=30)
+        tasks = answer.json().values() if answer.ok else []
+        return {t["worker"] for t in tasks if t["name"] == REWARM_NODE and t["state"] == "SUCCESS"}
 
-    wait_for(listed, 60, "node workers in Flower", broker_cluster)
-    workers = requests.get(f"{flower}/api/workers", auth=FLOWER_AUTH, timeout=30).json()
+    wait_for(lambda: expected <= rewarms(), 60, "every node's re-warm in Flower", broker_cluster)
+    metrics = requests.get(f"{flower}/metrics", auth=FLOWER_AUTH, timeout=10)
+    assert metrics.status_code == 200
     node = sorted(broker_cluster.nodes)[0]
-    queues = {queue["name"] for queue in workers[f"warm@{node}"].get("active_queues", [])}
-    assert queues == {f"warm.node.{node}"}
-    # Workers report online when they start, then heartbeat every 60 s: a worker that starts
-    # while Flower runs shows in its metrics at once (the others within a heartbeat).
-    online = f'flower_worker_online{{worker="warm@{node}"}} 1.0'
-    worker = next(p for p in broker_cluster.processes if p.name == f"worker-{node}")
-    worker.stop()
-    worker.start()
+    labels = (f'task="{REWARM_NODE}"', 'type="task-succeeded"', f'worker="warm@{node}"')
+    counted = [line for line in metrics.text.splitlines() if all(x in line for x in labels)]
+    assert counted and line_value(counted[0]) >= 1, metrics.text[-2000:]
 
-    def metrics() -> str:
-        answer = requests.get(f"{flower}/metrics", auth=FLOWER_AUTH, timeout=10)
-        assert answer.status_code == 200
-        return answer.text
 
-    wait_for(lambda: online in metrics(), 30, "the node worker in Flower's metrics", broker_cluster)
+def line_value(line: str) -> float:
+    return float(line.rsplit(" ", 1)[1])
 
 
 def _answers(url: str) -> bool:

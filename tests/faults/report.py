@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tasks.settings import load_settings
 from tests.faults.drills import REPO, RESULTS, Drill, load
+from watcher.catalog_guard import CHECK_INTERVAL
 from worker.reconcile import RECONNECT_JITTER
 
 REPORT = REPO / "docs" / "RELIABILITY.md"
@@ -74,6 +75,7 @@ def render(drills: list[Drill]) -> str:
         "",
         *_defaults(),
         *_redis_without_persistence(),
+        *_nats_without_persistence(),
     ]
     for drill in sorted(drills, key=lambda d: d.name):
         lines += [f"## {drill.what or drill.name}", "", f"`{drill.name}` ({drill.seconds:.1f} s)"]
@@ -124,6 +126,31 @@ def _redis_without_persistence() -> list[str]:
         "",
         "It cannot lose an image a node holds, the catalog, a node's slice, its status, or which",
         "beat is the leader. The drills below restart it empty to show this.",
+        "",
+    ]
+
+
+def _nats_without_persistence() -> list[str]:
+    lease_ttl = load_settings({}).rewarm.lock_ttl
+    return [
+        "## What a NATS without persistence can lose",
+        "",
+        "The chart runs NATS without persistence too. NATS holds the catalog (each image and",
+        "each node's slice), each node's status, the beat lease and the events. A NATS",
+        "restarted empty loses:",
+        "",
+        f"- the catalog: the leading watcher looks at its bucket every {CHECK_INTERVAL:.0f} s",
+        "  (created anew, or its revision gone back), writes it again and re-warms every node;",
+        "- each node's status: that re-warm writes it again (a worker reads its record back",
+        "  after its NATS connection comes back rather than trusting what it wrote before);",
+        f"- the beat lease: its holder takes it again within {lease_ttl / 3:.0f} s (a third of",
+        "  `WARM_BEAT_LOCK_TTL`); a standby trying in between may take it too, so one re-warm",
+        "  may be sent twice, which costs each node one diff;",
+        "- pull and catalog events published while it restarts: they are not stored, and",
+        "  `warm-status` reads the status records, not the events.",
+        "",
+        "It cannot lose an image a node holds (workers never remove images) or a pull in",
+        "flight (tasks go through the broker). The drill below restarts it empty.",
         "",
     ]
 

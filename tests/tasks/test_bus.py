@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -184,6 +183,7 @@ def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: Nats
         for index in range(3):
             bus.kv_put("warm-test-lost", f"k{index}", b"x")
         before = bus.kv_state("warm-test-lost")
+        assert bus.connects == 1
         private_nats.restart_empty()
 
         def writable() -> bool:
@@ -194,6 +194,7 @@ def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: Nats
 
         wait_for(writable, 20, "a write to the bucket once NATS is back")
         after = bus.kv_state("warm-test-lost")
+        assert bus.connects == 2  # reconnected once: readers know to read back
     assert before.revision == 3 and after.revision == 1
     assert after.created != before.created
 
@@ -212,6 +213,7 @@ def test_closing_while_other_threads_use_the_bus_leaves_no_connection_behind(
 ) -> None:
     bus = NatsBus(NatsSettings(url=monitored_nats.url))
     stop = threading.Event()
+    calls = [0]
     unexpected: list[BaseException] = []
 
     def use() -> None:
@@ -222,12 +224,14 @@ def test_closing_while_other_threads_use_the_bus_leaves_no_connection_behind(
                 pass  # a call cut short by close() says so
             except BaseException as error:
                 unexpected.append(error)
+            calls[0] += 1
 
     threads = [threading.Thread(target=use) for _ in range(8)]
     for thread in threads:
         thread.start()
-    for _ in range(5):
-        time.sleep(0.2)
+    for _ in range(5):  # each close() while the threads are busy with the bus
+        busy = calls[0] + 16
+        wait_for(lambda: calls[0] >= busy, 30, "the threads to use the bus")  # noqa: B023
         bus.close()
     stop.set()
     for thread in threads:

@@ -57,11 +57,11 @@ def test_nodes_of_one_class_share_one_stored_slice_read_once_per_reader(
     assert digest == slice_hash(payload)
     assert catalog.class_slices() == [digest]
     reader = CatalogStore(private_bus)
-    assert reader.get_slice("n1")[0] == NodeSlice("n1", images)
+    assert reader.get_slice("n1")[0] == NodeSlice("n1", images, digest)
     # The slice is read once; later reads are the pointer's: deleting the stored slice
     # under a reader that holds it changes nothing for it, and a new reader finds it gone.
     private_bus.kv_delete(CATALOG_BUCKET, SLICE_PREFIX + digest)
-    assert reader.get_slice("n2")[0] == NodeSlice("n2", images)
+    assert reader.get_slice("n2")[0] == NodeSlice("n2", images, digest)
     assert CatalogStore(private_bus).get_pointer("n3")[0].slice == digest
 
 

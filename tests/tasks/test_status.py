@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+from localcluster.harness import wait_for
+from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.models import Outcome, PullResult
 from tasks.names import STATUS_BUCKET
@@ -75,6 +77,7 @@ def test_a_failed_pull_of_an_image_new_to_the_slice_is_recorded_until_it_leaves(
     status.expected = [old, new]  # the slice now, as warm-status reads it
     assert status.summary()["failed"] == {new: "manifest unknown"}
     assert status.summary()["warm_images"] == [old]
+    assert (status.images[new].attempt, status.images[new].trigger) == (1, "task")
 
     store.record_rewarm("n1", [old], 2, [old])  # the workload went away again
     assert StatusStore(private_bus).get("n1").images == {}
@@ -101,3 +104,39 @@ def test_a_record_written_by_an_older_worker_still_reads() -> None:
 
     assert status.summary()["warm_images"] == ["docker.io/library/a:1"]
     assert status.summary()["failed"] == {"docker.io/library/b:1": "gone"}
+
+
+def test_a_record_nats_lost_is_written_again_at_the_next_rewarm(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    store, slice_ = StatusStore(private_bus), ["registry.example.com/app:1"]
+    store.record_rewarm("n1", slice_, 1, slice_)
+    private_nats.restart_empty()  # the chart's NATS keeps no storage by default
+    wait_for(lambda: private_bus.connects == 2, 20, "the bus to reconnect")
+
+    store.record_rewarm("n1", slice_, 1, slice_)  # nothing changed on the node
+
+    assert record_size(private_bus, "n1") > 0
+
+
+def test_a_record_that_nats_lost_is_written_again_by_the_next_rewarm(
+    private_bus: NatsBus,
+) -> None:
+    store, slice_ = StatusStore(private_bus), ["docker.io/library/a:1"]
+    store.record_rewarm("n1", slice_, 1, slice_)
+    private_bus.kv_delete(STATUS_BUCKET, "n1")  # NATS restarted without its storage
+
+    store.record_rewarm("n1", slice_, 1, slice_)
+
+    assert StatusStore(private_bus).get("n1").warm_count == 1
+
+
+def test_a_pointer_rewritten_over_the_same_slice_is_no_news(private_bus: NatsBus) -> None:
+    store, slice_ = StatusStore(private_bus), ["docker.io/library/a:1"]
+    store.record_rewarm("n1", slice_, 5, slice_, "hash-a")
+    written = private_bus.kv_revision(STATUS_BUCKET)
+
+    store.record_rewarm("n1", slice_, 9, slice_, "hash-a")  # the watcher's hourly resync
+    assert private_bus.kv_revision(STATUS_BUCKET) == written
+    store.record_rewarm("n1", slice_, 12, slice_, "hash-b")  # new content, same images
+    assert StatusStore(private_bus).get("n1").last_rewarm_revision == 12

@@ -15,18 +15,22 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kubernetes import client
+from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
+from localcluster import FakeKubeAPI
 from tasks.names import PULL_IMAGE, mirrored_secret_name
 from tasks.settings import WatchSettings
 from watcher.catalog import CatalogState
-from watcher.mirror import MANAGED_BY, SOURCE_NAME, SOURCE_NAMESPACE
+from watcher.mirror import MANAGED_BY, SOURCE_NAME, SOURCE_NAMESPACE, SecretMirror
 from watcher.reflector import Changed
 from watcher.workloads import Summarizer
 
 Start = Callable[..., WatchedCluster]
 RELEASE = "warm-system"
 SECRET = [{"name": "regcred"}]
+BATCH = 4  # the product's is larger; the rule is the same
 
 
 def registry_secret(
@@ -102,6 +106,8 @@ def test_referenced_registry_secrets_are_mirrored_followed_and_deleted(
         {"node": name, "image": image}  # no secret name travels in a message
     ]
     assert caplog.text.count("ignored: type Opaque") == 1  # once, not at every re-read
+    assert REGISTRY.get_sample_value("warm_watcher_pull_secret_copies") == 2
+    assert REGISTRY.get_sample_value("warm_watcher_pull_secrets_skipped") == 2
     assert f"pull secret {team}/missing not readable (404)" in caplog.text
 
     # The source changes (a rotated password): the copy follows.
@@ -160,3 +166,35 @@ def test_with_pull_secrets_off_the_catalog_names_none() -> None:
     assert on.referenced_secrets() == {"default/regcred"}
     assert off.catalog_secrets("registry.test/a:1") == ()
     assert off.referenced_secrets() == set()
+
+
+def test_stale_sources_are_read_again_a_batch_at_a_time_and_lost_copies_come_back() -> None:
+    now = [0.0]
+    with FakeKubeAPI() as kube:
+        core = client.CoreV1Api(kube.api_client())
+        sources = {f"team/s{i:02d}" for i in range(3 * BATCH)}
+        for source in sources:
+            namespace, _, name = source.partition("/")
+            core.create_namespaced_secret(namespace, registry_secret(namespace, name, "pw"))
+        mirror = SecretMirror(kube.api_client(), RELEASE, 60, clock=lambda: now[0], batch=BATCH)
+
+        def reads() -> int:
+            return sum(r.verb == "get" for r in kube.requests("secrets"))
+
+        appeared = mirror.sync(sources)
+        first = reads()
+        now[0] = 61.0
+        assert mirror.due
+        mirror.sync(sources)
+        batch = reads() - first
+        for _ in range(2):
+            mirror.sync(sources)
+        core.delete_namespaced_secret(mirrored_secret_name("team/s00"), RELEASE)
+        now[0] = 122.0  # the next list finds the copy gone
+        gone = mirror.sync(sources)
+
+        assert appeared == sources and first == len(sources)  # new ones: copied at once
+        assert batch == BATCH  # stale ones: a batch per sync
+        assert reads() - first >= len(sources)  # and every one within three syncs
+        assert gone == set()  # copied again in the same sync: the catalog never lost it
+        assert core.read_namespaced_secret(mirrored_secret_name("team/s00"), RELEASE)

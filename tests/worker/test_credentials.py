@@ -20,7 +20,7 @@ from kubernetes import client
 from worker_testing import MakeAgent, payloads_of
 
 from localcluster import Containerd, FakeKubeAPI, Registry, push_image
-from localcluster.harness import WARM_TIMEOUT, Events, start_worker
+from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -134,6 +134,39 @@ def test_a_missing_secret_means_an_anonymous_pull_not_a_crash(
     assert result.outcome is Outcome.FAILED  # unauthorized: permanent, reported once
 
 
+def test_a_refused_image_is_tried_again_once_its_pull_secret_is_fixed(
+    make_agent: MakeAgent,
+    private_registry: Registry,
+    kube: FakeKubeAPI,
+    kubeconfig: Path,
+    bus: NatsBus,
+    node_name: str,
+) -> None:
+    """A wrong password fails for good; re-warms leave the image alone until the watcher's
+    copy holds another password, then the next re-warm pulls it."""
+    image = push_image(private_registry.host, "team/fixed", "v1", auth=(USER, PASSWORD))
+    host = private_registry.host
+    copy = create_pull_secret(kube, f"w-{uuid.uuid4().hex[:6]}", docker_config(host, USER, "x"))
+    CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(image.ref, (copy,)),)))
+    agent, runtime = make_agent()
+
+    refused = agent.rewarm(0, [])
+    skipped = agent.rewarm(0, [])
+    pulls_while_wrong = len(runtime.pulls)
+    core = client.CoreV1Api(kube.api_client())
+    namespace, _, name = copy.partition("/")
+    fixed = core.read_namespaced_secret(name, namespace)
+    auth = base64.b64encode(json.dumps(docker_config(host)).encode()).decode()
+    fixed.data = {".dockerconfigjson": auth}
+    core.replace_namespaced_secret(name, namespace, fixed)  # as the watcher follows its source
+    retried = agent.rewarm(0, [])
+
+    assert image.ref in refused.failed and "unauthorized" in refused.failed[image.ref].lower()
+    assert "not retried" in skipped.failed[image.ref]
+    assert pulls_while_wrong == 1
+    assert retried.pulled == 1 and not retried.failed
+
+
 def test_only_copies_in_the_release_namespace_are_read(
     make_agent: MakeAgent, private_registry: Registry, kube: FakeKubeAPI, kubeconfig: Path
 ) -> None:
@@ -168,6 +201,7 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
     named = create_pull_secret(kube, f"n-{uuid.uuid4().hex[:6]}", docker_config(host), "other")
     # Even a copy in the release namespace is not read because a message names it.
     other_copy = create_pull_secret(kube, f"o-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
+    before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
     worker = start_worker(
         node.endpoint,
         redis_server,
@@ -177,8 +211,14 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
         WARM_POD_NAMESPACE="warm",
     )
     events = Events.follow(bus, pull_events_subject(worker.node))
-    before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
     try:
+        # The worker reconciles its (still empty) slice at start; only then does the image
+        # enter it, so the task's own pull is what reads a Secret.
+        wait_for(
+            lambda: "reconcile on" in worker.process.log_tail(20_000),
+            WARM_TIMEOUT,
+            "the start's reconcile",
+        )
         CatalogStore(bus).put_slice(NodeSlice(worker.node, (SliceImage(image.ref, (copy,)),)))
         worker.send(PULL_IMAGE, image=image.ref, pull_secrets=[named, other_copy])
         events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")

@@ -44,7 +44,8 @@ def test_an_unlisted_image_is_pulled_once_without_joining_the_nodes_expected_ima
 
     assert report.pulled == 1 and not report.failed
     assert extra.ref in node.image_refs() and listed.ref not in node.image_refs()
-    assert StatusStore(bus).get(node_name).expected == [listed.ref]
+    status = StatusStore(bus).get(node_name)
+    assert status.expected_count == 1 and list(status.images) == [listed.ref]  # listed: missing
 
 
 def test_a_check_pulls_nothing_and_reports_an_image_removed_since_as_missing(
@@ -56,7 +57,7 @@ def test_a_check_pulls_nothing_and_reports_an_image_removed_since_as_missing(
         NodeSlice(node_name, (SliceImage(kept.ref), SliceImage(removed.ref)))
     )
     agent.rewarm(0, [])
-    assert set(StatusStore(bus).get(node_name).warm) == {kept.ref, removed.ref}
+    assert StatusStore(bus).get(node_name).images == {}  # nothing of the slice is missing
     node.ctr("images", "rm", removed.ref)  # as kubelet's image GC would
     pulls = len(runtime.pulls)
 
@@ -64,5 +65,5 @@ def test_a_check_pulls_nothing_and_reports_an_image_removed_since_as_missing(
 
     status = StatusStore(bus).get(node_name)
     assert len(runtime.pulls) == pulls and removed.ref not in node.image_refs()
-    assert status.warm == [kept.ref] and status.missing == [removed.ref]
+    assert list(status.images) == [removed.ref] and status.warm_count == 1
     assert report.present == 1 and report.pulled == 0

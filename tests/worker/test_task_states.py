@@ -114,10 +114,17 @@ def test_a_rewarm_that_leaves_an_image_missing_ends_in_failure_naming_it(
     assert f"{missing} (" in failed["exception"] and good.ref not in failed["exception"]
 
 
-def test_the_config_a_worker_shows_holds_only_celery_settings(worker: Worker) -> None:
-    inspect = worker.client.control.inspect([f"warm@{worker.node}"], timeout=10)
-
-    (shown,) = (inspect.conf() or {}).values()
+def test_the_config_a_worker_shows_holds_only_celery_settings(
+    node: Containerd, redis_server: RedisServer, nats_server: NatsServer, workdir: Path
+) -> None:
+    # `celery inspect` needs remote control, which node workers leave off unless asked.
+    worker = start_worker(node.endpoint, redis_server, nats_server, workdir / "logs",
+                          WARM_WORKER_REMOTE_CONTROL="true")  # fmt: skip
+    try:
+        inspect = worker.client.control.inspect([f"warm@{worker.node}"], timeout=10)
+        (shown,) = (inspect.conf() or {}).values()
+    finally:
+        worker.stop()
 
     assert shown["worker_send_task_events"] is True
     assert shown["task_send_sent_event"] is True
