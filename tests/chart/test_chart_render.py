@@ -418,6 +418,7 @@ def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
         "histogram_quantile(0.95",
         "warm_pull_duration_seconds_bucket",
         "warm_queue_depth",
+        "warm_watcher_node_untaint_seconds_bucket",
     ):
         assert any(metric in expr for expr in exprs), metric
     assert not rendered["default"].find("ConfigMap", "dashboard")
