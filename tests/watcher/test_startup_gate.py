@@ -19,11 +19,15 @@ from kubernetes import client
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster import FakeKubeAPI, product
+from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.models import Outcome, PullResult
+from tasks.settings import NatsSettings, load_settings
 from tasks.status import StatusStore
-from watcher.gate import CHECK_INTERVAL
+from watcher.catalog import CatalogState
+from watcher.gate import CHECK_INTERVAL, StartupGate
+from watcher.targeting import node_facts
 
 TAINT = "warm-images.io/warming"
 TAINTED = [{"key": TAINT, "effect": "NoSchedule"}]
@@ -153,3 +157,44 @@ def test_a_standby_never_removes_the_taint_and_the_leader_does(
             assert (event.reason, event.type) == ("WarmDeadline", "Warning")
         finally:
             standby.stop()
+
+
+def test_at_the_deadline_a_node_is_untainted_even_with_nats_down_but_never_by_a_standby() -> None:
+    """The gate alone, on the API double, with a NATS that does not answer: its status cannot
+    be read, yet the deadline still frees the node; a gate that is not leading patches nothing."""
+    tag = uid()
+    name = f"n-{tag}"
+    settings = load_settings({"WARM_STARTUP_TAINT": TAINT, "WARM_STARTUP_TAINT_DEADLINE": "60"})
+    state = CatalogState(settings.watch)
+    with (
+        FakeKubeAPI() as kube,
+        NatsBus(NatsSettings(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)) as bus,
+    ):
+        api = kube.api_client()
+        client.CoreV1Api(api).create_node(node(name, taints=TAINTED))
+        obj = client.CoreV1Api(api).read_node(name)
+        raw = api.sanitize_for_serialization(obj)
+        state.nodes[name] = node_facts(raw, startup_taint=TAINT)
+        created = state.nodes[name].created
+        assert created is not None
+        leading = False
+        now = created + 30.0
+        gate = StartupGate(
+            api,
+            bus,
+            state,
+            settings.watch,
+            leading=lambda: leading,
+            identity="t",
+            clock=lambda: now,
+        )
+        gate.check()  # before the deadline, status unknown: wait
+        now = created + 61.0
+        gate.check()  # past it, but not leading
+        assert [r for r in kube.requests("nodes") if r.verb == "patch"] == []
+        leading, now = True, now + CHECK_INTERVAL
+        gate.check()
+        assert taints(api, name) == []
+        (event,) = node_events(api, name)
+        assert (event.reason, event.type) == ("WarmDeadline", "Warning")
+        assert "deadline passed, status unknown:" in event.message
