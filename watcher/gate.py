@@ -47,6 +47,7 @@ CHECK_INTERVAL = 2.0  # seconds between two looks at the tainted nodes' status r
 EVENT_NAMESPACE = "default"  # where the kubelet and node controllers put a Node's Events
 COMPONENT = "warm-images-watcher"
 EVENT_MESSAGE_LIMIT = 1024  # the apiserver refuses longer Event messages
+STATE_LIMIT = 160  # characters of an image's state in a message, so that every image is named
 # The node changed between our read and our patch (409), the guard's test failed (422), or
 # the node is gone (404): look again at the next check.
 RACED = (404, 409, 422)
@@ -83,18 +84,19 @@ class Verdict:
                 f"{self.gating - len(self.not_warm)} of {self.gating} gating images present, "
                 f"{len(self.not_warm)} failed permanently: {self._listed()}"
             )
-        elif self.note:
-            text = f"deadline passed, {self.note}"
         else:
-            text = f"deadline passed, {len(self.not_warm)} of {self.gating} gating images not warm"
-            text += f": {self._listed()}" if self.not_warm else ""
-        message = head + text
-        if len(message) > EVENT_MESSAGE_LIMIT:
-            message = message[: EVENT_MESSAGE_LIMIT - 1] + "…"
-        return message
+            text = "deadline passed"
+            if self.not_warm:
+                text += f", {len(self.not_warm)} of {self.gating} gating images not warm: "
+                text += self._listed()
+            text += f" ({self.note})" if self.note else ""
+        return _shortened(head + text, EVENT_MESSAGE_LIMIT)
 
     def _listed(self) -> str:
-        return ", ".join(f"{image} ({state})" for image, state in sorted(self.not_warm.items()))
+        return ", ".join(
+            f"{image} ({_elided(state, STATE_LIMIT)})"
+            for image, state in sorted(self.not_warm.items())
+        )
 
 
 class StartupGate:
@@ -153,19 +155,21 @@ class StartupGate:
         if gate_images is not None:
             images = [image for image in images if image in gate_images]
         named = {image: status.images[image] for image in images if image in status.images}
-        if overdue:
-            if not status.reported:
-                return Verdict(Reason.DEADLINE, len(images), dict.fromkeys(images, "not reported"))
-            return Verdict(Reason.DEADLINE, len(images), _described(named))
-        if not images:
-            return Verdict(Reason.WARM, 0)  # nothing gates this node: no need to wait
         # A record older than the node's slice cannot vouch for the images added since.
         answered = (status.last_rewarm_revision or 0) >= revision
-        if not answered or any(s.outcome != Outcome.FAILED.value for s in named.values()):
+        settled = not images or (
+            answered and all(s.outcome == Outcome.FAILED.value for s in named.values())
+        )
+        if settled:
+            if named:
+                return Verdict(Reason.FAILURES, len(images), _described(named))
+            return Verdict(Reason.WARM, len(images))
+        if not overdue:
             return None
-        if named:
-            return Verdict(Reason.FAILURES, len(images), _described(named))
-        return Verdict(Reason.WARM, len(images))
+        if not status.reported:
+            return Verdict(Reason.DEADLINE, len(images), dict.fromkeys(images, "not reported"))
+        stale = "" if answered else "the node's status record is older than its slice"
+        return Verdict(Reason.DEADLINE, len(images), _described(named), note=stale)
 
     def _untaint(self, node: str, verdict: Verdict, seconds: float) -> None:
         """Remove the taint with a JSON patch that applies only to the version of the node read
@@ -226,3 +230,15 @@ def _described(named: dict[str, ImageStatus]) -> dict[str, str]:
         image: f"{status.outcome}: {status.reason}" if status.reason else status.outcome
         for image, status in named.items()
     }
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _elided(text: str, limit: int) -> str:
+    """``text`` cut in the middle: an error chain says what failed first and why last."""
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1) :]

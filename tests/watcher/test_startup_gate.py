@@ -197,4 +197,4 @@ def test_at_the_deadline_a_node_is_untainted_even_with_nats_down_but_never_by_a_
         assert taints(api, name) == []
         (event,) = node_events(api, name)
         assert (event.reason, event.type) == ("WarmDeadline", "Warning")
-        assert "deadline passed, status unknown:" in event.message
+        assert "deadline passed (status unknown: " in event.message
