@@ -155,8 +155,12 @@ class Settings:
     rewarm: RewarmSettings = field(default_factory=RewarmSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
-    # The release namespace (WARM_POD_NAMESPACE): the Lease and the mirrored pull secrets.
+    # The release namespace (WARM_POD_NAMESPACE): where the Lease lives.
     release_namespace: str = "default"
+    # Where the watcher's copies of pull secrets live (WARM_PULL_SECRET_NAMESPACE; default the
+    # release namespace): the chart makes it a namespace of its own, holding nothing else, so
+    # the nodes' `get` on Secrets there reaches no other Secret.
+    pull_secret_namespace: str = "default"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -206,6 +210,7 @@ def _consistent(settings: Settings) -> Settings:
 
 
 def _read(source: _Source) -> Settings:
+    release_namespace = source.text("WARM_POD_NAMESPACE", "default")
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
@@ -262,7 +267,7 @@ def _read(source: _Source) -> Settings:
         leader=LeaderSettings(
             enabled=source.flag("WARM_LEADER_ELECTION", False),
             lease_name=source.text("WARM_LEASE_NAME", "warm-images-watcher"),
-            namespace=source.text("WARM_POD_NAMESPACE", "default"),
+            namespace=release_namespace,
             lease_duration=source.number("WARM_LEASE_DURATION", 15.0, float, minimum=2),
             renew_deadline=source.number("WARM_LEASE_RENEW_DEADLINE", 10.0, float),
             retry_period=source.number("WARM_LEASE_RETRY_PERIOD", 2.0, float, minimum=0.1),
@@ -271,7 +276,8 @@ def _read(source: _Source) -> Settings:
             health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
             metrics_port=source.number("WARM_METRICS_PORT", 9808, int, minimum=0),
         ),
-        release_namespace=source.text("WARM_POD_NAMESPACE", "default"),
+        release_namespace=release_namespace,
+        pull_secret_namespace=source.text("WARM_PULL_SECRET_NAMESPACE", release_namespace),
     )
 
 

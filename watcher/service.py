@@ -57,7 +57,7 @@ class Watcher:
         self.mirror = None  # WARM_PULL_SECRETS=false: no mirror, no secret names published
         if settings.runtime.pull_secrets:
             self.mirror = SecretMirror(
-                api, settings.release_namespace, settings.watch.pull_secret_sync_interval
+                api, settings.pull_secret_namespace, settings.watch.pull_secret_sync_interval
             )
         self.state = CatalogState(
             settings.watch,

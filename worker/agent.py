@@ -73,7 +73,7 @@ class NodeAgent:
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
         self.credentials = credentials or CredentialSource(
-            settings.runtime, settings.release_namespace
+            settings.runtime, settings.pull_secret_namespace
         )
         self.puller = Puller(
             runtime,

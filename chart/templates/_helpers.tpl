@@ -25,6 +25,19 @@ within the 63 characters of a DNS label.
 {{- printf "%s-%s" (include "warm-images.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Namespace of the watcher's copies of pull secrets (WARM_PULL_SECRET_NAMESPACE): a namespace of
+their own, so that the worker's `get` on Secrets there reaches nothing else; never the release
+namespace, which holds the release's own passwords.
+*/}}
+{{- define "warm-images.pullSecretNamespace" -}}
+{{- $namespace := .Values.worker.credentials.mirrorNamespace | default (printf "%s-pull-secrets" .Release.Namespace | trunc 63 | trimSuffix "-") }}
+{{- if eq $namespace .Release.Namespace }}
+{{- fail "worker.credentials.mirrorNamespace must not be the release namespace: the worker may read every Secret of the mirror namespace, and the release's own passwords live in the release namespace" }}
+{{- end }}
+{{- $namespace }}
+{{- end }}
+
 {{- define "warm-images.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}

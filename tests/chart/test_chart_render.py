@@ -174,6 +174,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_PULL_RETRY_BACKOFF_MAX": "600",
         "WARM_DISK_BUDGET_PERCENT": "80",
         "WARM_PULL_SECRETS": "false",
+        "WARM_PULL_SECRET_NAMESPACE": f"{NAMESPACE}-pull-secrets",
         "WARM_KUBELET_CREDENTIALS_FILE": "",
         "WARM_METRICS_PORT": "9808",
         "WARM_HEALTH_PORT": "8080",

@@ -76,6 +76,10 @@ WRONG_VALUES = [
     (["--set-json", 'config.namespaces=["*","*"]'], "at '/config/namespaces'"),
     (["--set-json", "config.namespaces=[]"], "at '/config/namespaces'"),
     (
+        ["--set", "worker.credentials.mirrorNamespace=Pull_Secrets"],
+        "at '/worker/credentials/mirrorNamespace'",
+    ),
+    (
         ["--set-json", 'worker.credentials.secretNames=["*"]'],
         "at '/worker/credentials/secretNames/0'",
     ),
