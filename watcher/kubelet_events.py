@@ -6,7 +6,8 @@ miss). These words are the proof of what warming saved, from the component that 
 from this product's own account. This module reads both Event APIs (``core/v1``: ``message``
 and ``source.host``; ``events.k8s.io/v1``: ``note`` and ``reportingInstance`` or
 ``deprecatedSource.host``) and the wording of the kubelet versions in use, and keeps counts,
-never events: memory grows with images times nodes, not with the Event rate.
+never events: memory grows with images times nodes, not with the Event rate. (Not wired yet:
+the leader's Events watch, the metrics and ``warm-status`` are issue 14's second part.)
 
 Wording, by kubelet version:
 
