@@ -6,7 +6,7 @@ Module-level, as prometheus_client expects: one registry per process, shared by 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 WATCH_EVENTS = Counter("warm_watcher_events", "Watch events and listed objects received", ["kind"])
 RELISTS = Counter(
@@ -36,4 +36,10 @@ PULL_SECRET_COPIES = Gauge(
 PULL_SECRETS_SKIPPED = Gauge(
     "warm_watcher_pull_secrets_skipped",
     "Referenced pull secrets not mirrored: missing, unreadable or not a registry type",
+)
+UNTAINT_SECONDS = Histogram(
+    "warm_watcher_node_untaint_seconds",
+    "Seconds from a node's creation to the removal of its startup taint, by why it was removed",
+    ["reason"],
+    buckets=(5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1800, 3600),
 )
