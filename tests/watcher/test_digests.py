@@ -1,0 +1,98 @@
+"""The leader's tag → digest resolution against the real registry (distribution 2.8)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster.images import push_image
+from localcluster.registry import Registry
+from tasks.images import parse_image
+from watcher.digests import DigestResolver, ManifestClient, ResolveFailed
+from worker.runtime import Credentials
+
+
+@pytest.fixture
+def private_registry(workdir: Path, system_packages: None) -> Iterator[Registry]:
+    with Registry(workdir / "digests-private", htpasswd={"alice": "wonderland"}) as running:
+        yield running
+
+
+def manifest_requests(registry: Registry, repository: str) -> int:
+    """Manifest requests by tag in the registry's own access log."""
+    needle = f"/v2/{repository}/manifests/"
+    lines = registry.log_path.read_text().splitlines()
+    return sum(needle in line and "HTTP/1.1" in line and "@sha256" not in line for line in lines)
+
+
+def test_resolves_a_tag_and_follows_it_when_it_moves(registry: Registry) -> None:
+    first = push_image(registry.host, "digests/moving", "latest")
+    client = ManifestClient(timeout=5.0)
+    image = parse_image(first.ref)
+    assert client.digest(image) == first.digest
+    second = push_image(registry.host, "digests/moving", "latest")
+    assert second.digest != first.digest
+    assert client.digest(image) == second.digest
+
+
+def test_basic_auth_with_the_pull_secret(private_registry: Registry) -> None:
+    pushed = push_image(private_registry.host, "digests/private", "v1", auth=private_registry.auth)
+    client, image = ManifestClient(timeout=5.0), parse_image(pushed.ref)
+    wrong = Credentials(username="alice", password="nope")
+    right = Credentials(username="alice", password="wonderland")
+    assert client.digest(image, [wrong, right]) == pushed.digest  # candidates tried in turn
+    with pytest.raises(ResolveFailed, match="answered 401"):
+        client.digest(image, [wrong])
+    with pytest.raises(ResolveFailed, match="Basic auth and no pull secret fits"):
+        client.digest(image)
+
+
+def test_one_manifest_request_per_image_per_round(registry: Registry) -> None:
+    images = {push_image(registry.host, f"digests/round{i}", "v1").ref: () for i in range(3)}
+    resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=5.0)
+    before = {ref: manifest_requests(registry, parse_image(ref).repository) for ref in images}
+    resolver.resolve(images)
+    assert resolver.moved() == set(images)
+    resolver.resolve(images)
+    assert resolver.moved() == set()  # nothing moved: nothing to republish
+    for ref in images:
+        assert manifest_requests(registry, parse_image(ref).repository) - before[ref] == 2
+
+
+def test_an_unreachable_registry_keeps_the_last_known_digest(registry: Registry) -> None:
+    pushed = push_image(registry.host, "digests/down", "v1")
+    resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=2.0)
+    resolver.resolve({pushed.ref: ()})
+    assert resolver.moved() == {pushed.ref}
+    registry.pause()
+    try:
+        resolver.resolve({pushed.ref: ()})
+    finally:
+        registry.resume()
+    assert resolver.digest(pushed.ref) == pushed.digest
+    assert resolver.moved() == set()
+
+
+def test_the_thread_resolves_what_the_loop_offers(registry: Registry) -> None:
+    pushed = push_image(registry.host, "digests/offered", "v1")
+    resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=5.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=resolver.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert resolver.due
+        resolver.offer({pushed.ref: ()})
+        assert not resolver.due  # offered: the loop does not offer again meanwhile
+        for _ in range(100):
+            if resolver.digest(pushed.ref):
+                break
+            stop.wait(0.1)
+        assert resolver.digest(pushed.ref) == pushed.digest
+        resolver.offer({})  # the image left the catalog: its digest goes
+        assert resolver.digest(pushed.ref) is None
+    finally:
+        stop.set()
+        thread.join(5)
