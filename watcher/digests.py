@@ -169,7 +169,7 @@ class DigestResolver:
 
     The watcher's main loop owns the catalog; it hands over what to resolve
     (:meth:`offer`) when a round is due and picks up the images whose digest moved
-    (:meth:`moved`). Nothing here blocks the loop on a registry.
+    (:meth:`changed`). Nothing here blocks the loop on a registry.
     """
 
     def __init__(
@@ -187,7 +187,7 @@ class DigestResolver:
         self._concurrency = concurrency
         self._lock = threading.Lock()
         self._digests: dict[str, str] = {}
-        self._moved: set[str] = set()
+        self._changed: dict[str, str | None] = {}  # image -> its digest before the change
         self._wanted: dict[str, tuple[str, ...]] | None = None
         self._offered = threading.Event()
         self._next_round = 0.0
@@ -210,11 +210,12 @@ class DigestResolver:
                 del self._digests[gone]
         self._offered.set()
 
-    def moved(self) -> set[str]:
-        """Images whose digest changed since the last call."""
+    def changed(self) -> dict[str, str | None]:
+        """Images whose digest changed since the last call, with the digest they had before
+        (None: the first one learned)."""
         with self._lock:
-            moved, self._moved = self._moved, set()
-            return moved
+            changed, self._changed = self._changed, {}
+            return changed
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -232,9 +233,10 @@ class DigestResolver:
             found = dict(zip(images, pool.map(self._one, images.items()), strict=True))
         with self._lock:
             for image, digest in found.items():
-                if digest is not None and self._digests.get(image) != digest:
+                before = self._digests.get(image)
+                if digest is not None and before != digest:
                     self._digests[image] = digest
-                    self._moved.add(image)
+                    self._changed.setdefault(image, before)
 
     def _one(self, item: tuple[str, tuple[str, ...]]) -> str | None:
         image, secrets = item

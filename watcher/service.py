@@ -3,8 +3,9 @@
 Reflector threads only parse and summarize; this loop alone owns the catalog, so it needs no
 locks. It waits for every reflector's first list before the first flush, so a restart does not
 publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
-mirrors pull secrets, see :mod:`watcher.mirror`), and a replica that becomes leader starts
-with a full sync. A periodic resync lists everything
+mirrors pull secrets, see :mod:`watcher.mirror`, and resolves tags to digests once per re-warm
+interval on a thread of its own, see :mod:`watcher.digests`), and a replica that becomes leader
+starts with a full sync. A periodic resync lists everything
 again (catching anything a watch could have missed) and rewrites the KV catalog.
 """
 
@@ -24,10 +25,12 @@ from kubernetes import client
 from tasks.bus import NatsBus
 from tasks.probes import HealthServer, serve_health
 from tasks.settings import Settings
+from worker.credentials import CredentialSource
 
 from . import metrics
 from .catalog import CatalogState, Changes
 from .catalog_guard import CatalogGuard
+from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
 from .leader import LeaderElector
 from .mirror import SecretMirror
@@ -62,7 +65,11 @@ class Watcher:
             mirror_namespace=self.mirror.namespace if self.mirror else None,
             has_copy=self.mirror.has_copy if self.mirror else lambda source: False,
         )
-        self.dispatcher = Dispatcher(app, bus, self.state)
+        credentials = CredentialSource(
+            settings.runtime, settings.release_namespace, client.CoreV1Api(api)
+        )
+        self.digests = DigestResolver(credentials.for_image, interval=settings.rewarm.interval)
+        self.dispatcher = Dispatcher(app, bus, self.state, self.digests.digest)
         self.catalog_guard = CatalogGuard(bus)
         self._events: queue.Queue[Event] = queue.Queue()
         self.reflectors: list[Reflector] = reflectors(
@@ -90,6 +97,7 @@ class Watcher:
         threading.Thread(
             target=self.queue_depths.run, args=(stop,), name="queue-depth", daemon=True
         ).start()
+        threading.Thread(target=self.digests.run, args=(stop,), name="digests", daemon=True).start()
         try:
             self._wait_for_first_lists(stop)
             self._loop(stop)
@@ -166,6 +174,7 @@ class Watcher:
                 # Before the flush: a copy exists before any task or slice names it.
                 changed = self.mirror.sync(self.state.referenced_secrets())
                 owed.retargeted_images |= self.state.images_using(changed)
+            self._follow_digests(owed)
             if not owed and not self.dispatcher.owes:
                 continue
             if last_failure and now - last_failure < RETRY_FLUSH:
@@ -174,6 +183,18 @@ class Watcher:
                 owed, last_failure = Changes(), 0.0
             else:
                 last_failure = now
+
+    def _follow_digests(self, owed: Changes) -> None:
+        """Hand the resolver the catalog when a round is due (after the mirror: the copies it
+        names exist), and owe the images whose digest it learned or saw move."""
+        if self.digests.due:
+            images = self.state.images
+            self.digests.offer({image: self.state.catalog_secrets(image) for image in images})
+        for image, previous in self.digests.changed().items():
+            if image in self.state.images:
+                owed.retargeted_images.add(image)
+                if previous is not None:  # learning a first digest is no reason to pull
+                    owed.moved_images.add(image)
 
     def _node_names(self) -> list[str]:
         return list(self.state.nodes.copy())  # a copy: the main loop changes it meanwhile

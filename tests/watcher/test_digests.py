@@ -55,9 +55,9 @@ def test_one_manifest_request_per_image_per_round(registry: Registry) -> None:
     resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=5.0)
     before = {ref: manifest_requests(registry, parse_image(ref).repository) for ref in images}
     resolver.resolve(images)
-    assert resolver.moved() == set(images)
+    assert resolver.changed() == dict.fromkeys(images)
     resolver.resolve(images)
-    assert resolver.moved() == set()  # nothing moved: nothing to republish
+    assert resolver.changed() == {}  # nothing moved: nothing to republish
     for ref in images:
         assert manifest_requests(registry, parse_image(ref).repository) - before[ref] == 2
 
@@ -66,14 +66,18 @@ def test_an_unreachable_registry_keeps_the_last_known_digest(registry: Registry)
     pushed = push_image(registry.host, "digests/down", "v1")
     resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=2.0)
     resolver.resolve({pushed.ref: ()})
-    assert resolver.moved() == {pushed.ref}
+    assert resolver.changed() == {pushed.ref: None}
     registry.pause()
     try:
         resolver.resolve({pushed.ref: ()})
     finally:
         registry.resume()
     assert resolver.digest(pushed.ref) == pushed.digest
-    assert resolver.moved() == set()
+    assert resolver.changed() == {}
+    moved = push_image(registry.host, "digests/down", "v1")
+    resolver.resolve({pushed.ref: ()})
+    assert resolver.changed() == {pushed.ref: pushed.digest}  # what it moved from
+    assert resolver.digest(pushed.ref) == moved.digest
 
 
 def test_the_thread_resolves_what_the_loop_offers(registry: Registry) -> None:
