@@ -202,6 +202,11 @@ class DigestResolver:
         """Whether the next round waits for :meth:`offer`."""
         return time.monotonic() >= self._next_round and not self._offered.is_set()
 
+    def refresh(self) -> None:
+        """Resolve at the next offer, not at the end of the interval (a new leader: the
+        digests it holds may be older than the previous leader's)."""
+        self._next_round = 0.0
+
     def offer(self, images: Mapping[str, tuple[str, ...]]) -> None:
         """Resolve ``images`` (image → its pull secrets) in the next round."""
         with self._lock:

@@ -169,6 +169,7 @@ class Watcher:
                 self.dispatcher.owe(Sync.FULL)
                 if self.mirror is not None:
                     self.mirror.resync()
+                self.digests.refresh()
                 was_leading = True
             if self.mirror is not None and (owed or self.mirror.due):
                 # Before the flush: a copy exists before any task or slice names it.

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster.images import push_image
 from localcluster.registry import Registry
 from tasks.images import parse_image
+from tasks.names import PULL_IMAGE
 from watcher.digests import DigestResolver, ManifestClient, ResolveFailed
 from worker.runtime import Credentials
+
+Start = Callable[..., WatchedCluster]
 
 
 @pytest.fixture
@@ -100,3 +104,28 @@ def test_the_thread_resolves_what_the_loop_offers(registry: Registry) -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_the_leader_puts_digests_in_entries_and_slices_and_pulls_a_moved_tag(
+    start_watcher: Start, registry: Registry
+) -> None:
+    tag = uid()
+    name = f"n-{tag}"
+    pushed = push_image(registry.host, f"digests/watched-{tag}", "latest")
+    cluster = start_watcher(nodes=[node(name)])
+    create(cluster.api, workload("Deployment", f"app-{tag}", pushed.ref))
+
+    def digests() -> tuple[str | None, set[str | None]] | None:
+        entry = cluster.entries().get(pushed.ref)
+        if entry is None or cluster.slice_images(name) is None:
+            return None
+        node_slice, _ = cluster.catalog.get_slice(name)
+        return entry.digest, {item.digest for item in node_slice.images}
+
+    wait_for(lambda: digests() == (pushed.digest, {pushed.digest}), what="the digest published")
+    pulls_before = [t for t in cluster.tasks(name) if t[0] == PULL_IMAGE]
+    moved = push_image(registry.host, f"digests/watched-{tag}", "latest")
+    cluster.watcher.digests.refresh()  # the next round now, not in WARM_REWARM_INTERVAL
+    wait_for(lambda: digests() == (moved.digest, {moved.digest}), what="the moved digest")
+    pulls = [t for t in cluster.tasks(name) if t[0] == PULL_IMAGE]
+    assert pulls[len(pulls_before) :] == [(PULL_IMAGE, {"node": name, "image": pushed.ref})]
