@@ -8,15 +8,22 @@ is always asked of the runtime, never remembered: kubelet's image GC may remove 
 The disk budget is checked inside the slot, right before the runtime is asked to pull: the pulls
 that ran while this one waited have used disk too. Credentials are looked up only when a pull is
 really needed, so a present image costs no API read.
+
+A tag whose digest the leader resolved (watcher/digests.py) is pulled by that digest, so every
+node gets the same content, and then by its tag: CRI's PullImage of ``name@digest`` (and of
+``name:tag@digest``, whose tag containerd drops) records no tag, and the kubelet looks images up
+by the reference its pod names. The tag's pull finds every blob local and costs one manifest
+request.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.images import ImageRef
 from tasks.models import Outcome
@@ -25,6 +32,8 @@ from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, Runtime
 
 # Called only when a pull is needed: the candidates to try in order (none: anonymous).
 CredentialLookup = Callable[[], list[Credentials]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,15 +93,26 @@ class Puller:
         held = self._runtime.image_status(image.pull_ref)
         if held is not None and is_present(image, held, digest):
             return PullDone(Outcome.PRESENT, held.id, held.size, time.perf_counter() - started)
-        return self._merged(image, credentials, started)
+        return self._merged(image, credentials, started, digest)
 
-    def pull(self, image: ImageRef, *, credentials: CredentialLookup | None = None) -> PullDone:
-        """Pull ``image`` without asking first: for a caller that listed the runtime's images
-        and knows it is absent, or that pulls a present tag again to follow a move."""
-        return self._merged(image, credentials, time.perf_counter())
+    def pull(
+        self,
+        image: ImageRef,
+        *,
+        digest: str | None = None,
+        credentials: CredentialLookup | None = None,
+    ) -> PullDone:
+        """Pull ``image`` (by ``digest`` first, when given) without asking first: for a caller
+        that listed the runtime's images and knows it is absent, or that pulls a present tag
+        again to follow a move."""
+        return self._merged(image, credentials, time.perf_counter(), digest)
 
     def _merged(
-        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+        self,
+        image: ImageRef,
+        credentials: CredentialLookup | None,
+        started: float,
+        digest: str | None = None,
     ) -> PullDone:
         """One runtime pull per image at a time; callers that come meanwhile share its result."""
         key = image.pull_ref
@@ -104,7 +124,7 @@ class Puller:
         if not leader:
             return future.result()
         try:
-            done = self._pull(image, credentials, started)
+            done = self._pull(image, credentials, started, digest)
         except BaseException as error:
             future.set_exception(error)
             raise
@@ -116,11 +136,17 @@ class Puller:
                 self._in_flight.pop(key, None)
 
     def _pull(
-        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+        self,
+        image: ImageRef,
+        credentials: CredentialLookup | None,
+        started: float,
+        digest: str | None,
     ) -> PullDone:
         candidates = credentials() if credentials is not None else []
         with self._slots:
             self._check_disk()
+            if digest and not image.digest:
+                self._pull_digest(replace(image, tag=None, digest=digest), candidates)
             image_id = self._pull_with(image, candidates)
         held = self._runtime.image_status(image.pull_ref)
         if held is None:  # the runtime said yes but does not hold it: treat as transient
@@ -128,6 +154,16 @@ class Puller:
                 str(image), FailureKind.TRANSIENT, "pulled but not listed by the runtime"
             )
         return PullDone(Outcome.PULLED, image_id, held.size, time.perf_counter() - started)
+
+    def _pull_digest(self, pinned: ImageRef, candidates: list[Credentials]) -> None:
+        """The content the leader resolved. Gone from the registry (the tag moved on and the
+        old manifest was deleted), the tag's pull that follows brings the newer one."""
+        try:
+            self._pull_with(pinned, candidates)
+        except PullFailed as error:
+            if error.kind is FailureKind.TRANSIENT:
+                raise
+            log.info("%s not pulled by digest, pulling its tag: %s", pinned, error.reason)
 
     def _pull_with(self, image: ImageRef, candidates: list[Credentials]) -> str:
         """Pull with each candidate in turn until one is accepted (kubelet does the same)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
+from localcluster.harness import registry_requests
 from localcluster.images import push_image
 from localcluster.registry import Registry
 from tasks.images import parse_image
@@ -25,11 +26,10 @@ def private_registry(workdir: Path, system_packages: None) -> Iterator[Registry]
         yield running
 
 
-def manifest_requests(registry: Registry, repository: str) -> int:
-    """Manifest requests by tag in the registry's own access log."""
-    needle = f"/v2/{repository}/manifests/"
-    lines = registry.log_path.read_text().splitlines()
-    return sum(needle in line and "HTTP/1.1" in line and "@sha256" not in line for line in lines)
+def manifest_requests(registry: Registry, ref: str) -> int:
+    """Requests for ``ref``'s manifest by tag, in the registry's own access log."""
+    image = parse_image(ref)
+    return len(registry_requests(registry, f"/v2/{image.repository}/manifests/{image.tag} "))
 
 
 def test_resolves_a_tag_and_follows_it_when_it_moves(registry: Registry) -> None:
@@ -57,13 +57,13 @@ def test_basic_auth_with_the_pull_secret(private_registry: Registry) -> None:
 def test_one_manifest_request_per_image_per_round(registry: Registry) -> None:
     images = {push_image(registry.host, f"digests/round{i}", "v1").ref: () for i in range(3)}
     resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=5.0)
-    before = {ref: manifest_requests(registry, parse_image(ref).repository) for ref in images}
+    before = {ref: manifest_requests(registry, ref) for ref in images}
     resolver.resolve(images)
     assert resolver.changed() == dict.fromkeys(images)
     resolver.resolve(images)
     assert resolver.changed() == {}  # nothing moved: nothing to republish
     for ref in images:
-        assert manifest_requests(registry, parse_image(ref).repository) - before[ref] == 2
+        assert manifest_requests(registry, ref) - before[ref] == 2
 
 
 def test_an_unreachable_registry_keeps_the_last_known_digest(registry: Registry) -> None:
