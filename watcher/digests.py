@@ -45,6 +45,7 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     )
 )
+USER_AGENT = "warm-images-watcher"  # how its requests read in a registry's access log
 DOCKER_HUB_API = "registry-1.docker.io"  # docker.io's API host, as containerd uses it
 _LOOPBACK = ("localhost", "127.", "[::1]")  # plain HTTP, as docker and containerd allow
 _TOKEN_LIFETIME = 60.0  # seconds, when the token endpoint does not say (its spec's default)
@@ -87,7 +88,7 @@ class ManifestClient:
 
     def _head(self, image: ImageRef, auth: Credentials | None) -> str:
         url = f"{_base_url(image.registry)}/v2/{image.repository}/manifests/{image.tag}"
-        headers = {"Accept": MANIFEST_TYPES}
+        headers = {"Accept": MANIFEST_TYPES, "User-Agent": USER_AGENT}
         key = (image.registry, f"repository:{image.repository}:pull", _user(auth))
         token = self._cached(key)
         if token:
@@ -121,7 +122,7 @@ class ManifestClient:
         query = {"scope": challenge.get("scope", key[1])}
         if "service" in challenge:
             query["service"] = challenge["service"]
-        headers = {}
+        headers = {"User-Agent": USER_AGENT}
         if auth is not None and auth.identity_token:
             headers["Authorization"] = f"Bearer {auth.identity_token}"
         elif auth is not None and auth.username:

@@ -38,6 +38,12 @@ class CriProbe:
         answer = self._images.ListImages(pb.ListImagesRequest(), timeout=10)
         return {tag for image in answer.images for tag in image.repo_tags}
 
+    def digests_of(self, reference: str) -> set[str]:
+        """The name@digest names of the image ``reference`` names now (none: not held)."""
+        request = pb.ImageStatusRequest(image=pb.ImageSpec(image=reference))
+        answer = self._images.ImageStatus(request, timeout=10)
+        return set(answer.image.repo_digests) if answer.HasField("image") else set()
+
     def remove(self, reference: str) -> None:
         request = pb.RemoveImageRequest(image=pb.ImageSpec(image=reference))
         self._images.RemoveImage(request, timeout=30)
