@@ -17,7 +17,8 @@ are in three pools, the third a small one that the latency workloads select.
 Measured:
 
 * initial sync: from the watcher's start until its own ``warm_watcher_events`` counter (its
-  /metrics port) has counted every listed pod and node;
+  /metrics port) has counted every listed pod and node, then until its first sync is out (a
+  re-warm task sent to every node, by its ``warm_watcher_tasks_sent`` counter);
 * events/s: ``--burst`` pod status updates put on the double's watch bus, until the watcher's
   counter has counted them all; beside it, the double's own serving rate: the same burst to a
   client that only reads the watch stream's lines (no JSON), so the figure says which side
@@ -69,8 +70,9 @@ MONITOR_LINE = re.compile(r"^\+(\d+\.\d+) ")
 
 
 def pod(i: int, nodes: int) -> dict[str, Any]:
-    """Pod ``i`` as the apiserver sends it, trimmed to ~1 KiB."""
+    """Pod ``i`` as the apiserver sends it, trimmed to ~1 KiB; one of IMAGES images."""
     name = f"app-{i % 977}-{i}"
+    image = i % IMAGES
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -86,7 +88,7 @@ def pod(i: int, nodes: int) -> dict[str, Any]:
             "containers": [
                 {
                     "name": "main",
-                    "image": f"registry.example.com/team-{i % 40}/service-{i % IMAGES}:v{i % 7}",
+                    "image": f"registry.example.com/team-{image % 40}/service-{image}:v{image % 7}",
                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                 },
                 {"name": "proxy", "image": "docker.io/envoyproxy/envoy:v1.29.1"},
@@ -418,8 +420,10 @@ def main() -> int:
             try:
                 run(workdir, size)
             except TimeoutError as error:
+                lines = str(error).splitlines()
                 print(f"{pods:,} pods on {nodes:,} nodes: out of reach within the budget of "
-                      f"{args.budget:.0f}s: {str(error).splitlines()[0]}")  # fmt: skip
+                      f"{args.budget:.0f}s: {lines[0]}")  # fmt: skip
+                print(*[f"  watcher: {line}" for line in lines if " ERROR " in line][-1:])
                 break
         measured = pods
         print()

@@ -29,6 +29,7 @@ from kubernetes import client
 
 from localcluster import manifests, product
 from localcluster.containerd import Containerd
+from localcluster.harness import wait_for
 from localcluster.images import PushedImage, push_image
 from localcluster.kubeapi import FakeKubeAPI
 from localcluster.manifests import create_nodes
@@ -43,6 +44,7 @@ NODES = ("node-1", "node-2", "node-3")
 SAMPLES = (("samples/web", 8.0), ("samples/api", 12.0), ("samples/migrate", 4.0))
 # Pushed but used by no workload: the README's `kubectl create deployment` warms it live.
 SPARE = ("samples/hello", 6.0)
+FLOWER_READY = 30.0  # seconds for Flower to answer its health check
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KUBECTL = Path(__file__).resolve().parent.parent / ".tools" / "bin" / "kubectl"
 
@@ -122,6 +124,11 @@ class Demo:
 
     def _start_product(self, env: dict[str, str], nodes: dict[str, Containerd]) -> None:
         logs = self.workdir / "logs"
+        # Flower first, and listening, before anything sends a task: task events reach whoever
+        # listens at that moment, so the first warm-up shows in Flower too.
+        self._keep(product.flower(self.flower_port, env, logs)).start()
+        flower = f"http://127.0.0.1:{self.flower_port}/healthcheck"
+        wait_for(lambda: product.answers(flower), FLOWER_READY, "Flower")
         for name, node in nodes.items():
             probes = self.probes[f"worker-{name}"] = Probes.pick()
             self.endpoints[f"worker-{name}"] = node.endpoint
@@ -129,8 +136,6 @@ class Demo:
         probes = self.probes["watcher"] = Probes.pick()
         self._keep(product.watcher({**env, **probes.env()}, logs)).start()
         self._keep(product.celery("beat", ["beat", "--loglevel=INFO"], env, logs)).start()
-        flower = ["flower", f"--port={self.flower_port}", "--address=127.0.0.1"]
-        self._keep(product.celery("flower", flower, env, logs)).start()
 
     def _announce(self, env: dict[str, str], registry: str) -> None:
         exports = " ".join(

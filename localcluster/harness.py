@@ -196,12 +196,25 @@ class TaskEvents:
     def of(self, task_id: str) -> list[dict[str, Any]]:
         return [event for event in self.received if event.get("uuid") == task_id]
 
-    def first(self, task_id: str, kind: str, timeout: float = WARM_TIMEOUT) -> dict[str, Any]:
-        """The first ``task-<kind>`` event of ``task_id``, waiting for it if need be."""
+    def chain(self, task_id: str) -> list[str]:
+        """``task_id`` and the tasks sent from it and theirs (retries are), in order."""
+        children = [
+            event["uuid"]
+            for event in self.received
+            if event["type"] == "task-received" and event.get("root_id") == task_id
+        ]
+        return list(dict.fromkeys([task_id, *children]))
+
+    def first(
+        self, task_id: str, kind: str, timeout: float = WARM_TIMEOUT, *, chain: bool = False
+    ) -> dict[str, Any]:
+        """The first ``task-<kind>`` event of ``task_id`` (or, with ``chain``, of it and the
+        tasks sent from it), waiting for it if need be."""
         wanted = f"task-{kind}"
 
         def found() -> list[dict[str, Any]]:
-            return [event for event in self.of(task_id) if event["type"] == wanted]
+            tasks = set(self.chain(task_id)) if chain else {task_id}
+            return [e for e in self.received if e["type"] == wanted and e.get("uuid") in tasks]
 
         wait_for(lambda: bool(found()), timeout, f"{wanted} of {task_id}", self._seen)
         return found()[0]

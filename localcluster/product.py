@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def worker(node: str, endpoint: str, env: Mapping[str, str], logdir: Path) -> Pr
 def celery(name: str, args: list[str], env: Mapping[str, str], logdir: Path) -> ProductProcess:
     argv = [sys.executable, "-m", "celery", "-A", "tasks", *args]
     return ProductProcess(name, argv, env, logdir)
+
+
+# Flower's task list as the chart configures it (chart/values.yaml, flower.tasksColumns).
+FLOWER_TASKS_COLUMNS = "name,uuid,state,kwargs,exception,result,received,runtime,worker"
+
+
+def flower(port: int, env: Mapping[str, str], logdir: Path) -> ProductProcess:
+    """``celery -A tasks flower`` on loopback ``port``, with the chart's task columns."""
+    args = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    return celery("flower", args, {"FLOWER_TASKS_COLUMNS": FLOWER_TASKS_COLUMNS, **env}, logdir)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 2xx now (a health check, e.g. Flower's /healthcheck)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(200 <= response.status < 300)
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
@@ -59,7 +60,7 @@ def pull_image(
     attempt = self.request.retries + 1
     result = agent.pull(image, digest=digest, attempt=attempt)
     if result.outcome is Outcome.RETRYING:
-        _retry_or_give_up(self, agent, result)
+        _retry_or_give_up(self, agent, result, digest)
     if result.outcome is Outcome.FAILED:
         raise PullFailedError(result.reason)
     return result.outcome.value
@@ -106,28 +107,37 @@ def counts(report: RewarmReport) -> dict[str, int]:
     return {"pulled": report.pulled, "present": report.present, "failed": len(report.failed)}
 
 
-def schedule_retry(agent: NodeAgent, image: str, *, attempt: int) -> None:
-    """A pull task for later; it reads the image's pull secrets from the catalog when it runs."""
+def schedule_retry(agent: NodeAgent, image: str, *, attempt: int, digest: str | None = None) -> int:
+    """A pull task for later, its countdown in seconds; it reads the image's pull secrets from
+    the catalog when it runs. Sent from a task, it is that task's child (Flower links them)."""
     countdown = backoff_seconds(attempt, agent.settings.runtime.retry_backoff_max)
+    kwargs: dict[str, object] = {"node": agent.node, "image": image}
+    if digest:
+        kwargs["digest"] = digest
     pull_image.apply_async(
-        kwargs={"node": agent.node, "image": image},
-        queue=queue_for_node(agent.node),
-        countdown=countdown,
-        retries=attempt,
+        kwargs=kwargs, queue=queue_for_node(agent.node), countdown=countdown, retries=attempt
     )
+    return countdown
 
 
 def backoff_seconds(retries: int, maximum: int) -> int:
     return int(get_exponential_backoff_interval(RETRY_FACTOR, retries, maximum, full_jitter=True))
 
 
-def _retry_or_give_up(task: Task, agent: NodeAgent, result: PullResult) -> NoReturn:
-    """Retry later (RETRY), or, past the limit, record the failure and end in FAILURE."""
-    limit = agent.settings.runtime.max_retries
-    if task.request.retries >= limit:
-        reason = f"gave up after {result.attempt} attempts: {result.reason}"
+def _retry_or_give_up(
+    task: Task, agent: NodeAgent, result: PullResult, digest: str | None
+) -> NoReturn:
+    """Retry later (RETRY), or, past the limit, record the failure and end in FAILURE.
+
+    The next attempt is a new task (a child of this one), not Celery's ``self.retry`` under the
+    same id: the worker receives a retry at once and holds it until its countdown, and that
+    "received" would replace RETRY in Flower within milliseconds. So this attempt stays RETRY,
+    with its reason, and the next one has a row of its own.
+    """
+    attempt = task.request.retries + 1
+    if task.request.retries >= agent.settings.runtime.max_retries:
+        reason = f"gave up after {attempt} attempts: {result.reason}"
         agent.report(replace(result, outcome=Outcome.FAILED, reason=reason))
         raise PullFailedError(reason)
-    countdown = backoff_seconds(task.request.retries + 1, agent.settings.runtime.retry_backoff_max)
-    error = TransientPullError(result.reason)
-    raise task.retry(exc=error, countdown=countdown, max_retries=limit)
+    countdown = schedule_retry(agent, result.image, attempt=attempt, digest=digest)
+    raise Retry(exc=TransientPullError(result.reason), when=countdown)

@@ -6,9 +6,12 @@ option table of the installed Flower, so a typo or a renamed option fails here, 
 
 from __future__ import annotations
 
-from chart_helpers import Rendered, env_of
+import yaml
+from chart_helpers import CHART, Rendered, env_of
 from flower.options import default_options as OPTIONS
 from flower.views.tasks import TASK_COLUMNS
+
+from localcluster import product
 
 
 def flower_env(result: Rendered) -> dict[str, str]:
@@ -47,3 +50,9 @@ def test_flower_keeps_its_history_on_a_writable_volume_saved_periodically(
     claim = next(v for v in claimed.pod_spec("flower")["volumes"] if v["name"] == "history")
     assert claim["persistentVolumeClaim"] == {"claimName": "flower-history"}
     assert flower_env(claimed)["FLOWER_STATE_SAVE_INTERVAL"] == "15000"
+
+
+def test_the_demo_and_tests_run_flower_with_the_charts_columns() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    assert values["flower"]["tasksColumns"] == product.FLOWER_TASKS_COLUMNS

@@ -9,6 +9,8 @@ directory behind.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -176,6 +178,26 @@ def test_kubectl_lists_the_nodes_and_a_created_deployment_gets_warm_everywhere(
             probe.close()
     print(f"kubectl create deployment -> warm on {len(NODES)} nodes in {seconds:.2f}s")
     assert f"{image}" in run("get", "deployment", "hello", "-o", "wide")
+
+
+def test_flower_shows_the_demos_first_warm_up(demo: DemoRun) -> None:
+    """Flower starts before the watcher and workers, so the first tasks are in it: a re-warm
+    of each node as it joins, ended in SUCCESS (task events are on from the start)."""
+    url = demo.printed(r"Flower:\s+(\S+)")
+    user = demo.printed(r"Flower:\s+\S+\s+\(user (\S+), password \S+\)")
+    password = demo.printed(r"Flower:\s+\S+\s+\(user \S+, password (\S+)\)")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    seen: set[str] = set()
+
+    def first_warm_up() -> bool:
+        request = urllib.request.Request(f"{url}/api/tasks?taskname=warm.rewarm_node")
+        request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            tasks = json.load(answer).values()
+        seen.update(t["worker"].removeprefix("warm@") for t in tasks if t["state"] == "SUCCESS")
+        return seen == set(NODES)
+
+    wait_for(first_warm_up, START_TIMEOUT, "the first re-warm of every node in Flower")
 
 
 def test_each_process_serves_its_own_metrics_and_health_ports(demo: DemoRun) -> None:

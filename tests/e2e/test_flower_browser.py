@@ -27,17 +27,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from localcluster import Registry, free_port, push_image
+from localcluster import Registry, free_port, product, push_image
 from localcluster.harness import unavailable
 from localcluster.manifests import deployment
-from localcluster.product import celery
 from localcluster.services import NatsServer, RedisServer
 
 from .conftest import SimCluster, run_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CHART_COLUMNS = "name,uuid,state,kwargs,exception,result,received,runtime,worker"  # values.yaml
 AUTH = ("operator", "flower-e2e")
 SHOWN_TIMEOUT = 90.0  # workload created -> its pull task's state in Flower's list
 DRAW_TIMEOUT = 3.0  # a click on a state filter -> the list redrawn
@@ -57,15 +55,10 @@ def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Ite
 def flower(cluster: SimCluster) -> str:
     """Flower with basic auth and the chart's task columns, before any workload exists."""
     port = free_port()
-    env = {
-        **cluster.env,
-        "FLOWER_BASIC_AUTH": ":".join(AUTH),
-        "FLOWER_TASKS_COLUMNS": CHART_COLUMNS,
-    }
-    args = ["flower", f"--port={port}", "--address=127.0.0.1"]
-    cluster.start(celery("flower", args, env, cluster.logdir))
+    env = {**cluster.env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    cluster.start(product.flower(port, env, cluster.logdir))
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(f"{url}/healthcheck"), 30, "Flower", cluster)
+    wait_for(lambda: product.answers(f"{url}/healthcheck"), 30, "Flower", cluster)
     return url
 
 
@@ -142,7 +135,7 @@ def test_a_transient_failure_is_listed_under_retried_with_its_reason(
     rows = rows_under(browser, "Retried", pulls["flaky"], cluster)
     browser.save_screenshot(str(tmp_path / "flower-retried.png"))
 
-    for row in rows:
+    for row in rows:  # an attempt per row: each retry is a task of its own
         assert row["State"] == "RETRY"
         assert "TransientPullError(" in row["Exception"]
         assert "connection refused" in row["Exception"]
@@ -179,14 +172,15 @@ def open_tasks(browser: WebDriver, flower: str) -> None:
 def rows_under(
     browser: WebDriver, state_filter: str, image: str, cluster: SimCluster
 ) -> list[dict[str, str]]:
-    """Click a state filter ("Failed", ...) until a row for ``image`` shows on every node."""
+    """Click a state filter ("Failed", ...) until rows for ``image`` show from every node."""
+    workers = {f"warm@{node}" for node in cluster.nodes}
 
     def shown() -> bool:
         browser.refresh()  # the list is loaded once per page view
         browser.find_element(By.XPATH, f"//button[text()='{state_filter}']").click()
         drawn = time.monotonic() + DRAW_TIMEOUT  # the filtered list loads after the click
         while time.monotonic() < drawn:
-            if len(for_image(table_rows(browser), image)) == len(cluster.nodes):
+            if {row["Worker"] for row in for_image(table_rows(browser), image)} == workers:
                 return True
             time.sleep(0.2)
         return False
@@ -226,10 +220,3 @@ def _tolerant(check: Callable[[], bool]) -> Callable[[], bool]:
             return False
 
     return tolerant
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False

@@ -20,7 +20,7 @@ from kubernetes import client
 from worker_testing import MakeAgent, payloads_of
 
 from localcluster import Containerd, FakeKubeAPI, Registry, push_image
-from localcluster.harness import WARM_TIMEOUT, Events, start_worker
+from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -201,6 +201,7 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
     named = create_pull_secret(kube, f"n-{uuid.uuid4().hex[:6]}", docker_config(host), "other")
     # Even a copy in the release namespace is not read because a message names it.
     other_copy = create_pull_secret(kube, f"o-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
+    before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
     worker = start_worker(
         node.endpoint,
         redis_server,
@@ -210,8 +211,14 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
         WARM_POD_NAMESPACE="warm",
     )
     events = Events.follow(bus, pull_events_subject(worker.node))
-    before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
     try:
+        # The worker reconciles its (still empty) slice at start; only then does the image
+        # enter it, so the task's own pull is what reads a Secret.
+        wait_for(
+            lambda: "reconcile on" in worker.process.log_tail(20_000),
+            WARM_TIMEOUT,
+            "the start's reconcile",
+        )
         CatalogStore(bus).put_slice(NodeSlice(worker.node, (SliceImage(image.ref, (copy,)),)))
         worker.send(PULL_IMAGE, image=image.ref, pull_secrets=[named, other_copy])
         events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")

@@ -79,9 +79,12 @@ def test_a_transient_failure_shows_as_retry_with_its_reason_then_succeeds(
         retried = task_events.first(task, "retried")
         flaky.resume()
 
-        assert task_events.first(task, "succeeded")["result"] == "'pulled'"
+        succeeded = task_events.first(task, "succeeded", chain=True)  # a later attempt
     assert "TransientPullError(" in retried["exception"]  # Celery's Retry(..., reason, delay)
     assert flaky.host in retried["exception"]
+    assert succeeded["result"] == "'pulled'" and succeeded["uuid"] != task
+    # The retried attempt stays RETRY: nothing of it comes after its task-retried event.
+    assert task_events.of(task)[-1]["type"] == "task-retried"
 
 
 def test_a_pull_out_of_retries_ends_in_failure_saying_it_gave_up(
