@@ -20,6 +20,7 @@ digest is a hint for nodes, never a reason to mark anything failed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import re
 import threading
@@ -70,7 +71,7 @@ class ManifestClient:
     def __init__(self, timeout: float = 10.0) -> None:
         self._timeout = timeout
         self._local = threading.local()  # a requests.Session is not thread-safe
-        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (registry, scope, user)
+        self._tokens: dict[tuple[str, str, str], _Token] = {}  # (registry, scope, identity)
         self._lock = threading.Lock()
 
     def digest(self, image: ImageRef, candidates: Sequence[Credentials] = ()) -> str:
@@ -89,7 +90,7 @@ class ManifestClient:
     def _head(self, image: ImageRef, auth: Credentials | None) -> str:
         url = f"{_base_url(image.registry)}/v2/{image.repository}/manifests/{image.tag}"
         headers = {"Accept": MANIFEST_TYPES, "User-Agent": USER_AGENT}
-        key = (image.registry, f"repository:{image.repository}:pull", _user(auth))
+        key = (image.registry, f"repository:{image.repository}:pull", _identity(auth))
         token = self._cached(key)
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -262,8 +263,13 @@ def _base_url(registry: str) -> str:
     return f"{scheme}://{host}"
 
 
-def _user(auth: Credentials | None) -> str:
-    return auth.username if auth is not None else ""
+def _identity(auth: Credentials | None) -> str:
+    """Whose token it is: a hash of the credentials, so another password gets its own token
+    and the cache holds no secret in the clear."""
+    if auth is None:
+        return ""
+    text = "\0".join((auth.username, auth.password, auth.identity_token))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _basic(auth: Credentials) -> str:

@@ -12,6 +12,7 @@ from watcher_testing import WatchedCluster, create, node, uid, wait_for, workloa
 from localcluster.harness import registry_requests
 from localcluster.images import push_image
 from localcluster.registry import Registry
+from localcluster.token_auth import TokenServer
 from tasks.images import parse_image
 from tasks.names import PULL_IMAGE
 from watcher.digests import DigestResolver, ManifestClient, ResolveFailed
@@ -24,6 +25,16 @@ Start = Callable[..., WatchedCluster]
 def private_registry(workdir: Path, system_packages: None) -> Iterator[Registry]:
     with Registry(workdir / "digests-private", htpasswd={"alice": "wonderland"}) as running:
         yield running
+
+
+@pytest.fixture
+def token_registry(registry: Registry, workdir: Path) -> Iterator[tuple[Registry, TokenServer]]:
+    """A registry behind Bearer token auth, serving what was pushed to ``registry``."""
+    with (
+        TokenServer(workdir / "digests-token", {"bob": "builder"}) as tokens,
+        Registry(workdir / "digests-token", token=tokens, storage=registry.storage) as running,
+    ):
+        yield running, tokens
 
 
 def manifest_requests(registry: Registry, ref: str) -> int:
@@ -52,6 +63,25 @@ def test_basic_auth_with_the_pull_secret(private_registry: Registry) -> None:
         client.digest(image, [wrong])
     with pytest.raises(ResolveFailed, match="Basic auth and no pull secret fits"):
         client.digest(image)
+
+
+def test_bearer_challenge_token_endpoint_and_a_token_reused_per_repository(
+    registry: Registry, token_registry: tuple[Registry, TokenServer]
+) -> None:
+    protected, tokens = token_registry
+    pushed = push_image(registry.host, "digests/token", "v1")
+    image = parse_image(f"{protected.host}/digests/token:v1")
+    client = ManifestClient(timeout=5.0)
+    right = Credentials(username="bob", password="builder")
+
+    assert client.digest(image, [right]) == pushed.digest
+    assert client.digest(image, [right]) == pushed.digest
+    assert tokens.issued == 1  # the second lookup presented the cached token
+    assert manifest_requests(protected, str(image)) == 3  # 401, then 200, then 200
+    with pytest.raises(ResolveFailed, match="token endpoint answered 401"):
+        client.digest(image, [Credentials(username="bob", password="wrong")])
+    with pytest.raises(ResolveFailed, match="token endpoint answered 401"):
+        client.digest(image)  # anonymous: this server grants nothing
 
 
 def test_one_manifest_request_per_image_per_round(registry: Registry) -> None:
