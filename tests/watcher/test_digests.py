@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
@@ -159,3 +162,30 @@ def test_the_leader_puts_digests_in_entries_and_slices_and_pulls_a_moved_tag(
     wait_for(lambda: digests() == (moved.digest, {moved.digest}), what="the moved digest")
     pulls = [t for t in cluster.tasks(name) if t[0] == PULL_IMAGE]
     assert pulls[len(pulls_before) :] == [(PULL_IMAGE, {"node": name, "image": pushed.ref})]
+
+
+def test_the_leader_resolves_a_private_image_with_the_workloads_pull_secret(
+    start_watcher: Start, private_registry: Registry
+) -> None:
+    tag, team = uid(), f"team-{uid()}"
+    pushed = push_image(
+        private_registry.host, f"digests/private-{tag}", "v1", auth=private_registry.auth
+    )
+    cluster = start_watcher(nodes=[node(f"n-{tag}")], release_namespace="warm-system")
+    auth = base64.b64encode(b"alice:wonderland").decode()
+    config = json.dumps({"auths": {private_registry.host: {"auth": auth}}}).encode()
+    secret: Any = {
+        "metadata": {"name": "regcred", "namespace": team},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(config).decode()},
+    }
+    cluster.core.create_namespaced_secret(team, secret)
+    pull_secrets = [{"name": "regcred"}]
+    spec = workload("Deployment", "web", pushed.ref, namespace=team, imagePullSecrets=pull_secrets)
+    create(cluster.api, spec)
+
+    def digest() -> str | None:
+        entry = cluster.entries().get(pushed.ref)
+        return entry.digest if entry else None
+
+    wait_for(lambda: digest() == pushed.digest, what="the private image's digest")
