@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -190,9 +191,10 @@ class DigestResolver:
         self._lock = threading.Lock()
         self._digests: dict[str, str] = {}
         self._changed: dict[str, str | None] = {}  # image -> its digest before the change
-        self._wanted: dict[str, tuple[str, ...]] | None = None
+        self._wanted: dict[str, tuple[str, ...]] = {}
+        self._full = False  # whether what is wanted is the whole catalog (a round)
         self._offered = threading.Event()
-        self._next_round = 0.0
+        self._next_round = 0.0  # math.inf while a round is offered or running
 
     def digest(self, image: str) -> str | None:
         """The last digest resolved for ``image``; None while unknown."""
@@ -202,7 +204,7 @@ class DigestResolver:
     @property
     def due(self) -> bool:
         """Whether the next round waits for :meth:`offer`."""
-        return time.monotonic() >= self._next_round and not self._offered.is_set()
+        return time.monotonic() >= self._next_round
 
     def refresh(self) -> None:
         """Resolve at the next offer, not at the end of the interval (a new leader: the
@@ -210,12 +212,20 @@ class DigestResolver:
         self._next_round = 0.0
 
     def offer(self, images: Mapping[str, tuple[str, ...]]) -> None:
-        """Resolve ``images`` (image → its pull secrets) in the next round."""
+        """Resolve the whole catalog, ``images`` (image → its pull secrets), in a round."""
         with self._lock:
-            self._wanted = dict(images)
+            self._wanted, self._full, self._next_round = dict(images), True, math.inf
             for gone in set(self._digests) - set(images):
                 del self._digests[gone]
         self._offered.set()
+
+    def add(self, images: Mapping[str, tuple[str, ...]]) -> None:
+        """Resolve ``images`` new to the catalog now, not at the next round."""
+        with self._lock:
+            new = {image: s for image, s in images.items() if image not in self._digests}
+            self._wanted.update(new)
+        if new:
+            self._offered.set()
 
     def changed(self) -> dict[str, str | None]:
         """Images whose digest changed since the last call, with the digest they had before
@@ -229,10 +239,11 @@ class DigestResolver:
             if not self._offered.wait(1.0):
                 continue
             with self._lock:
-                wanted, self._wanted = self._wanted or {}, None
+                wanted, full, self._wanted, self._full = self._wanted, self._full, {}, False
+                self._offered.clear()
             self.resolve(wanted)
-            self._next_round = time.monotonic() + self._interval
-            self._offered.clear()
+            if full:
+                self._next_round = time.monotonic() + self._interval
 
     def resolve(self, images: Mapping[str, tuple[str, ...]]) -> None:
         """One round: every image's tag resolved, ``concurrency`` registry requests at once."""

@@ -186,11 +186,15 @@ class Watcher:
                 last_failure = now
 
     def _follow_digests(self, owed: Changes) -> None:
-        """Hand the resolver the catalog when a round is due (after the mirror: the copies it
-        names exist), and owe the images whose digest it learned or saw move."""
+        """Hand the resolver the catalog when a round is due, or the images new to it (after
+        the mirror: the copies it names exist), and owe the images whose digest it learned or
+        saw move."""
+        secrets = self.state.catalog_secrets
         if self.digests.due:
-            images = self.state.images
-            self.digests.offer({image: self.state.catalog_secrets(image) for image in images})
+            self.digests.offer({image: secrets(image) for image in self.state.images})
+        elif owed.added_images:
+            added = owed.added_images & set(self.state.images)
+            self.digests.add({image: secrets(image) for image in added})
         for image, previous in self.digests.changed().items():
             if image in self.state.images:
                 owed.retargeted_images.add(image)

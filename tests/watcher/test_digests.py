@@ -117,8 +117,9 @@ def test_an_unreachable_registry_keeps_the_last_known_digest(registry: Registry)
     assert resolver.digest(pushed.ref) == moved.digest
 
 
-def test_the_thread_resolves_what_the_loop_offers(registry: Registry) -> None:
+def test_the_thread_resolves_rounds_and_new_images_between_them(registry: Registry) -> None:
     pushed = push_image(registry.host, "digests/offered", "v1")
+    added = push_image(registry.host, "digests/added", "v1")
     resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=5.0)
     stop = threading.Event()
     thread = threading.Thread(target=resolver.run, args=(stop,), daemon=True)
@@ -127,12 +128,11 @@ def test_the_thread_resolves_what_the_loop_offers(registry: Registry) -> None:
         assert resolver.due
         resolver.offer({pushed.ref: ()})
         assert not resolver.due  # offered: the loop does not offer again meanwhile
-        for _ in range(100):
-            if resolver.digest(pushed.ref):
-                break
-            stop.wait(0.1)
-        assert resolver.digest(pushed.ref) == pushed.digest
-        resolver.offer({})  # the image left the catalog: its digest goes
+        wait_for(lambda: resolver.digest(pushed.ref) == pushed.digest, what="the round")
+        assert not resolver.due  # the next round is an interval away
+        resolver.add({added.ref: ()})  # new to the catalog: resolved now, not in an hour
+        wait_for(lambda: resolver.digest(added.ref) == added.digest, what="the new image")
+        resolver.offer({added.ref: ()})  # the first image left the catalog: its digest goes
         assert resolver.digest(pushed.ref) is None
     finally:
         stop.set()
