@@ -6,7 +6,8 @@ anonymously), and presents it. The registry checks the token's RS256 signature a
 certificate it was given, its issuer, audience, lifetime and the access it grants. This server
 issues such tokens for the users of an htpasswd-like map, so the tests exercise a client's
 whole challenge → token → retry path against the unmodified registry. It counts the tokens it
-issued, for tests of token caching.
+issued, for tests of token caching. An identity token (an OAuth2 refresh token, what ``docker
+login`` stores for some registries) is exchanged by POST, as containerd does.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ LIFETIME = 300  # seconds a token is valid
 class TokenServer(Service):
     """Issues pull/push tokens to ``users`` (name → password); anonymous requests get none."""
 
-    def __init__(self, workdir: Path, users: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, users: dict[str, str], refresh_tokens: dict[str, str] | None = None
+    ) -> None:
+        """``refresh_tokens``: identity token → the user it stands for."""
         self.users = dict(users)
+        self.refresh_tokens = dict(refresh_tokens or {})
         self.cert_path = Path(workdir).absolute() / "token-cert.pem"
         self.issued = 0
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -76,9 +81,8 @@ class TokenServer(Service):
             self._server.shutdown()
             self._server.server_close()
 
-    def token_for(self, authorization: str, scope: str) -> str | None:
-        """A signed token granting ``scope``, or None when the credentials are not valid."""
-        user = _basic_user(authorization, self.users)
+    def token_for(self, user: str | None, scope: str) -> str | None:
+        """A signed token granting ``user`` ``scope``; None for no (valid) user."""
         if user is None:
             return None
         now = int(time.time())
@@ -112,8 +116,19 @@ def _handler(tokens: TokenServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             query = parse_qs(urlparse(self.path).query)
-            scope = query.get("scope", [""])[0]
-            token = tokens.token_for(self.headers.get("Authorization", ""), scope)
+            user = _basic_user(self.headers.get("Authorization", ""), tokens.users)
+            self._answer(tokens.token_for(user, query.get("scope", [""])[0]))
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode())
+            refresh = form.get("refresh_token", [""])[0]
+            if form.get("grant_type") != ["refresh_token"]:
+                refresh = ""
+            user = tokens.refresh_tokens.get(refresh)
+            self._answer(tokens.token_for(user, form.get("scope", [""])[0]))
+
+        def _answer(self, token: str | None) -> None:
             if token is None:
                 self.send_response(401)
                 self.end_headers()

@@ -73,6 +73,7 @@ class ManifestClient:
         self._timeout = timeout
         self._local = threading.local()  # a requests.Session is not thread-safe
         self._tokens: dict[tuple[str, str, str], _Token] = {}  # (registry, scope, identity)
+        self._basic: set[str] = set()  # registries that asked for Basic: sent up front
         self._lock = threading.Lock()
 
     def digest(self, image: ImageRef, candidates: Sequence[Credentials] = ()) -> str:
@@ -95,6 +96,8 @@ class ManifestClient:
         token = self._cached(key)
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        elif auth is not None and auth.username and image.registry in self._basic:
+            headers["Authorization"] = _basic(auth)
         response = self._request("HEAD", url, headers)
         if response.status_code == 401:
             headers["Authorization"] = self._answer(response, key, auth)
@@ -114,6 +117,8 @@ class ManifestClient:
         if scheme.lower() == "basic":
             if auth is None or not auth.username:
                 raise ResolveFailed(f"{key[0]}: registry wants Basic auth and no pull secret fits")
+            with self._lock:
+                self._basic.add(key[0])
             return _basic(auth)
         if scheme.lower() != "bearer":
             raise ResolveFailed(f"{key[0]}: unsupported auth challenge {scheme!r}")
@@ -126,10 +131,14 @@ class ManifestClient:
             query["service"] = challenge["service"]
         headers = {"User-Agent": USER_AGENT}
         if auth is not None and auth.identity_token:
-            headers["Authorization"] = f"Bearer {auth.identity_token}"
-        elif auth is not None and auth.username:
-            headers["Authorization"] = _basic(auth)
-        reply = self._request("GET", realm, headers, params=query)
+            # An identity token is an OAuth2 refresh token: exchanged by POST, as containerd does.
+            form = {**query, "grant_type": "refresh_token", "client_id": USER_AGENT}
+            form["refresh_token"] = auth.identity_token
+            reply = self._request("POST", realm, headers, data=form)
+        else:
+            if auth is not None and auth.username:
+                headers["Authorization"] = _basic(auth)
+            reply = self._request("GET", realm, headers, params=query)
         if reply.status_code != 200:
             raise ResolveFailed(f"{key[0]}: token endpoint answered {reply.status_code}")
         body = reply.json()
@@ -155,13 +164,14 @@ class ManifestClient:
         url: str,
         headers: Mapping[str, str],
         params: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | None = None,
     ) -> requests.Response:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
         try:
             return session.request(
-                method, url, headers=dict(headers), params=params, timeout=self._timeout
+                method, url, headers=dict(headers), params=params, data=data, timeout=self._timeout
             )
         except requests.RequestException as error:
             raise ResolveFailed(f"{url}: {type(error).__name__}") from None

@@ -34,7 +34,7 @@ def private_registry(workdir: Path, system_packages: None) -> Iterator[Registry]
 def token_registry(registry: Registry, workdir: Path) -> Iterator[tuple[Registry, TokenServer]]:
     """A registry behind Bearer token auth, serving what was pushed to ``registry``."""
     with (
-        TokenServer(workdir / "digests-token", {"bob": "builder"}) as tokens,
+        TokenServer(workdir / "digests-token", {"bob": "builder"}, {"id-123": "bob"}) as tokens,
         Registry(workdir / "digests-token", token=tokens, storage=registry.storage) as running,
     ):
         yield running, tokens
@@ -62,6 +62,9 @@ def test_basic_auth_with_the_pull_secret(private_registry: Registry) -> None:
     wrong = Credentials(username="alice", password="nope")
     right = Credentials(username="alice", password="wonderland")
     assert client.digest(image, [wrong, right]) == pushed.digest  # candidates tried in turn
+    before = manifest_requests(private_registry, pushed.ref)
+    assert client.digest(image, [right]) == pushed.digest
+    assert manifest_requests(private_registry, pushed.ref) - before == 1  # Basic sent up front
     with pytest.raises(ResolveFailed, match="answered 401"):
         client.digest(image, [wrong])
     with pytest.raises(ResolveFailed, match="Basic auth and no pull secret fits"):
@@ -81,6 +84,8 @@ def test_bearer_challenge_token_endpoint_and_a_token_reused_per_repository(
     assert client.digest(image, [right]) == pushed.digest
     assert tokens.issued == 1  # the second lookup presented the cached token
     assert manifest_requests(protected, str(image)) == 3  # 401, then 200, then 200
+    identity = Credentials(username="<token>", identity_token="id-123")
+    assert client.digest(image, [identity]) == pushed.digest  # exchanged by POST
     with pytest.raises(ResolveFailed, match="token endpoint answered 401"):
         client.digest(image, [Credentials(username="bob", password="wrong")])
     with pytest.raises(ResolveFailed, match="token endpoint answered 401"):
