@@ -35,6 +35,8 @@ import requests
 from tasks.images import DEFAULT_REGISTRY, ImageRef, parse_image
 from worker.runtime import Credentials
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 # Every manifest kind a tag may point to; a registry answers with the one it holds, and its
@@ -262,7 +264,12 @@ class DigestResolver:
         with self._lock:
             for image, digest in found.items():
                 before = self._digests.get(image)
-                if digest is not None and before != digest:
+                if digest is None:
+                    metrics.DIGEST_LOOKUPS.labels("failed").inc()
+                    continue
+                moved = before is not None and before != digest
+                metrics.DIGEST_LOOKUPS.labels("moved" if moved else "resolved").inc()
+                if before != digest:
                     self._digests[image] = digest
                     self._changed.setdefault(image, before)
 

@@ -69,7 +69,7 @@ def test_watcher_reads_sources_cluster_wide_only_with_every_namespace(
     copies = {
         "apiGroups": [""],
         "resources": ["secrets"],
-        "verbs": ["list", "create", "update", "delete"],
+        "verbs": ["get", "list", "create", "update", "delete"],
     }
     everywhere = secret_rules(rendered["credentials"], "watcher")  # config.namespaces: ["*"]
     assert everywhere == [(None, SECRETS_GET), (NAMESPACE, copies)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster.harness import registry_requests
@@ -38,6 +39,11 @@ def token_registry(registry: Registry, workdir: Path) -> Iterator[tuple[Registry
         Registry(workdir / "digests-token", token=tokens, storage=registry.storage) as running,
     ):
         yield running, tokens
+
+
+def lookups(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("warm_watcher_digest_lookups_total", {"outcome": outcome})
+    return value or 0.0
 
 
 def manifest_requests(registry: Registry, ref: str) -> int:
@@ -109,11 +115,13 @@ def test_an_unreachable_registry_keeps_the_last_known_digest(registry: Registry)
     resolver = DigestResolver(lambda image, secrets: [], interval=3600.0, timeout=2.0)
     resolver.resolve({pushed.ref: ()})
     assert resolver.changed() == {pushed.ref: None}
+    failed = lookups("failed")
     registry.pause()
     try:
         resolver.resolve({pushed.ref: ()})
     finally:
         registry.resume()
+    assert lookups("failed") == failed + 1  # counted, and nothing else
     assert resolver.digest(pushed.ref) == pushed.digest
     assert resolver.changed() == {}
     moved = push_image(registry.host, "digests/down", "v1")
