@@ -166,7 +166,12 @@ def test_the_pull_task_retries_then_records_a_failure(
     runtime.registry.fail(APP, FailureKind.TRANSIENT, "connection reset", times=10)
     limit = installed.settings.runtime.max_retries
 
-    handlers.pull_image.apply(kwargs={"node": installed.node, "image": APP})  # retries eagerly
+    # Each retry is a new task: run eagerly, the whole chain runs here, one attempt after another.
+    handlers.pull_image.app.conf.task_always_eager = True
+    try:
+        handlers.pull_image.apply(kwargs={"node": installed.node, "image": APP})
+    finally:
+        handlers.pull_image.app.conf.task_always_eager = False
 
     assert runtime.pulls == [APP] * (limit + 1)
     failed = StatusStore(bus).get(installed.node).images[APP]
