@@ -44,6 +44,7 @@ def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Ite
             registry,
             f"{redis_server.url}/9",
             nats.url,
+            nodes=3,
             WARM_REWARM_INTERVAL=str(INTERVAL),
             WARM_REWARM_WINDOW="0",
             WARM_CATALOG_GRACE_PERIOD="0",
