@@ -202,6 +202,17 @@ class NatsBus:
     def kv_keys(self, bucket: str, prefix: str = "") -> list[str]:
         return self._run(lambda s: s.on_bucket(bucket, lambda _kv: s.keys(bucket, prefix)))
 
+    def kv_subjects(self, bucket: str, prefix: str) -> list[str]:
+        """The keys under ``prefix`` (ending in a dot) that hold an entry, a delete marker
+        included, in one request and without a consumer: cheap enough to poll, for a bucket
+        whose keys are removed with :meth:`kv_purge` and so never hold a marker."""
+        return self._run(lambda s: s.on_bucket(bucket, lambda _kv: s.subjects(bucket, prefix)))
+
+    def kv_purge(self, bucket: str, key: str, up_to_revision: int) -> None:
+        """Remove ``key``'s entries up to ``up_to_revision`` and leave no marker behind; a write
+        of the key after that revision (someone else's) stays."""
+        self._run(lambda s: s.on_bucket(bucket, lambda _kv: s.purge(bucket, key, up_to_revision)))
+
     def kv_state(self, bucket: str) -> BucketState:
         """The bucket's latest revision and creation time: one call, however many keys."""
         return self._run(lambda s: s.on_bucket(bucket, _state))
@@ -377,6 +388,9 @@ class _Session:
                 info = (await bucket.status()).stream_info
                 if info.config.max_age != ttl:  # the setting changed since its creation
                     info.config.max_age = ttl
+                    # The server refuses a duplicates window longer than the max age (a bucket
+                    # made without a TTL has the default two minutes).
+                    info.config.duplicate_window = min(info.config.duplicate_window or ttl, ttl)
                     await jetstream.update_stream(info.config)
         self._buckets[name] = bucket
         return bucket
@@ -432,6 +446,19 @@ class _Session:
         finally:
             await consumer.unsubscribe()
         return sorted(key for key in keys if key.startswith(prefix))
+
+    async def subjects(self, bucket: str, prefix: str) -> list[str]:
+        jetstream = (await self.connection()).jetstream(timeout=self._settings.connect_timeout)
+        stream = await jetstream.stream_info(
+            f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{prefix}>"
+        )
+        return sorted(subject[len(f"$KV.{bucket}.") :] for subject in stream.state.subjects or {})
+
+    async def purge(self, bucket: str, key: str, up_to_revision: int) -> None:
+        jetstream = (await self.connection()).jetstream(timeout=self._settings.connect_timeout)
+        await jetstream.purge_stream(
+            f"KV_{bucket}", seq=up_to_revision + 1, subject=f"$KV.{bucket}.{key}"
+        )
 
     def close(self) -> None:
         """Shut down on the loop thread, then stop it; from any thread but the loop's own."""

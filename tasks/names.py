@@ -37,8 +37,9 @@ def rewarm_events_subject(node: str) -> str:
 
 
 # Pull secrets: the watcher copies each Secret that workloads name in imagePullSecrets into the
-# release namespace under a name of its own; catalogs and slices name only those copies, and
-# the worker reads nothing else (its RBAC reaches only the release namespace).
+# mirror namespace (WARM_PULL_SECRET_NAMESPACE) under a name of its own; catalogs and slices
+# name only those copies, and the worker reads nothing else (its RBAC reaches only that
+# namespace, which holds nothing but the copies).
 PULL_SECRET_MIRROR_PREFIX = "warm-pull-"
 
 

@@ -82,6 +82,10 @@ class RuntimeSettings:
     # instead of the path the runtime reports, so that the runtime's root (every container's
     # layers) need not be mounted into the worker.
     image_fs_path: str | None = None
+    # Pulls from one registry at once across the cluster (0: no cap), and per-host overrides:
+    # at thousands of nodes the registry, not the node, is what a new image overwhelms.
+    registry_pull_limit: int = 100
+    registry_pull_limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,12 @@ class Settings:
     rewarm: RewarmSettings = field(default_factory=RewarmSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     probes: ProbeSettings = field(default_factory=ProbeSettings)
-    # The release namespace (WARM_POD_NAMESPACE): the Lease and the mirrored pull secrets.
+    # The release namespace (WARM_POD_NAMESPACE): where the Lease lives.
     release_namespace: str = "default"
+    # Where the watcher's copies of pull secrets live (WARM_PULL_SECRET_NAMESPACE; default the
+    # release namespace): the chart makes it a namespace of its own, holding nothing else, so
+    # the nodes' `get` on Secrets there reaches no other Secret.
+    pull_secret_namespace: str = "default"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -200,6 +208,7 @@ def _consistent(settings: Settings) -> Settings:
 
 
 def _read(source: _Source) -> Settings:
+    release_namespace = source.text("WARM_POD_NAMESPACE", "default")
     return Settings(
         broker=BrokerSettings(
             url=source.text("WARM_BROKER_URL", DEFAULT_BROKER_URL),
@@ -229,6 +238,8 @@ def _read(source: _Source) -> Settings:
             kubelet_credentials_file=source.optional("WARM_KUBELET_CREDENTIALS_FILE"),
             refresh_tags=source.choice("WARM_REFRESH_TAGS", "latest", REFRESH_TAGS),
             image_fs_path=source.optional("WARM_IMAGE_FS_PATH"),
+            registry_pull_limit=source.number("WARM_REGISTRY_PULL_LIMIT", 100, int, minimum=0),
+            registry_pull_limits=source.limits("WARM_REGISTRY_PULL_LIMITS"),
         ),
         watch=WatchSettings(
             namespaces=source.words("WARM_NAMESPACES", ("*",)),
@@ -253,7 +264,7 @@ def _read(source: _Source) -> Settings:
         leader=LeaderSettings(
             enabled=source.flag("WARM_LEADER_ELECTION", False),
             lease_name=source.text("WARM_LEASE_NAME", "warm-images-watcher"),
-            namespace=source.text("WARM_POD_NAMESPACE", "default"),
+            namespace=release_namespace,
             lease_duration=source.number("WARM_LEASE_DURATION", 15.0, float, minimum=2),
             renew_deadline=source.number("WARM_LEASE_RENEW_DEADLINE", 10.0, float),
             retry_period=source.number("WARM_LEASE_RETRY_PERIOD", 2.0, float, minimum=0.1),
@@ -262,7 +273,8 @@ def _read(source: _Source) -> Settings:
             health_port=source.number("WARM_HEALTH_PORT", 8080, int, minimum=0),
             metrics_port=source.number("WARM_METRICS_PORT", 9808, int, minimum=0),
         ),
-        release_namespace=source.text("WARM_POD_NAMESPACE", "default"),
+        release_namespace=release_namespace,
+        pull_secret_namespace=source.text("WARM_PULL_SECRET_NAMESPACE", release_namespace),
     )
 
 
@@ -329,6 +341,24 @@ class _Source:
         if raw in ("false", "0", "no", "off"):
             return False
         raise SettingsError(f"{name}={raw!r} is not true or false")
+
+    def limits(self, name: str) -> tuple[tuple[str, int], ...]:
+        """A JSON object of registry host to a whole number at least 0."""
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, dict) or not all(
+            type(limit) is int and limit >= 0 for limit in value.values()
+        ):
+            raise SettingsError(
+                f'{name} must be a JSON object of registry host to limit, e.g. {{"docker.io": 20}}'
+                " (0: no cap)"
+            )
+        return tuple(sorted(value.items()))
 
     def explicit_images(self, name: str) -> tuple[ExplicitImage, ...]:
         """A JSON list of references, or of {"image": ..., "nodeSelector": {...}} objects."""

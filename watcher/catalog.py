@@ -11,7 +11,7 @@ grace period with its last placement, so a rollout (old ReplicaSet gone, new one
 CronJob's Job coming and going does not drop it from nodes and pull it again.
 
 Pull secrets are counted by their source names ("namespace/name"), which only the watcher
-sees; what it publishes names the copies it mirrors into the release namespace instead
+sees; what it publishes names the copies it mirrors into the mirror namespace instead
 (:meth:`CatalogState.catalog_secrets`), the only Secrets a node may read.
 """
 

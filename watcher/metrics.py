@@ -31,7 +31,7 @@ CATALOG_LOSSES = Counter(
 )
 LEADER = Gauge("warm_watcher_leader", "1 while this replica is the leader that dispatches")
 PULL_SECRET_COPIES = Gauge(
-    "warm_watcher_pull_secret_copies", "Pull secrets mirrored into the release namespace"
+    "warm_watcher_pull_secret_copies", "Pull secrets mirrored into the mirror namespace"
 )
 PULL_SECRETS_SKIPPED = Gauge(
     "warm_watcher_pull_secrets_skipped",

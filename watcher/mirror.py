@@ -1,11 +1,13 @@
-"""Pull secrets mirrored into the release namespace, so no node needs to read other namespaces.
+"""Pull secrets mirrored into a namespace of their own, so no node reads any other Secret.
 
 Workloads name their registry credentials in ``imagePullSecrets``, in their own namespaces. A
 node agent able to read those would hold ``get`` on Secrets cluster-wide, and root on one node
 could read any Secret by name. Instead the leading watcher copies only the Secrets that
-workloads in use reference, and only of the registry types, into the release namespace under
-names it owns (:func:`tasks.names.mirrored_secret_name`), labelled as its own; the catalog names
-only those copies, and the node's RBAC reaches only that namespace.
+workloads in use reference, and only of the registry types, into the mirror namespace
+(``WARM_PULL_SECRET_NAMESPACE``) under names it owns (:func:`tasks.names.mirrored_secret_name`),
+labelled as its own; the catalog names only those copies, and the node's RBAC reaches only that
+namespace. Not the release namespace: the release's own Secrets (the NATS, Redis and Flower
+passwords) live there, and `get` on Secrets cannot be narrowed to names made at run time.
 
 A copy follows its source: every ``pull_secret_sync_interval`` each referenced source is read
 again (``get`` only, which works with a per-namespace Role and with the cluster-wide one alike;

@@ -58,7 +58,7 @@ class Watcher:
         self.mirror = None  # WARM_PULL_SECRETS=false: no mirror, no secret names published
         if settings.runtime.pull_secrets:
             self.mirror = SecretMirror(
-                api, settings.release_namespace, settings.watch.pull_secret_sync_interval
+                api, settings.pull_secret_namespace, settings.watch.pull_secret_sync_interval
             )
         self.state = CatalogState(
             settings.watch,
@@ -66,7 +66,7 @@ class Watcher:
             has_copy=self.mirror.has_copy if self.mirror else lambda source: False,
         )
         credentials = CredentialSource(
-            settings.runtime, settings.release_namespace, client.CoreV1Api(api)
+            settings.runtime, settings.pull_secret_namespace, client.CoreV1Api(api)
         )
         self.digests = DigestResolver(credentials.for_image, interval=settings.rewarm.interval)
         self.dispatcher = Dispatcher(app, bus, self.state, self.digests.digest)

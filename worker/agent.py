@@ -34,6 +34,7 @@ from tasks.status import StatusStore
 
 from . import metrics
 from .credentials import CredentialSource
+from .permits import node_permits
 from .puller import DiskBudgetExceeded, Puller, is_present
 from .runtime import FailureKind, ImageRuntime, PullFailed, RuntimeImage, RuntimeUnavailable
 
@@ -73,13 +74,14 @@ class NodeAgent:
         self.catalog = CatalogStore(bus)
         self.status = StatusStore(bus)
         self.credentials = credentials or CredentialSource(
-            settings.runtime, settings.release_namespace
+            settings.runtime, settings.pull_secret_namespace
         )
         self.puller = Puller(
             runtime,
             max_concurrent=settings.runtime.max_concurrent_pulls,
             timeout=settings.runtime.pull_timeout,
             disk_budget_percent=settings.runtime.disk_budget_percent,
+            permits=node_permits(bus, settings.runtime, node),
         )
         # Permanent failures by image: the entry, the reason, its pull secrets' version.
         self._failed: dict[str, tuple[SliceImage, str, str]] = {}

@@ -1,12 +1,13 @@
 """Registry credentials for one pull: read when the pull starts, dropped when it ends.
 
 The catalog names pull secrets ("namespace/name") and never carries their content, so a NATS
-dump leaks nothing. The names are those of the watcher's copies in the release namespace
-(``warm-pull-…``, see watcher/mirror.py); the worker reads them from the Kubernetes API at pull
-time (a rotated password works at the next pull) and refuses, without asking the API, any other
-name: its RBAC is ``get`` on Secrets of the release namespace only, and this keeps it from
-reading even the release's own Secrets should a bad catalog entry name one. It falls back to
-the node's own credentials file (kubelet's config.json) when configured.
+dump leaks nothing. The names are those of the watcher's copies in the mirror namespace
+(``WARM_PULL_SECRET_NAMESPACE``, ``warm-pull-…``, see watcher/mirror.py); the worker reads
+them from the Kubernetes API at pull time (a rotated password works at the next pull) and
+refuses, without asking the API, any other name: its RBAC is ``get`` on Secrets of that
+namespace only, which holds nothing but the copies, and this keeps a bad catalog entry from
+making it ask for anything else even where the namespace is shared (outside the chart). It
+falls back to the node's own credentials file (kubelet's config.json) when configured.
 
 Matching follows kubelet: a docker config maps registry keys ("host[:port][/path]", optionally
 with a scheme, a ``*`` glob in the host) to credentials; a key matches an image when its host
@@ -62,7 +63,7 @@ class CredentialSource:
     """Finds the credentials for an image among its pull secrets and the node's file."""
 
     def __init__(self, settings: RuntimeSettings, namespace: str, api: Any = None) -> None:
-        """``namespace``: the release namespace, the only one whose Secrets are read;
+        """``namespace``: the mirror namespace, the only one whose Secrets are read;
         ``api``: a CoreV1Api to read them with (the watcher's), else one is configured here."""
         self._use_secrets = settings.pull_secrets
         self._namespace = namespace

@@ -21,6 +21,22 @@ PULL_SECONDS = Histogram(
 IMAGES_PRESENT = Gauge("warm_images_present", "Images of this node's catalog slice it holds")
 IMAGES_EXPECTED = Gauge("warm_images_expected", "Images in this node's catalog slice")
 DISK_BUDGET_SKIPS = Counter("warm_disk_budget_skips", "Pulls skipped for the disk budget")
+# The cluster-wide cap per registry (worker.permits); a fleet's sum of PERMITS_HELD for a
+# registry never exceeds its limit.
+PERMITS_HELD = Gauge(
+    "warm_registry_permits_held", "Pull permits this worker holds, by registry", ["registry"]
+)
+PERMIT_WAITS = Counter(
+    "warm_registry_permit_waits",
+    "Pulls that found every permit of their registry taken",
+    ["registry"],
+)
+PERMIT_WAIT_SECONDS = Histogram(
+    "warm_registry_permit_wait_seconds",
+    "Time a pull waited for a permit of its registry (pulls that waited)",
+    ["registry"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
 
 _TIMED = (Outcome.PULLED, Outcome.FAILED, Outcome.RETRYING)
 

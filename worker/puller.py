@@ -9,6 +9,10 @@ The disk budget is checked inside the slot, right before the runtime is asked to
 that ran while this one waited have used disk too. Credentials are looked up only when a pull is
 really needed, so a present image costs no API read.
 
+A pull also takes a permit of its registry's cluster-wide cap (:mod:`worker.permits`) together
+with its slot; while it waits for the permit it holds no slot, so the node keeps pulling from
+other registries.
+
 A tag whose digest the leader resolved (watcher/digests.py) is pulled by that digest, so every
 node gets the same content, and then by its tag: CRI's PullImage of ``name@digest`` (and of
 ``name:tag@digest``, whose tag containerd drops) records no tag, and the kubelet looks images up
@@ -28,6 +32,7 @@ from dataclasses import dataclass, replace
 from tasks.images import ImageRef
 from tasks.models import Outcome
 
+from .permits import Permit, RegistryPermits
 from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, RuntimeImage
 
 # Called only when a pull is needed: the candidates to try in order (none: anonymous).
@@ -71,8 +76,10 @@ class Puller:
         max_concurrent: int,
         timeout: float,
         disk_budget_percent: float | None = None,
+        permits: RegistryPermits | None = None,
     ) -> None:
         self._runtime = runtime
+        self._permits = permits
         self._timeout = timeout
         self._disk_budget = disk_budget_percent
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -143,11 +150,15 @@ class Puller:
         digest: str | None,
     ) -> PullDone:
         candidates = credentials() if credentials is not None else []
-        with self._slots:
+        permit = self._admitted(image.registry)
+        try:
             self._check_disk()
             if digest and not image.digest:
                 self._pull_digest(replace(image, tag=None, digest=digest), candidates)
             image_id = self._pull_with(image, candidates)
+        finally:
+            self._slots.release()
+            permit.release()
         held = self._runtime.image_status(image.pull_ref)
         if held is None:  # the runtime said yes but does not hold it: treat as transient
             raise PullFailed(
@@ -164,6 +175,13 @@ class Puller:
             if error.kind is FailureKind.TRANSIENT:
                 raise
             log.info("%s not pulled by digest, pulling its tag: %s", pinned, error.reason)
+
+    def _admitted(self, registry: str) -> Permit:
+        """A node slot taken, and a permit of ``registry`` held (no permit without a cap)."""
+        if self._permits is None:
+            self._slots.acquire()
+            return Permit(None, registry, None)
+        return self._permits.acquire(registry, self._slots)
 
     def _pull_with(self, image: ImageRef, candidates: list[Credentials]) -> str:
         """Pull with each candidate in turn until one is accepted (kubelet does the same)."""

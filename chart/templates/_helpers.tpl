@@ -25,6 +25,19 @@ within the 63 characters of a DNS label.
 {{- printf "%s-%s" (include "warm-images.fullname" .ctx) .component | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Namespace of the watcher's copies of pull secrets (WARM_PULL_SECRET_NAMESPACE): a namespace of
+their own, so that the worker's `get` on Secrets there reaches nothing else; never the release
+namespace, which holds the release's own passwords.
+*/}}
+{{- define "warm-images.pullSecretNamespace" -}}
+{{- $namespace := .Values.worker.credentials.mirrorNamespace | default (printf "%s-pull-secrets" .Release.Namespace | trunc 63 | trimSuffix "-") }}
+{{- if eq $namespace .Release.Namespace }}
+{{- fail "worker.credentials.mirrorNamespace must not be the release namespace: the worker may read every Secret of the mirror namespace, and the release's own passwords live in the release namespace" }}
+{{- end }}
+{{- $namespace }}
+{{- end }}
+
 {{- define "warm-images.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -280,12 +293,13 @@ The subjects a role may publish and subscribe to on the bundled NATS, as YAML {p
 A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
 and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
 back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
-publish catalog events; a worker writes only status keys and node event subjects. The watcher
+publish catalog events; a worker writes only status keys, node event subjects and the registry
+pull permits (worker/permits.py). The watcher
 may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) does.
 */}}
 {{- define "warm-images.nats.permissions" -}}
 {{- $read := dict }}
-{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" }}
+{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" "warm-permits" }}
 {{- $stream := printf "KV_%s" $bucket }}
 {{- $_ := set $read $bucket (list
   (printf "$JS.API.STREAM.INFO.%s" $stream)
@@ -302,13 +316,14 @@ may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) 
 {{- $common := list "$JS.API.INFO" }}
 {{- $catalog := concat (get $read "warm-catalog") (list "$JS.API.STREAM.CREATE.KV_warm-catalog" "$KV.warm-catalog.>") }}
 {{- $status := concat (get $read "warm-status") (list "$JS.API.STREAM.CREATE.KV_warm-status" "$KV.warm-status.>") }}
+{{- $permits := concat (get $read "warm-permits") (list "$JS.API.STREAM.CREATE.KV_warm-permits" "$JS.API.STREAM.UPDATE.KV_warm-permits" "$KV.warm-permits.>") }}
 {{- $lease := concat (get $read "warm-beat") (list "$JS.API.STREAM.CREATE.KV_warm-beat" "$JS.API.STREAM.UPDATE.KV_warm-beat" "$KV.warm-beat.>") }}
 {{- $roles := dict
   "watcher" (dict
     "publish" (concat $common $catalog (get $read "warm-status") (list "warm.events.catalog" "warm.events.catalog.>"))
     "subscribe" (list "_INBOX.>" "warm.events.>"))
   "worker" (dict
-    "publish" (concat $common (get $read "warm-catalog") $status (list "warm.events.pull.>" "warm.events.rewarm.>"))
+    "publish" (concat $common (get $read "warm-catalog") $status $permits (list "warm.events.pull.>" "warm.events.rewarm.>"))
     "subscribe" (list "_INBOX.>"))
   "beat" (dict
     "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") $lease)

@@ -22,6 +22,7 @@ KUBERNETES_STRUCTURES = {
     "labels",
     "commonLabels",
     "updateStrategy",
+    "registryPullLimits",  # registry host to limit: the keys are the user's, the values typed
 }
 # (--set arguments, what the error must say). Helm prints the JSON pointer of the bad value.
 WRONG_VALUES = [
@@ -75,6 +76,10 @@ WRONG_VALUES = [
     (["--set-json", 'config.namespaces=["default","*"]'], "at '/config/namespaces'"),
     (["--set-json", 'config.namespaces=["*","*"]'], "at '/config/namespaces'"),
     (["--set-json", "config.namespaces=[]"], "at '/config/namespaces'"),
+    (
+        ["--set", "worker.credentials.mirrorNamespace=Pull_Secrets"],
+        "at '/worker/credentials/mirrorNamespace'",
+    ),
     (
         ["--set-json", 'worker.credentials.secretNames=["*"]'],
         "at '/worker/credentials/secretNames/0'",

@@ -116,7 +116,7 @@ def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
 
 def test_worker_credentials_grant_get_secrets_only(rendered: dict[str, Rendered]) -> None:
     credentials = rendered["credentials"]
-    assert rules_of(credentials, "Role", "worker", NAMESPACE) == [
+    assert rules_of(credentials, "Role", "worker", f"{NAMESPACE}-pull-secrets") == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
     ]
     assert credentials.pod_spec("worker")["automountServiceAccountToken"] is True
@@ -125,8 +125,8 @@ def test_worker_credentials_grant_get_secrets_only(rendered: dict[str, Rendered]
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
-    """No wildcard, no write beyond the Lease and the pull secrets' copies in the release
-    namespace, Secrets only with credentials on, and only `get` outside the release namespace."""
+    """No wildcard, no write beyond the Lease and the pull secrets' copies in their own
+    namespace, Secrets only with credentials on, and only `get` outside that namespace."""
     result = rendered[value_set]
     values = load_values(value_set)
     credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
@@ -139,7 +139,7 @@ def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
             assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update", "delete"}
             if writes and rule["resources"] != ["leases"]:
                 assert role["metadata"]["name"] == copies, role["metadata"]["name"]
-                assert role["metadata"]["namespace"] == NAMESPACE
+                assert role["metadata"]["namespace"] == f"{NAMESPACE}-pull-secrets"
             if "secrets" in rule["resources"]:
                 assert credentials
                 assert rule["verbs"] == ["get"] or role["metadata"]["name"] == copies

@@ -77,7 +77,8 @@ def test_chart_defaults_are_the_products(
     rendered: dict[str, Rendered], settings_module: ModuleType
 ) -> None:
     """The default values give the product exactly its own defaults, but for what the chart
-    must name (the NATS URL, the Lease per release and its namespace, the release's) and for
+    must name (the NATS URL, the Lease per release and its namespace, the release's, the
+    pull-secret copies' namespace of their own) and for
     reading pull secrets: off unless worker.credentials.enabled grants the worker a token and
     `get` on Secrets (least privilege by default)."""
     environ = {**config_data(rendered["default"]), "WARM_POD_NAMESPACE": "warm-images"}
@@ -89,6 +90,7 @@ def test_chart_defaults_are_the_products(
         runtime=replace(own.runtime, pull_secrets=False),
         leader=replace(own.leader, lease_name=f"{PREFIX}-watcher", namespace="warm-images"),
         release_namespace="warm-images",
+        pull_secret_namespace="warm-images-pull-secrets",
     )
     assert from_chart == expected
 
@@ -116,6 +118,8 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_REWARM_WINDOW": "0",
         "WARM_BEAT_LOCK_TTL": "45",
         "WARM_MAX_CONCURRENT_PULLS": "2",
+        "WARM_REGISTRY_PULL_LIMIT": "0",
+        "WARM_REGISTRY_PULL_LIMITS": '{"registry.local:5000":4}',
         "WARM_WORKER_REMOTE_CONTROL": "true",
         "WARM_PULL_TIMEOUT": "1800",
         "WARM_PULL_MAX_RETRIES": "0",
@@ -123,6 +127,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_REFRESH_TAGS": "all",
         "WARM_DISK_BUDGET_PERCENT": "72.5",
         "WARM_PULL_SECRETS": "false",
+        "WARM_PULL_SECRET_NAMESPACE": "warm-copies",
         "WARM_KUBELET_CREDENTIALS_FILE": "/var/lib/kubelet/config.json",
         "WARM_METRICS_PORT": "9808",
         "WARM_HEALTH_PORT": "8080",
@@ -152,7 +157,12 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
     )
     assert (runtime.pull_timeout, runtime.max_retries, runtime.retry_backoff_max) == (1800, 0, 300)
     assert runtime.disk_budget_percent == 72.5
+    assert (runtime.registry_pull_limit, runtime.registry_pull_limits) == (
+        0,
+        (("registry.local:5000", 4),),
+    )
     assert runtime.kubelet_credentials_file == "/var/lib/kubelet/config.json"
+    assert settings.pull_secret_namespace == "warm-copies"
     assert settings.broker.visibility_timeout == 7200
     assert settings.nats.connect_timeout == 2.5
 

@@ -2,10 +2,11 @@
 
 A real registry with htpasswd auth refuses anonymous pulls; a Deployment in namespace A names
 its pull secret there. The product's own processes (watcher, one worker per node, real
-containerd) run with their defaults but for the release namespace: the image must become warm
-on every node (read through CRI), the watcher's copy must appear in the release namespace and
-be the only Secret the workers read (the API double's request log), and the copy must go when
-the Deployment does.
+containerd) run with their defaults but for the release namespace and the mirror namespace, as
+the chart sets them: the image must become warm on every node (read through CRI), the watcher's
+copy must appear in the mirror namespace and be the only Secret the workers read (the API
+double's request log), no part may touch a Secret of the release namespace (where the chart's
+own passwords are), and the copy must go when the Deployment does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -31,6 +33,7 @@ from worker.runtime._cri import api_pb2_grpc as rpc
 from .conftest import SimCluster, run_cluster, wait_for
 
 RELEASE = "warm-system"
+MIRROR = f"{RELEASE}-pull-secrets"  # the chart's default mirror namespace for this release
 TEAM = "team-a"
 USER, PASSWORD = "puller", f"pw-{uuid.uuid4().hex[:10]}"
 WARM_TIMEOUT = 60.0
@@ -55,6 +58,7 @@ def private_cluster(
             f"{redis_server.url}/3",
             nats.url,
             WARM_POD_NAMESPACE=RELEASE,
+            WARM_PULL_SECRET_NAMESPACE=MIRROR,
         ) as cluster,
     ):
         yield cluster
@@ -107,18 +111,21 @@ def test_a_private_image_is_warmed_through_the_mirrored_secret_which_goes_with_t
         "the private image on every node",
         cluster,
     )
-    mirrored = core.read_namespaced_secret(copy, RELEASE)
+    mirrored: Any = core.read_namespaced_secret(copy, MIRROR)
     assert mirrored.data == core.read_namespaced_secret("regcred", TEAM).data
     assert mirrored.metadata.annotations["warm-images.io/source-namespace"] == TEAM
+    assert core.list_namespaced_secret(RELEASE).items == []
     product = [r for r in cluster.kube.requests("secrets") if r.user_agent != "the-test"]
-    worker_reads = [r for r in product if r.verb == "get" and r.namespace == RELEASE]
+    assert not [r for r in product if r.namespace == RELEASE]
+    worker_reads = [r for r in product if r.verb == "get" and r.namespace == MIRROR]
     assert worker_reads and {r.name for r in worker_reads} == {copy}
-    assert {(r.verb, r.namespace) for r in product if r.namespace != RELEASE} == {("get", TEAM)}
+    assert {(r.verb, r.namespace) for r in product if r.namespace != MIRROR} == {("get", TEAM)}
 
     apps.delete_namespaced_deployment("app", TEAM)
 
     def copy_gone() -> bool:
-        return copy not in {s.metadata.name for s in core.list_namespaced_secret(RELEASE).items}
+        found: list[Any] = core.list_namespaced_secret(MIRROR).items
+        return copy not in {s.metadata.name for s in found}
 
     gone_seconds = wait_for(copy_gone, WARM_TIMEOUT, "the copy deleted with the workload", cluster)
     print(f"\nprivate image warm on {len(cluster.nodes)} nodes {warm_seconds:.2f}s after create")

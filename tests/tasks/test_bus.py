@@ -170,12 +170,39 @@ def test_conditional_writes_name_the_revision_they_expect(bus: NatsBus) -> None:
     bus.kv_create(bucket, key, b"again")  # a deleted key may be created again
 
 
+def test_purge_leaves_no_marker_and_keeps_a_later_write(bus: NatsBus) -> None:
+    bucket = f"warm-test-purge-{uuid.uuid4().hex[:6]}"
+    mine = bus.kv_create(bucket, "slots.a.0", b"mine")
+    bus.kv_create(bucket, "slots.a.1", b"other")
+    bus.kv_create(bucket, "slots.b.0", b"elsewhere")
+    assert bus.kv_subjects(bucket, "slots.a.") == ["slots.a.0", "slots.a.1"]
+    bus.kv_purge(bucket, "slots.a.0", up_to_revision=mine)
+    assert bus.kv_subjects(bucket, "slots.a.") == ["slots.a.1"]  # no delete marker left
+    theirs = bus.kv_create(bucket, "slots.a.0", b"theirs")
+    bus.kv_purge(bucket, "slots.a.0", up_to_revision=mine)  # a stale purge
+    assert bus.kv_get(bucket, "slots.a.0") == (b"theirs", theirs)
+
+
 def test_a_bucket_ttl_expires_entries_on_the_server(bus: NatsBus) -> None:
     bucket = f"warm-test-ttl-{uuid.uuid4().hex[:6]}"
     bus.set_bucket_ttl(bucket, 1)
     bus.kv_create(bucket, "lease", b"x")
     wait_for(lambda: bus.kv_get(bucket, "lease") is None, 10, "the entry to expire")
     bus.kv_create(bucket, "lease", b"y")  # expired, so free to take
+
+
+def test_a_ttl_shorter_than_two_minutes_applies_to_a_bucket_made_without_one(
+    nats_server: NatsServer,
+) -> None:
+    """The server refuses a max age below the bucket's duplicates window (two minutes unless
+    the bucket was made with a TTL): the window shrinks with it."""
+    bucket = f"warm-test-later-ttl-{uuid.uuid4().hex[:6]}"
+    with NatsBus(NatsSettings(url=nats_server.url)) as first:
+        first.kv_put(bucket, "made", b"without a ttl")
+    with NatsBus(NatsSettings(url=nats_server.url)) as later:
+        later.set_bucket_ttl(bucket, 1)
+        later.kv_create(bucket, "lease", b"x")
+        wait_for(lambda: later.kv_get(bucket, "lease") is None, 10, "the entry to expire")
 
 
 def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: NatsServer) -> None:

@@ -22,6 +22,8 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.runtime.kind == "auto"
     assert settings.runtime.max_concurrent_pulls == 2
     assert settings.runtime.refresh_tags == "latest"
+    assert settings.runtime.registry_pull_limit == 100
+    assert settings.runtime.registry_pull_limits == ()
     assert settings.watch.namespaces == ("*",)
     assert settings.rewarm.interval == 1800
 
@@ -46,6 +48,15 @@ def test_environment_names_from_the_contract() -> None:
     assert tuple(item.image for item in settings.watch.explicit) == ("nginx:1.25",)
 
 
+def test_registry_pull_limits_map_hosts_to_limits() -> None:
+    limits = '{"ghcr.io": 5, "r:5000": 0}'
+    runtime = load_settings(
+        {"WARM_REGISTRY_PULL_LIMIT": "0", "WARM_REGISTRY_PULL_LIMITS": limits}
+    ).runtime
+    assert runtime.registry_pull_limit == 0
+    assert runtime.registry_pull_limits == (("ghcr.io", 5), ("r:5000", 0))
+
+
 def test_warm_node_name_wins_over_node_name() -> None:
     assert load_settings({"WARM_NODE_NAME": "a", "NODE_NAME": "b"}).node.name == "a"
 
@@ -59,6 +70,10 @@ def test_warm_node_name_wins_over_node_name() -> None:
         ({"WARM_MAX_CONCURRENT_PULLS": "0"}, "must be at least 1"),
         ({"WARM_EXPLICIT_IMAGES": "nginx"}, "WARM_EXPLICIT_IMAGES is not valid JSON"),
         ({"WARM_EXPLICIT_IMAGES": "[1]"}, "JSON list of image references"),
+        ({"WARM_REGISTRY_PULL_LIMIT": "-1"}, "WARM_REGISTRY_PULL_LIMIT='-1' must be at least 0"),
+        ({"WARM_REGISTRY_PULL_LIMITS": "{docker.io: 2}"}, "WARM_REGISTRY_PULL_LIMITS is not valid"),
+        ({"WARM_REGISTRY_PULL_LIMITS": '{"docker.io": "2"}'}, "JSON object of registry host"),
+        ({"WARM_REGISTRY_PULL_LIMITS": '["docker.io"]'}, "JSON object of registry host"),
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -30,7 +30,8 @@ def start_watcher(
     nats_server: NatsServer, redis_server: RedisServer
 ) -> Iterator[Callable[..., WatchedCluster]]:
     """``start_watcher(nodes=[...], health_port=0, release_namespace="default",
-    **watch_settings)``: a fresh API double with those nodes, and a watcher on it."""
+    pull_secret_namespace=None, **watch_settings)``: a fresh API double with those nodes, and
+    a watcher on it."""
     started: list[WatchedCluster] = []
     buses: list[NatsBus] = []
 
@@ -38,6 +39,7 @@ def start_watcher(
         nodes: list[Any] | None = None,
         health_port: int = 0,
         release_namespace: str = "default",
+        pull_secret_namespace: str | None = None,
         **watch: Any,
     ) -> WatchedCluster:
         kube = FakeKubeAPI(bookmark_interval=0.5).start()
@@ -45,7 +47,12 @@ def start_watcher(
         for node in nodes or ():
             client.CoreV1Api(api).create_node(node)
         settings = watcher_settings(
-            nats_server, redis_server, health_port, release_namespace, **watch
+            nats_server,
+            redis_server,
+            health_port,
+            release_namespace,
+            pull_secret_namespace,
+            **watch,
         )
         bus = NatsBus(settings.nats)
         buses.append(bus)

@@ -1,9 +1,10 @@
-"""Pull secrets mirrored into the release namespace, against the API double over real HTTP.
+"""Pull secrets mirrored into a namespace of their own, against the API double over real HTTP.
 
-The leading watcher copies the registry Secrets that workloads reference into the release
-namespace under its own names, keeps the copies equal to their sources, deletes those nothing
-references, and publishes only the copies' names. Its Secret access outside the release
-namespace is ``get`` on referenced names, read back from the double's request log.
+The leading watcher copies the registry Secrets that workloads reference into the mirror
+namespace (WARM_PULL_SECRET_NAMESPACE) under its own names, keeps the copies equal to their
+sources, deletes those nothing references, and publishes only the copies' names. Its Secret
+access outside the mirror namespace is ``get`` on referenced names, and nothing in the release
+namespace, read back from the double's request log.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from watcher.workloads import Summarizer
 
 Start = Callable[..., WatchedCluster]
 RELEASE = "warm-system"
+MIRROR = "warm-system-pull-secrets"
 SECRET = [{"name": "regcred"}]
 BATCH = 4  # the product's is larger; the rule is the same
 
@@ -47,8 +49,8 @@ def registry_secret(
 
 
 def copies(cluster: WatchedCluster) -> dict[str, Any]:
-    """The watcher's copies in the release namespace, by name."""
-    found = cluster.core.list_namespaced_secret(RELEASE, label_selector=MANAGED_BY).items
+    """The watcher's copies in the mirror namespace, by name."""
+    found = cluster.core.list_namespaced_secret(MIRROR, label_selector=MANAGED_BY).items
     return {secret.metadata.name: secret for secret in found}
 
 
@@ -63,7 +65,10 @@ def test_referenced_registry_secrets_are_mirrored_followed_and_deleted(
     tag, team = uid(), f"team-{uid()}"
     name = f"n-{tag}"
     cluster = start_watcher(
-        nodes=[node(name)], release_namespace=RELEASE, pull_secret_sync_interval=0.5
+        nodes=[node(name)],
+        release_namespace=RELEASE,
+        pull_secret_namespace=MIRROR,
+        pull_secret_sync_interval=0.5,
     )
     cluster.api.user_agent = "the-test"  # the watcher's requests are the others
     wait_for(lambda: cluster.tasks(name), what="the joining node's re-warm")
@@ -96,7 +101,7 @@ def test_referenced_registry_secrets_are_mirrored_followed_and_deleted(
     assert copy.metadata.labels[MANAGED_BY] == "warm-images"
     assert copy.metadata.annotations == {SOURCE_NAMESPACE: team, SOURCE_NAME: "regcred"}
     assert copies(cluster)[legacy].type == "kubernetes.io/dockercfg"
-    published = tuple(sorted(f"{RELEASE}/{n}" for n in (regcred, legacy)))
+    published = tuple(sorted(f"{MIRROR}/{n}" for n in (regcred, legacy)))
     wait_for(lambda: image in cluster.entries(), what="the catalog entry")
     assert cluster.entries()[image].pull_secrets == published
     node_slice, _ = cluster.catalog.get_slice(name)
@@ -123,30 +128,34 @@ def test_referenced_registry_secrets_are_mirrored_followed_and_deleted(
     wait_for(lambda: not copies(cluster), what="the last copy deleted")
 
     watcher = [r for r in cluster.kube.requests("secrets") if r.user_agent != "the-test"]
-    outside = [r for r in watcher if r.namespace != RELEASE]
+    outside = [r for r in watcher if r.namespace != MIRROR]
     assert {r.verb for r in outside} == {"get"}
     assert {r.name for r in outside} == {"regcred", "legacy", "opaque", "missing"}
-    inside = {r.verb for r in watcher if r.namespace == RELEASE}
-    assert inside == {"list", "create", "update", "delete"}
+    assert not [r for r in watcher if r.namespace == RELEASE]  # the release's own Secrets
+    inside = {r.verb for r in watcher if r.namespace == MIRROR}
+    # get: the leader reads its copies to resolve the images' digests (watcher/digests.py).
+    assert inside == {"get", "list", "create", "update", "delete"}
 
 
 def test_a_new_leader_deletes_copies_left_for_sources_nothing_references(
     start_watcher: Start,
 ) -> None:
     tag = uid()
-    cluster = start_watcher(nodes=[node(f"n-{tag}")], release_namespace=RELEASE)
-    stale = registry_secret(RELEASE, mirrored_secret_name("gone/regcred"), "x")
+    cluster = start_watcher(
+        nodes=[node(f"n-{tag}")], release_namespace=RELEASE, pull_secret_namespace=MIRROR
+    )
+    stale = registry_secret(MIRROR, mirrored_secret_name("gone/regcred"), "x")
     stale["metadata"]["labels"] = {
         MANAGED_BY: "warm-images",
         "app.kubernetes.io/component": "pull-secret-mirror",
     }
     stale["metadata"]["annotations"] = {SOURCE_NAMESPACE: "gone", SOURCE_NAME: "regcred"}
-    foreign = registry_secret(RELEASE, "someone-elses", "y")
-    cluster.core.create_namespaced_secret(RELEASE, stale)
-    cluster.core.create_namespaced_secret(RELEASE, foreign)
+    foreign = registry_secret(MIRROR, "someone-elses", "y")
+    cluster.core.create_namespaced_secret(MIRROR, stale)
+    cluster.core.create_namespaced_secret(MIRROR, foreign)
 
     wait_for(lambda: not copies(cluster), what="the stale copy deleted")
-    assert cluster.core.read_namespaced_secret("someone-elses", RELEASE)  # not its own: kept
+    assert cluster.core.read_namespaced_secret("someone-elses", MIRROR)  # not its own: kept
 
 
 def test_with_pull_secrets_off_the_catalog_names_none() -> None:
@@ -155,13 +164,13 @@ def test_with_pull_secrets_off_the_catalog_names_none() -> None:
     )
     assert summary is not None
     events = [Changed("Deployment", "default/web", summary)]
-    on = CatalogState(WatchSettings(), mirror_namespace=RELEASE)
+    on = CatalogState(WatchSettings(), mirror_namespace=MIRROR)
     off = CatalogState(WatchSettings())  # the watcher's state with WARM_PULL_SECRETS=false
     on.apply(events)
     off.apply(events)
 
     assert on.catalog_secrets("registry.test/a:1") == (
-        f"{RELEASE}/{mirrored_secret_name('default/regcred')}",
+        f"{MIRROR}/{mirrored_secret_name('default/regcred')}",
     )
     assert on.referenced_secrets() == {"default/regcred"}
     assert off.catalog_secrets("registry.test/a:1") == ()
@@ -176,7 +185,7 @@ def test_stale_sources_are_read_again_a_batch_at_a_time_and_lost_copies_come_bac
         for source in sources:
             namespace, _, name = source.partition("/")
             core.create_namespaced_secret(namespace, registry_secret(namespace, name, "pw"))
-        mirror = SecretMirror(kube.api_client(), RELEASE, 60, clock=lambda: now[0], batch=BATCH)
+        mirror = SecretMirror(kube.api_client(), MIRROR, 60, clock=lambda: now[0], batch=BATCH)
 
         def reads() -> int:
             return sum(r.verb == "get" for r in kube.requests("secrets"))
@@ -189,7 +198,7 @@ def test_stale_sources_are_read_again_a_batch_at_a_time_and_lost_copies_come_bac
         batch = reads() - first
         for _ in range(2):
             mirror.sync(sources)
-        core.delete_namespaced_secret(mirrored_secret_name("team/s00"), RELEASE)
+        core.delete_namespaced_secret(mirrored_secret_name("team/s00"), MIRROR)
         now[0] = 122.0  # the next list finds the copy gone
         gone = mirror.sync(sources)
 
@@ -197,4 +206,4 @@ def test_stale_sources_are_read_again_a_batch_at_a_time_and_lost_copies_come_bac
         assert batch == BATCH  # stale ones: a batch per sync
         assert reads() - first >= len(sources)  # and every one within three syncs
         assert gone == set()  # copied again in the same sync: the catalog never lost it
-        assert core.read_namespaced_secret(mirrored_secret_name("team/s00"), RELEASE)
+        assert core.read_namespaced_secret(mirrored_secret_name("team/s00"), MIRROR)

@@ -89,8 +89,11 @@ def watcher_settings(
     broker: RedisServer,
     health_port: int = 0,
     release_namespace: str = "default",
+    pull_secret_namespace: str | None = None,
     **watch: Any,
 ) -> Settings:
+    """The product's settings for a watcher of these servers; the copies of pull secrets go to
+    ``pull_secret_namespace``, by default the release namespace (as the product's default)."""
     base = load_settings(
         {
             "WARM_NATS_URL": nats.url,
@@ -105,6 +108,7 @@ def watcher_settings(
         nats=NatsSettings(url=nats.url),
         watch=replace(base.watch, **watch),
         release_namespace=release_namespace,
+        pull_secret_namespace=pull_secret_namespace or release_namespace,
     )
 
 

@@ -1,10 +1,10 @@
 """Private registries: credentials from a pull secret in the API, or from the node's file.
 
 A real registry with htpasswd auth refuses anonymous pulls; the worker reads the
-``kubernetes.io/dockerconfigjson`` secret named in the catalog (the watcher's copy in the release
+``kubernetes.io/dockerconfigjson`` secret named in the catalog (the watcher's copy in the mirror
 namespace) from the Kubernetes API double at pull time and pulls through containerd with it.
 The password must never reach NATS, and no name outside the catalog's copies is ever read: not
-one a task message carries, not one outside the release namespace.
+one a task message carries, not one outside the mirror namespace (the release's included).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tasks.names import PULL_IMAGE, STATUS_BUCKET, mirrored_secret_name, pull_ev
 from worker.credentials import match
 
 USER, PASSWORD = "alice", f"s3cret-{uuid.uuid4().hex[:8]}"
+MIRROR = "warm-pull-secrets"  # WARM_PULL_SECRET_NAMESPACE of the worker process below
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def create_pull_secret(
     kube: FakeKubeAPI, name: str, config: dict[str, object], namespace: str = "default"
 ) -> str:
     """A registry Secret as the watcher mirrors it: its copy of source ``team/<name>``, in the
-    release namespace (the settings' default, "default"); returns the name the catalog uses."""
+    mirror namespace (the settings' default, "default"); returns the name the catalog uses."""
     data: dict[str, bytes | str] = {
         ".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()
     }
@@ -167,7 +168,7 @@ def test_a_refused_image_is_tried_again_once_its_pull_secret_is_fixed(
     assert retried.pulled == 1 and not retried.failed
 
 
-def test_only_copies_in_the_release_namespace_are_read(
+def test_only_copies_in_the_mirror_namespace_are_read(
     make_agent: MakeAgent, private_registry: Registry, kube: FakeKubeAPI, kubeconfig: Path
 ) -> None:
     image = push_image(private_registry.host, "team/elsewhere", "v1", auth=(USER, PASSWORD))
@@ -197,10 +198,14 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
     could send it; the API double's request log shows which Secrets the worker asked for."""
     host = private_registry.host
     image = push_image(host, f"team/msg-{uuid.uuid4().hex[:6]}", "v1", auth=(USER, PASSWORD))
-    copy = create_pull_secret(kube, f"c-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
-    named = create_pull_secret(kube, f"n-{uuid.uuid4().hex[:6]}", docker_config(host), "other")
-    # Even a copy in the release namespace is not read because a message names it.
-    other_copy = create_pull_secret(kube, f"o-{uuid.uuid4().hex[:6]}", docker_config(host), "warm")
+    config = docker_config(host)
+    copy = create_pull_secret(kube, f"c-{uuid.uuid4().hex[:6]}", config, MIRROR)
+    named = create_pull_secret(kube, f"n-{uuid.uuid4().hex[:6]}", config, "other")
+    # Even a copy in the mirror namespace is not read because a message names it.
+    other_copy = create_pull_secret(kube, f"o-{uuid.uuid4().hex[:6]}", config, MIRROR)
+    # Nor, though the catalog names it, one in the release namespace, where the release's own
+    # Secrets are (WARM_PULL_SECRET_NAMESPACE, not WARM_POD_NAMESPACE, is the boundary).
+    in_release = create_pull_secret(kube, f"r-{uuid.uuid4().hex[:6]}", config, "warm")
     before = len(kube.requests("secrets"))  # the module's API double served earlier tests too
     worker = start_worker(
         node.endpoint,
@@ -209,6 +214,7 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
         workdir / "logs",
         KUBECONFIG=str(kubeconfig),
         WARM_POD_NAMESPACE="warm",
+        WARM_PULL_SECRET_NAMESPACE=MIRROR,
     )
     events = Events.follow(bus, pull_events_subject(worker.node))
     try:
@@ -219,7 +225,9 @@ def test_a_task_message_naming_a_secret_does_not_make_the_worker_read_it(
             WARM_TIMEOUT,
             "the start's reconcile",
         )
-        CatalogStore(bus).put_slice(NodeSlice(worker.node, (SliceImage(image.ref, (copy,)),)))
+        CatalogStore(bus).put_slice(
+            NodeSlice(worker.node, (SliceImage(image.ref, (in_release, copy)),))
+        )
         worker.send(PULL_IMAGE, image=image.ref, pull_secrets=[named, other_copy])
         events.wait_for(lambda: bool(events.of(image.ref)), WARM_TIMEOUT, "the pull's result")
     finally:

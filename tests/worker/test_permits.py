@@ -1,0 +1,142 @@
+"""The cluster-wide cap per registry against a real nats-server: never more than K holders
+from several processes and threads, a SIGKILLed holder's permit back within its lease, a wait
+that holds no node slot and ends, and NATS unreachable not stopping a pull."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster.ports import free_port
+from localcluster.services import NatsServer
+from tasks.bus import NatsBus
+from tasks.settings import NatsSettings
+from worker.permits import BUCKET, LEASE, RegistryLimits, RegistryPermits, permit_prefix
+from worker.runtime import FailureKind, PullFailed
+
+REPO = Path(__file__).resolve().parents[2]
+HOLDER = Path(__file__).with_name("permit_holder.py")
+
+
+def holder(nats: NatsServer, mode: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(HOLDER), mode, "--nats", nats.url, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[subprocess.Popen[str]]]:
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_k_permits_at_most_under_many_acquirers_from_several_processes(
+    private_nats: NatsServer,
+    private_bus: NatsBus,
+    tmp_path: Path,
+    stop_all: list[subprocess.Popen[str]],
+) -> None:
+    limit, registry = 3, "registry.example:5000"
+    prefix = permit_prefix(registry)
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    args = ["--registry", registry, "--limit", str(limit), "--dir", str(inside)]
+    stop_all += [
+        holder(private_nats, "churn", *args, "--threads", "4", "--rounds", "3") for _ in range(3)
+    ]
+    keys_seen, inside_seen = 0, 0
+    while any(process.poll() is None for process in stop_all):
+        keys_seen = max(keys_seen, len(private_bus.kv_subjects(BUCKET, prefix)))
+        inside_seen = max(inside_seen, len(list(inside.iterdir())))
+    assert [process.returncode for process in stop_all] == [0, 0, 0]
+    # 12 acquirers, 36 holds of 0.2 s: the cap is reached and never passed.
+    assert keys_seen == limit
+    assert inside_seen == limit
+    assert private_bus.kv_subjects(BUCKET, prefix) == []  # every permit given back
+
+
+@pytest.mark.slow  # a lease and a half
+def test_a_sigkilled_holders_permit_comes_back_within_its_lease(
+    private_nats: NatsServer, private_bus: NatsBus, stop_all: list[subprocess.Popen[str]]
+) -> None:
+    registry = "ghcr.io"
+    process = holder(private_nats, "hold", "--registry", registry, "--limit", "1")
+    stop_all.append(process)
+    assert process.stdout is not None
+    key = process.stdout.readline().strip()
+    assert key == f"{permit_prefix(registry)}0"
+    time.sleep(LEASE + 3)  # renewed while it lives: still held past its first lease
+    assert private_bus.kv_subjects(BUCKET, permit_prefix(registry)) == [key]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = time.monotonic()
+    while private_bus.kv_subjects(BUCKET, permit_prefix(registry)):
+        assert time.monotonic() - killed < LEASE + 2, "the dead holder's permit did not expire"
+        time.sleep(0.2)
+    permits = RegistryPermits(private_bus, RegistryLimits(1), "next", max_wait=5)
+    assert permits.acquire(registry, threading.Semaphore(1)).key == key
+
+
+def test_a_waiting_pull_holds_no_node_slot_and_its_wait_ends(private_bus: NatsBus) -> None:
+    limits = RegistryLimits(100, {"busy.example": 1})
+    other = RegistryPermits(private_bus, limits, "other-node", max_wait=5)
+    held = other.acquire("busy.example", threading.Semaphore(1))
+    slots = threading.Semaphore(1)
+    permits = RegistryPermits(private_bus, limits, "this-node", max_wait=3)
+    failure: list[PullFailed] = []
+
+    def wait() -> None:
+        with pytest.raises(PullFailed) as raised:
+            permits.acquire("busy.example", slots)
+        failure.append(raised.value)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(1)
+    # While it waits, the node's one slot serves a pull from another registry.
+    uncapped = permits.acquire("docker.io", slots)
+    assert uncapped.key is not None and uncapped.key.startswith(permit_prefix("docker.io"))
+    slots.release()
+    uncapped.release()
+    waiter.join()
+    assert failure[0].kind is FailureKind.TRANSIENT
+    assert "registry busy.example busy: none of its 1 pull permits" in str(failure[0])
+    held.release()
+    assert permits.acquire("busy.example", slots).key == f"{permit_prefix('busy.example')}0"
+
+
+def test_nats_unreachable_lets_pulls_go_uncapped_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = NatsBus(NatsSettings(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=1))
+    permits = RegistryPermits(bus, RegistryLimits(1), "lonely", max_wait=600)
+    slots = threading.Semaphore(2)
+    with caplog.at_level(logging.WARNING, logger="worker.permits"):
+        started = time.monotonic()
+        first = permits.acquire("docker.io", slots)
+        then = time.monotonic()
+        second = permits.acquire("docker.io", slots)
+        done = time.monotonic()
+    assert (first.key, second.key) == (None, None)  # both pulls go ahead, uncapped
+    assert then - started < 10  # two connection attempts and a short pause
+    assert done - then < 0.5  # the next pulls do not ask the unreachable NATS again
+    assert [r.getMessage()[:40] for r in caplog.records if r.name == "worker.permits"] == [
+        "pulls go uncapped until NATS is back: ca"
+    ]
+    bus.close()
