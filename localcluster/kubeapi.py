@@ -14,6 +14,8 @@ own it lacks what a watcher depends on; this module adds that on top of kmock 0.
 * equality-based labelSelector and metadata.name/metadata.namespace/spec.nodeName fieldSelector;
 * PUT (replace_*, e.g. kubernetes.leaderelection's LeaseLock) with 409 on a stale
   resourceVersion; kmock 0.8 has no PUT;
+* a JSON patch whose ``test`` op fails (a guard on metadata.resourceVersion) is refused with
+  422, as the apiserver does, where kmock answers 500;
 * Namespace objects: kmock 0.8 reads /api/v1/namespaces/NAME as a namespace scope;
 * what kubectl needs (issue 12): protobuf request bodies read as JSON (kubeproto), Table answers
   to ``as=Table`` (kubetables), strategic-merge PATCH for client-side apply and apply-patch
@@ -49,6 +51,8 @@ from typing import Any, TypeVar, cast
 
 import aiohttp.web
 import attrs
+import jsonpatch
+import jsonpointer
 import kmock
 import kubernetes.client
 import yaml
@@ -233,6 +237,9 @@ class RVEmulator(kmock.KubernetesEmulator):
             await self._replace(request)
         try:
             return await super()._handle(request)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as error:
+            # kmock answers 500; the apiserver 422, and a guarded patch is told apart by it.
+            raise kmock.KubernetesError(422, "Invalid", f"JSON patch failed: {error}") from error
         finally:
             self._trim_records()
 

@@ -27,6 +27,7 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 RUNTIME_KINDS = ("auto", "cri", "docker")
 REFRESH_TAGS = ("none", "latest", "all")
+GATE_IMAGES = ("all", "annotated")  # WARM_STARTUP_GATE_IMAGES
 
 
 class SettingsError(ValueError):
@@ -105,6 +106,11 @@ class WatchSettings:
     # its source (a rotated password) within this time.
     pull_secret_sync_interval: float = 60.0
     stale_after: float = 600.0  # a watch silent this long makes /healthz fail
+    # The warm-before-schedule gate (watcher/gate.py): the taint key a new node carries until
+    # its images are warm ("" turns the gate off), its deadline, and which images gate.
+    startup_taint: str = ""
+    startup_taint_deadline: float = 600.0
+    startup_gate_images: str = "all"  # "all" of the slice, or only "annotated" workloads'
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,9 @@ def _read(source: _Source) -> Settings:
             resync_interval=source.number("WARM_RESYNC_INTERVAL", 3600.0, float),
             pull_secret_sync_interval=source.number("WARM_PULL_SECRET_SYNC_INTERVAL", 60.0, float),
             stale_after=source.number("WARM_WATCH_STALE_AFTER", 600.0, float),
+            startup_taint=source.text("WARM_STARTUP_TAINT", "").strip(),
+            startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
+            startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
         ),
         rewarm=RewarmSettings(
             interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),

@@ -146,6 +146,11 @@ class CatalogState:
             return set()
         return {image for image, use in self.images.items() if sources.intersection(use.secrets)}
 
+    def gate_images(self) -> set[str]:
+        """Images some workload annotated ``warm-images.io/gate: "true"`` uses."""
+        gating = {key for key, summary in self.workloads.items() if summary.gate}
+        return {image for image, use in self.images.items() if not gating.isdisjoint(use.users)}
+
     def referenced_secrets(self) -> set[str]:
         """Source pull secrets of the workloads in use now (lingering images keep none)."""
         if self._mirror_namespace is None:

@@ -6,7 +6,7 @@ Module-level, as prometheus_client expects: one registry per process, shared by 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 WATCH_EVENTS = Counter("warm_watcher_events", "Watch events and listed objects received", ["kind"])
 RELISTS = Counter(
@@ -42,4 +42,10 @@ DIGEST_LOOKUPS = Counter(
     "Tag to digest lookups at registries (outcome: resolved, moved, failed; failed keeps the "
     "last known digest)",
     ["outcome"],
+)
+UNTAINT_SECONDS = Histogram(
+    "warm_watcher_node_untaint_seconds",
+    "Seconds from a node's creation to the removal of its startup taint, by why it was removed",
+    ["reason"],
+    buckets=(5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1800, 3600),
 )

@@ -3,10 +3,11 @@
 Reflector threads only parse and summarize; this loop alone owns the catalog, so it needs no
 locks. It waits for every reflector's first list before the first flush, so a restart does not
 publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
-mirrors pull secrets, see :mod:`watcher.mirror`, and resolves tags to digests once per re-warm
-interval on a thread of its own, see :mod:`watcher.digests`), and a replica that becomes leader
-starts with a full sync. A periodic resync lists everything
-again (catching anything a watch could have missed) and rewrites the KV catalog.
+mirrors pull secrets, see :mod:`watcher.mirror`; removes startup taints, see :mod:`watcher.gate`;
+resolves tags to digests once per re-warm interval on a thread of its own, see
+:mod:`watcher.digests`), and a replica that becomes leader starts with a full sync. A periodic
+resync lists everything again (catching anything a watch could have missed) and rewrites the
+KV catalog.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .catalog import CatalogState, Changes
 from .catalog_guard import CatalogGuard
 from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
+from .gate import StartupGate
 from .leader import LeaderElector
 from .mirror import SecretMirror
 from .queue_depth import QueueDepthSampler
@@ -76,6 +78,16 @@ class Watcher:
             api, settings.watch, self._events.put, watch_namespaces=self.state.watches_namespaces
         )
         self.identity = identity or f"{socket.gethostname()}_{os.getpid()}"
+        self.gate = None  # WARM_STARTUP_TAINT empty: no gate, no node is ever patched
+        if settings.watch.startup_taint:
+            self.gate = StartupGate(
+                api,
+                bus,
+                self.state,
+                settings.watch,
+                leading=lambda: self.leading,
+                identity=self.identity,
+            )
         self.elector = None
         if settings.leader.enabled:
             self.elector = LeaderElector(api, settings.leader, self.identity)
@@ -176,6 +188,8 @@ class Watcher:
                 changed = self.mirror.sync(self.state.referenced_secrets())
                 owed.retargeted_images |= self.state.images_using(changed)
             self._follow_digests(owed)
+            if self.gate is not None:
+                self.gate.check()
             if not owed and not self.dispatcher.owes:
                 continue
             if last_failure and now - last_failure < RETRY_FLUSH:

@@ -61,7 +61,8 @@ def reflectors(
     """Nodes (and Namespaces when selected by label), and one reflector per workload kind, or
     per kind and namespace when namespaces are listed."""
     core = client.CoreV1Api(api)
-    result = [Reflector(NODE_KIND, core.list_node, node_facts, sink)]
+    facts = partial(node_facts, startup_taint=settings.startup_taint)
+    result = [Reflector(NODE_KIND, core.list_node, facts, sink)]
     if watch_namespaces:
         result.append(Reflector(NAMESPACE_KIND, core.list_namespace, summarize_namespace, sink))
     summarizer = Summarizer(settings)

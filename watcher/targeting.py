@@ -11,6 +11,7 @@ placement share one rule, and matching can be cached per (rule, node class).
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,14 @@ HARD_EFFECTS = ("NoSchedule", "NoExecute")
 # Taints that Kubernetes itself puts on nodes for a while (not ready yet, under pressure,
 # cordoned, cloud provider not initialized). Pods land there once they clear, so a joining
 # node is warmed now instead of after it turns Ready.
-TRANSIENT_TAINT_PREFIXES = ("node.kubernetes.io/", "node.cloudprovider.kubernetes.io/")
+# Startup taints (cluster-autoscaler ignores those with its prefix when it simulates; the gate's
+# own, WARM_STARTUP_TAINT, is removed once the node is warm) are transient too: a node is
+# warmed *because* it carries one.
+TRANSIENT_TAINT_PREFIXES = (
+    "node.kubernetes.io/",
+    "node.cloudprovider.kubernetes.io/",
+    "startup-taint.cluster-autoscaler.kubernetes.io/",
+)
 
 Labels = Mapping[str, str]
 Taint = tuple[str, str, str]  # (key, value, effect)
@@ -93,6 +101,8 @@ class NodeFacts:
     name: str
     labels: tuple[tuple[str, str], ...] = ()  # sorted
     taints: tuple[Taint, ...] = ()  # hard, non-transient taints only, sorted
+    startup_tainted: bool = False  # carries WARM_STARTUP_TAINT: the gate holds it
+    created: float | None = None  # metadata.creationTimestamp, seconds since the epoch
 
     def label_map(self) -> dict[str, str]:
         return {**dict(self.labels), NAME_FIELD: self.name}
@@ -167,17 +177,37 @@ def rule_for_selector(node_selector: Iterable[tuple[str, str]]) -> TargetRule:
     return intern_rule(TargetRule(tuple(Requirement(k, "In", (v,)) for k, v in node_selector)))
 
 
-def node_facts(obj: Mapping[str, Any]) -> NodeFacts:
+def node_facts(obj: Mapping[str, Any], startup_taint: str = "") -> NodeFacts:
+    """What targeting and the startup gate need of a Node; ``startup_taint`` (a key) is
+    noted, not kept among its taints: it says nothing of which pods may run there later."""
     meta = obj.get("metadata") or {}
     labels = tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items()))
-    taints = {
-        (str(taint.get("key") or ""), str(taint.get("value") or ""), str(taint.get("effect")))
-        for taint in (obj.get("spec") or {}).get("taints") or ()
-        if isinstance(taint, dict)
-        and taint.get("effect") in HARD_EFFECTS
-        and not str(taint.get("key") or "").startswith(TRANSIENT_TAINT_PREFIXES)
-    }
-    return NodeFacts(str(meta.get("name")), labels, tuple(sorted(taints)))
+    taints, gated = set(), False
+    for taint in (obj.get("spec") or {}).get("taints") or ():
+        if not isinstance(taint, dict) or taint.get("effect") not in HARD_EFFECTS:
+            continue
+        key = str(taint.get("key") or "")
+        if startup_taint and key == startup_taint:
+            gated = True
+        elif not key.startswith(TRANSIENT_TAINT_PREFIXES):
+            taints.add((key, str(taint.get("value") or ""), str(taint.get("effect"))))
+    return NodeFacts(
+        str(meta.get("name")),
+        labels,
+        tuple(sorted(taints)),
+        gated,
+        _timestamp(meta.get("creationTimestamp")),
+    )
+
+
+def _timestamp(value: object) -> float | None:
+    """An RFC 3339 timestamp as the apiserver writes it, or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _required_terms(affinity: Mapping[str, Any]) -> tuple[tuple[Requirement, ...], ...]:

@@ -25,6 +25,8 @@ from tasks.settings import WatchSettings
 from .targeting import TargetRule, rule_for_pod_spec
 
 WARM_ANNOTATION = "warm-images.io/warm"
+# "true": the images hold a new node's startup taint (WARM_STARTUP_GATE_IMAGES=annotated)
+GATE_ANNOTATION = "warm-images.io/gate"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 # Owner kinds whose own template already carries the owned object's images.
 WATCHED_OWNERS = frozenset(
@@ -41,6 +43,7 @@ class WorkloadSummary:
     target: TargetRule
     invalid: tuple[tuple[str, str], ...] = ()  # (reference, rule broken)
     pull_secrets: tuple[str, ...] = ()  # "namespace/name"
+    gate: bool = False  # annotated warm-images.io/gate: "true"
 
     @property
     def key(self) -> str:
@@ -105,6 +108,7 @@ class Summarizer:
             rule_for_pod_spec(pod_spec),
             tuple(invalid),
             secrets,
+            _annotation(kind, obj, GATE_ANNOTATION) == "true",
         )
 
     def _reference(self, reference: str) -> tuple[str | None, str | None]:
@@ -129,7 +133,7 @@ class Summarizer:
         return self._all_namespaces or namespace in self._namespaces
 
     def _opted_in(self, kind: str, obj: Mapping[str, Any]) -> bool:
-        value = _annotation(kind, obj)
+        value = _annotation(kind, obj, WARM_ANNOTATION)
         if self._settings.opt_in:
             return value == "true"
         return value != "false"
@@ -147,13 +151,13 @@ def _owned_by_watched_kind(meta: Mapping[str, Any]) -> bool:
     )
 
 
-def _annotation(kind: str, obj: Mapping[str, Any]) -> str | None:
-    """warm-images.io/warm on the workload, else on its pod template, lowercased."""
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(WARM_ANNOTATION)
+def _annotation(kind: str, obj: Mapping[str, Any], key: str) -> str | None:
+    """The annotation ``key`` on the workload, else on its pod template, lowercased."""
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
     if value is None and kind != "Pod":
         spec = obj.get("spec") or {}
         if kind == "CronJob":
             spec = (spec.get("jobTemplate") or {}).get("spec") or {}
         template_meta = (spec.get("template") or {}).get("metadata") or {}
-        value = (template_meta.get("annotations") or {}).get(WARM_ANNOTATION)
+        value = (template_meta.get("annotations") or {}).get(key)
     return str(value).strip().lower() if value is not None else None

@@ -160,6 +160,9 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_WATCH_STALE_AFTER": "600",
         "WARM_LEADER_ELECTION": "false",
         "WARM_LEASE_NAME": f"{PREFIX}-watcher",
+        "WARM_STARTUP_TAINT": "",  # the gate is off unless startupGate.enabled
+        "WARM_STARTUP_TAINT_DEADLINE": "600",
+        "WARM_STARTUP_GATE_IMAGES": "all",
         "WARM_REWARM_INTERVAL": "1800",
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",
@@ -418,6 +421,7 @@ def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
         "histogram_quantile(0.95",
         "warm_pull_duration_seconds_bucket",
         "warm_queue_depth",
+        "warm_watcher_node_untaint_seconds_bucket",
     ):
         assert any(metric in expr for expr in exprs), metric
     assert not rendered["default"].find("ConfigMap", "dashboard")

@@ -33,6 +33,11 @@ WORKLOAD_RULES = [
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
+# The startup gate's only writes: a Node's taint (patch) and an Event in "default".
+STARTUP_GATE_RULES = {
+    "ClusterRole": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+    "Role": {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+}
 # The parts with users of their own on the bundled NATS and Redis.
 ROLES = ("watcher", "worker", "beat", "client")
 # Components running the application image with the non-root defaults.
@@ -98,6 +103,18 @@ def test_leader_election_lease_rules(rendered: dict[str, Rendered]) -> None:
     ]
 
 
+def test_startup_gate_rules_only_when_enabled(rendered: dict[str, Rendered]) -> None:
+    gated = rendered["settings"]
+    assert rules_of(gated, "ClusterRole", "watcher") == [
+        *CLUSTER_RULES,
+        STARTUP_GATE_RULES["ClusterRole"],
+        *WORKLOAD_RULES,
+    ]
+    assert rules_of(gated, "Role", "watcher-node-events", "default") == [STARTUP_GATE_RULES["Role"]]
+    for value_set in ("default", "full"):
+        assert rendered[value_set].find("Role", "watcher-node-events") is None
+
+
 def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     full = rendered["full"]
     assert rules_of(full, "ClusterRole", "watcher") == CLUSTER_RULES
@@ -131,10 +148,14 @@ def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
     values = load_values(value_set)
     credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
     copies = f"{PREFIX}-watcher-pull-secrets"
+    gate = values.get("startupGate", {}).get("enabled", False)
     for role in result.of_kind("ClusterRole") + result.of_kind("Role"):
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], role["metadata"]["name"]
+            if rule in STARTUP_GATE_RULES.values():
+                assert gate, f"{rule} without startupGate.enabled"
+                continue
             writes = {"create", "update", "delete"} & set(rule["verbs"])
             assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update", "delete"}
             if writes and rule["resources"] != ["leases"]:

@@ -255,3 +255,28 @@ def test_old_history_is_dropped_and_its_watches_get_410() -> None:
         assert [e["object"].metadata.name for e in itertools.islice(events, 5)] == [
             f"n{i}" for i in range(25, 30)
         ]
+
+
+def test_json_patch_guarded_by_resource_version(core: client.CoreV1Api) -> None:
+    """A JSON patch applies to the version its ``test`` op names; on any other it is refused
+    with 422, as the apiserver does, and changes nothing."""
+    taints = [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]
+    body: Any = {"metadata": {"name": "gated"}, "spec": {"taints": taints}}
+    core.create_node(body)
+    node: Any = core.read_node("gated")
+    version = str(node.metadata.resource_version)
+
+    def remove_second(at: str) -> Any:
+        return [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": at},
+            {"op": "remove", "path": "/spec/taints/1"},
+        ]
+
+    with pytest.raises(client.ApiException) as refused:
+        core.patch_node("gated", remove_second(f"{version}0"))
+    assert refused.value.status == 422
+    node = core.read_node("gated")
+    assert [t.key for t in node.spec.taints] == ["a", "b"]
+    node = core.patch_node("gated", remove_second(version))
+    assert [t.key for t in node.spec.taints] == ["a"]
+    assert int(node.metadata.resource_version) > int(version)

@@ -191,3 +191,22 @@ def test_label_selectors_parse_like_kubectl() -> None:
     )
     with pytest.raises(InvalidSelector):
         parse_label_selector("team=web,,(")
+
+
+def test_startup_taints_do_not_keep_images_off_a_new_node() -> None:
+    """The gate's own taint and cluster-autoscaler's startup taints come off before workloads
+    run: the node is noted as gated, and warmed for what will run there."""
+    gate = {"key": "warm-images.io/warming", "effect": "NoSchedule"}
+    autoscaler = {"key": "startup-taint.cluster-autoscaler.kubernetes.io/x", "effect": "NoSchedule"}
+    obj = node(taints=[gate, autoscaler])
+    obj["metadata"]["creationTimestamp"] = "2026-01-02T03:04:05Z"
+    facts = node_facts(obj, startup_taint="warm-images.io/warming")
+    assert (facts.taints, facts.startup_tainted, facts.created) == ((), True, 1767323045.0)
+    assert rule_for_pod_spec({}).matches(facts.label_map(), facts.taints)
+    # With the gate off, its key is a taint like any other, and no node is held.
+    off = node_facts(obj)
+    assert (off.startup_tainted, off.taints) == (
+        False,
+        (("warm-images.io/warming", "", "NoSchedule"),),
+    )
+    assert node_facts(node()).created is None
