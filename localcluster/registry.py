@@ -3,7 +3,8 @@
 Node workers pull through containerd, and containerd pulls from a registry over HTTP: faking the
 registry would test nothing of that path. The real one starts in well under a second, keeps its
 blobs under a directory of the test's, and can require basic auth from an htpasswd file, which is
-what the private-registry tests need. pause()/resume() stop and restart it on the same port and
+what the private-registry tests need, or tokens from a :class:`TokenServer` (the Bearer flow of
+Docker Hub and most hosted registries). pause()/resume() stop and restart it on the same port and
 storage, for tests of "the registry went down, then came back".
 """
 
@@ -21,6 +22,7 @@ from localcluster._lifecycle import Service
 from localcluster._process import Daemon, wait_until
 from localcluster.packages import require_binary
 from localcluster.ports import free_port
+from localcluster.token_auth import TokenServer
 
 _PORT_ATTEMPTS = 5
 _PORT_TAKEN = "address already in use"
@@ -30,11 +32,22 @@ class Registry(Service):
     """docker-registry serving 127.0.0.1:<free port>, with storage under `workdir`.
 
     `htpasswd` maps user names to passwords; when given, every request needs basic auth.
+    `token`: every request needs a token of that server instead. `storage`: another registry's
+    storage, to serve the images pushed there (behind other auth).
     """
 
-    def __init__(self, workdir: Path, *, htpasswd: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        htpasswd: dict[str, str] | None = None,
+        token: TokenServer | None = None,
+        storage: Path | None = None,
+    ) -> None:
         self.workdir = Path(workdir).absolute()
         self.users: dict[str, str] = dict(htpasswd or {})
+        self.token = token
+        self._storage = Path(storage).absolute() if storage else self.workdir / "storage"
         self.port: int | None = None
         # Fixed per instance so that a resume() keeps upload state signed by the same secret.
         self._secret = secrets.token_hex(16)
@@ -53,7 +66,7 @@ class Registry(Service):
 
     @property
     def storage(self) -> Path:
-        return self.workdir / "storage"
+        return self._storage
 
     @property
     def log_path(self) -> Path:
@@ -130,7 +143,9 @@ class Registry(Service):
             },
             "http": {"addr": self.host, "secret": self._secret},
         }
-        if self.users:
+        if self.token is not None:
+            config["auth"] = self.token.registry_auth()
+        elif self.users:
             config["auth"] = {
                 "htpasswd": {"realm": "localcluster", "path": str(self.workdir / "htpasswd")}
             }

@@ -118,6 +118,8 @@ class CatalogEntry:
     # "kubernetes.io/arch=arm64; tolerates dedicated=gpu:NoSchedule"; "any node" when unrestricted.
     target: tuple[str, ...] = ()
     workload_count: int = 0  # workloads lists at most a sample; this counts them all
+    # The manifest digest the leader resolved the tag to (watcher/digests.py); None while unknown.
+    digest: str | None = None
 
     def to_json(self) -> bytes:
         return _dump(asdict(self))
@@ -132,6 +134,7 @@ class CatalogEntry:
             target_nodes=int(data.get("target_nodes", 0)),
             target=tuple(data.get("target", ())),
             workload_count=int(data.get("workload_count", 0)),
+            digest=data.get("digest"),
         )
 
 

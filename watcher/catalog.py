@@ -47,6 +47,7 @@ class Changes:
     removed_images: set[str] = field(default_factory=set)  # left it (grace period over)
     touched_images: set[str] = field(default_factory=set)  # users changed: rewrite the entry
     retargeted_images: set[str] = field(default_factory=set)  # placement or secrets changed
+    moved_images: set[str] = field(default_factory=set)  # its tag points to a new digest
     joined_nodes: set[str] = field(default_factory=set)
     left_nodes: set[str] = field(default_factory=set)
     changed_nodes: set[str] = field(default_factory=set)  # labels or taints changed
@@ -61,6 +62,7 @@ class Changes:
         self.removed_images = (self.removed_images - new.added_images) | new.removed_images
         self.touched_images |= new.touched_images
         self.retargeted_images |= new.retargeted_images
+        self.moved_images |= new.moved_images
         self.joined_nodes = (self.joined_nodes - new.left_nodes) | new.joined_nodes
         self.left_nodes = (self.left_nodes - new.joined_nodes) | new.left_nodes
         self.changed_nodes |= new.changed_nodes

@@ -17,6 +17,7 @@ becomes leader starts with a full sync too: it cannot know what the previous lea
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from enum import IntEnum
 
 from celery import Celery
@@ -51,12 +52,19 @@ class Sync(IntEnum):
 
 
 class Dispatcher:
-    def __init__(self, app: Celery, bus: NatsBus, state: CatalogState) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        bus: NatsBus,
+        state: CatalogState,
+        digest_of: Callable[[str], str | None] = lambda image: None,
+    ) -> None:
         self._app = app
         self._bus = bus
         self._catalog = CatalogStore(bus)
         self._state = state
-        self._index = SliceIndex(state)
+        self._digest_of = digest_of
+        self._index = SliceIndex(state, digest_of)
         self._written: dict[str, int] = {}  # node -> its slice's image mask as last written
         self._pointers: dict[str, str] = {}  # node -> the hash of its class slice as written
         self._stored: set[str] = set()  # class slices written and not yet collected
@@ -92,8 +100,9 @@ class Dispatcher:
             self._forget_node(node)
         if rewrite:
             self._delete_stale_keys()
-        changed = self._index.mask_of(changes.retargeted_images | changes.added_images)
-        new_images = self._write_slices(affected, rewrite, changed)
+        moved = self._index.mask_of(changes.moved_images)
+        changed = self._index.mask_of(changes.retargeted_images | changes.added_images) | moved
+        new_images = self._write_slices(affected, rewrite, changed, moved)
         self._collect_slices(rewrite)
         recount |= self._images_of(changes.joined_nodes | changes.changed_nodes)
         self._write_entries(changes, rewrite, recount)
@@ -117,10 +126,10 @@ class Dispatcher:
         metrics.NODE_CLASSES.set(self._index.class_count)
 
     def _write_slices(
-        self, affected: set[str], rewrite: bool, changed: int
+        self, affected: set[str], rewrite: bool, changed: int, moved: int = 0
     ) -> dict[str, list[str]]:
         """Write the class slices and pointers that changed; return each node's images new
-        to it.
+        to it, or whose tag moved to another digest (``moved``).
 
         Nodes of one class share one mask: each distinct slice is serialized, hashed and
         stored once, before any pointer names it, and each (old, new) pair of masks is diffed
@@ -144,9 +153,9 @@ class Dispatcher:
                     self._pointers[node] = digest
                     metrics.SLICE_WRITES.inc()
             self._written[node] = members
-            if members & ~old:
+            if members & (~old | moved):
                 if (old, members) not in diffs:
-                    diffs[(old, members)] = self._index.images(members & ~old)
+                    diffs[(old, members)] = self._index.images(members & (~old | moved))
                 new_images[node] = diffs[(old, members)]
         return new_images
 
@@ -178,7 +187,7 @@ class Dispatcher:
         for image in sorted(changes.removed_images - set(state.images)):
             self._catalog.delete_entry(image)
         touched = set(state.images) if rewrite else changes.touched_images | changes.added_images
-        touched |= changes.retargeted_images | recount
+        touched |= changes.retargeted_images | changes.moved_images | recount
         for image in sorted(touched & set(state.images)):
             self.revision = self._catalog.put_entry(self._entry(image))
 
@@ -194,6 +203,7 @@ class Dispatcher:
             target_nodes=self._index.target_nodes(image),
             target=tuple(sorted(rule.describe() for rule in use.targets())),
             workload_count=len(users),
+            digest=self._digest_of(image),
         )
 
     def _send_tasks(self, new_images: dict[str, list[str]], joined: set[str]) -> int:

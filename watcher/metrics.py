@@ -37,6 +37,12 @@ PULL_SECRETS_SKIPPED = Gauge(
     "warm_watcher_pull_secrets_skipped",
     "Referenced pull secrets not mirrored: missing, unreadable or not a registry type",
 )
+DIGEST_LOOKUPS = Counter(
+    "warm_watcher_digest_lookups",
+    "Tag to digest lookups at registries (outcome: resolved, moved, failed; failed keeps the "
+    "last known digest)",
+    ["outcome"],
+)
 UNTAINT_SECONDS = Histogram(
     "warm_watcher_node_untaint_seconds",
     "Seconds from a node's creation to the removal of its startup taint, by why it was removed",

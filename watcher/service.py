@@ -3,8 +3,9 @@
 Reflector threads only parse and summarize; this loop alone owns the catalog, so it needs no
 locks. It waits for every reflector's first list before the first flush, so a restart does not
 publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
-mirrors pull secrets, see :mod:`watcher.mirror`, and removes startup taints, see
-:mod:`watcher.gate`), and a replica that becomes leader starts with a full sync. A periodic
+mirrors pull secrets, see :mod:`watcher.mirror`; removes startup taints, see :mod:`watcher.gate`;
+resolves tags to digests once per re-warm interval on a thread of its own, see
+:mod:`watcher.digests`), and a replica that becomes leader starts with a full sync. A periodic
 resync lists everything again (catching anything a watch could have missed) and rewrites the
 KV catalog.
 """
@@ -25,10 +26,12 @@ from kubernetes import client
 from tasks.bus import NatsBus
 from tasks.probes import HealthServer, serve_health
 from tasks.settings import Settings
+from worker.credentials import CredentialSource
 
 from . import metrics
 from .catalog import CatalogState, Changes
 from .catalog_guard import CatalogGuard
+from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
 from .gate import StartupGate
 from .leader import LeaderElector
@@ -64,7 +67,11 @@ class Watcher:
             mirror_namespace=self.mirror.namespace if self.mirror else None,
             has_copy=self.mirror.has_copy if self.mirror else lambda source: False,
         )
-        self.dispatcher = Dispatcher(app, bus, self.state)
+        credentials = CredentialSource(
+            settings.runtime, settings.pull_secret_namespace, client.CoreV1Api(api)
+        )
+        self.digests = DigestResolver(credentials.for_image, interval=settings.rewarm.interval)
+        self.dispatcher = Dispatcher(app, bus, self.state, self.digests.digest)
         self.catalog_guard = CatalogGuard(bus)
         self._events: queue.Queue[Event] = queue.Queue()
         self.reflectors: list[Reflector] = reflectors(
@@ -102,6 +109,7 @@ class Watcher:
         threading.Thread(
             target=self.queue_depths.run, args=(stop,), name="queue-depth", daemon=True
         ).start()
+        threading.Thread(target=self.digests.run, args=(stop,), name="digests", daemon=True).start()
         try:
             self._wait_for_first_lists(stop)
             self._loop(stop)
@@ -173,11 +181,13 @@ class Watcher:
                 self.dispatcher.owe(Sync.FULL)
                 if self.mirror is not None:
                     self.mirror.resync()
+                self.digests.refresh()
                 was_leading = True
             if self.mirror is not None and (owed or self.mirror.due):
                 # Before the flush: a copy exists before any task or slice names it.
                 changed = self.mirror.sync(self.state.referenced_secrets())
                 owed.retargeted_images |= self.state.images_using(changed)
+            self._follow_digests(owed)
             if self.gate is not None:
                 self.gate.check()
             if not owed and not self.dispatcher.owes:
@@ -188,6 +198,22 @@ class Watcher:
                 owed, last_failure = Changes(), 0.0
             else:
                 last_failure = now
+
+    def _follow_digests(self, owed: Changes) -> None:
+        """Hand the resolver the catalog when a round is due, or the images new to it (after
+        the mirror: the copies it names exist), and owe the images whose digest it learned or
+        saw move."""
+        secrets = self.state.catalog_secrets
+        if self.digests.due:
+            self.digests.offer({image: secrets(image) for image in self.state.images})
+        elif owed.added_images:
+            added = owed.added_images & set(self.state.images)
+            self.digests.add({image: secrets(image) for image in added})
+        for image, previous in self.digests.changed().items():
+            if image in self.state.images:
+                owed.retargeted_images.add(image)
+                if previous is not None:  # learning a first digest is no reason to pull
+                    owed.moved_images.add(image)
 
     def _node_names(self) -> list[str]:
         return list(self.state.nodes.copy())  # a copy: the main loop changes it meanwhile

@@ -19,7 +19,7 @@ only from the next update on, once the dispatcher has rewritten every slice that
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tasks.models import ClassSlice, SliceImage
@@ -40,8 +40,11 @@ class NodeClass:
 
 
 class SliceIndex:
-    def __init__(self, state: CatalogState) -> None:
+    def __init__(
+        self, state: CatalogState, digest_of: Callable[[str], str | None] = lambda image: None
+    ) -> None:
         self._state = state
+        self._digest_of = digest_of  # the leader's resolved digests (watcher/digests.py)
         self._keys: frozenset[str] = frozenset()  # label keys some rule reads
         self._classes: dict[ClassKey, NodeClass] = {}
         self._node_class: dict[str, ClassKey] = {}
@@ -64,6 +67,7 @@ class SliceIndex:
         self._free += self._freed
         self._freed = []
         images = changes.retargeted_images | changes.added_images | changes.removed_images
+        images |= changes.moved_images  # their slice entries carry the new digest
         if rebuild:
             images = set(self._bits) | set(self._state.images)
         rules_before = set(self._rule_masks)
@@ -121,7 +125,8 @@ class SliceIndex:
         found = self._slice_images.get(image)
         if found is None:
             secrets = self._state.catalog_secrets(image)
-            found = self._slice_images[image] = SliceImage(image, secrets)
+            digest = self._digest_of(image)
+            found = self._slice_images[image] = SliceImage(image, secrets, digest)
         return found
 
     def _retarget(self, image: str) -> None:

@@ -219,7 +219,7 @@ class NodeAgent:
             entry = entry_of(image)
             credentials = partial(self.credentials.for_image, image, entry.pull_secrets)
             if known_absent:
-                done = self.puller.pull(image, credentials=credentials)
+                done = self.puller.pull(image, digest=entry.digest, credentials=credentials)
             else:
                 done = self.puller.ensure(image, digest=entry.digest, credentials=credentials)
         except Exception as error:  # whatever goes wrong costs this image, never the worker

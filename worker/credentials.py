@@ -62,14 +62,15 @@ class _Key:
 class CredentialSource:
     """Finds the credentials for an image among its pull secrets and the node's file."""
 
-    def __init__(self, settings: RuntimeSettings, namespace: str) -> None:
-        """``namespace``: the mirror namespace, the only one whose Secrets are read."""
+    def __init__(self, settings: RuntimeSettings, namespace: str, api: Any = None) -> None:
+        """``namespace``: the mirror namespace, the only one whose Secrets are read;
+        ``api``: a CoreV1Api to read them with (the watcher's), else one is configured here."""
         self._use_secrets = settings.pull_secrets
         self._namespace = namespace
         self._kubelet_file = settings.kubelet_credentials_file
-        self._api: Any = None
+        self._api: Any = api
         self._lock = threading.Lock()
-        if self._use_secrets:
+        if self._use_secrets and api is None:
             # Importing the kubernetes client takes seconds on a busy node: do it now, not
             # in the first private pull (which waits on the lock if it comes first).
             threading.Thread(target=self._core_api, name="kube-connect", daemon=True).start()

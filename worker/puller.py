@@ -12,15 +12,22 @@ really needed, so a present image costs no API read.
 A pull also takes a permit of its registry's cluster-wide cap (:mod:`worker.permits`) together
 with its slot; while it waits for the permit it holds no slot, so the node keeps pulling from
 other registries.
+
+A tag whose digest the leader resolved (watcher/digests.py) is pulled by that digest, so every
+node gets the same content, and then by its tag: CRI's PullImage of ``name@digest`` (and of
+``name:tag@digest``, whose tag containerd drops) records no tag, and the kubelet looks images up
+by the reference its pod names. The tag's pull finds every blob local and costs one manifest
+request.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.images import ImageRef
 from tasks.models import Outcome
@@ -30,6 +37,8 @@ from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, Runtime
 
 # Called only when a pull is needed: the candidates to try in order (none: anonymous).
 CredentialLookup = Callable[[], list[Credentials]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,15 +100,26 @@ class Puller:
         held = self._runtime.image_status(image.pull_ref)
         if held is not None and is_present(image, held, digest):
             return PullDone(Outcome.PRESENT, held.id, held.size, time.perf_counter() - started)
-        return self._merged(image, credentials, started)
+        return self._merged(image, credentials, started, digest)
 
-    def pull(self, image: ImageRef, *, credentials: CredentialLookup | None = None) -> PullDone:
-        """Pull ``image`` without asking first: for a caller that listed the runtime's images
-        and knows it is absent, or that pulls a present tag again to follow a move."""
-        return self._merged(image, credentials, time.perf_counter())
+    def pull(
+        self,
+        image: ImageRef,
+        *,
+        digest: str | None = None,
+        credentials: CredentialLookup | None = None,
+    ) -> PullDone:
+        """Pull ``image`` (by ``digest`` first, when given) without asking first: for a caller
+        that listed the runtime's images and knows it is absent, or that pulls a present tag
+        again to follow a move."""
+        return self._merged(image, credentials, time.perf_counter(), digest)
 
     def _merged(
-        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+        self,
+        image: ImageRef,
+        credentials: CredentialLookup | None,
+        started: float,
+        digest: str | None = None,
     ) -> PullDone:
         """One runtime pull per image at a time; callers that come meanwhile share its result."""
         key = image.pull_ref
@@ -111,7 +131,7 @@ class Puller:
         if not leader:
             return future.result()
         try:
-            done = self._pull(image, credentials, started)
+            done = self._pull(image, credentials, started, digest)
         except BaseException as error:
             future.set_exception(error)
             raise
@@ -123,12 +143,18 @@ class Puller:
                 self._in_flight.pop(key, None)
 
     def _pull(
-        self, image: ImageRef, credentials: CredentialLookup | None, started: float
+        self,
+        image: ImageRef,
+        credentials: CredentialLookup | None,
+        started: float,
+        digest: str | None,
     ) -> PullDone:
         candidates = credentials() if credentials is not None else []
         permit = self._admitted(image.registry)
         try:
             self._check_disk()
+            if digest and not image.digest:
+                self._pull_digest(replace(image, tag=None, digest=digest), candidates)
             image_id = self._pull_with(image, candidates)
         finally:
             self._slots.release()
@@ -139,6 +165,16 @@ class Puller:
                 str(image), FailureKind.TRANSIENT, "pulled but not listed by the runtime"
             )
         return PullDone(Outcome.PULLED, image_id, held.size, time.perf_counter() - started)
+
+    def _pull_digest(self, pinned: ImageRef, candidates: list[Credentials]) -> None:
+        """The content the leader resolved. Gone from the registry (the tag moved on and the
+        old manifest was deleted), the tag's pull that follows brings the newer one."""
+        try:
+            self._pull_with(pinned, candidates)
+        except PullFailed as error:
+            if error.kind is FailureKind.TRANSIENT:
+                raise
+            log.info("%s not pulled by digest, pulling its tag: %s", pinned, error.reason)
 
     def _admitted(self, registry: str) -> Permit:
         """A node slot taken, and a permit of ``registry`` held (no permit without a cap)."""

@@ -38,6 +38,12 @@ class CriProbe:
         answer = self._images.ListImages(pb.ListImagesRequest(), timeout=10)
         return {tag for image in answer.images for tag in image.repo_tags}
 
+    def digests_of(self, reference: str) -> set[str]:
+        """The name@digest names of the image ``reference`` names now (none: not held)."""
+        request = pb.ImageStatusRequest(image=pb.ImageSpec(image=reference))
+        answer = self._images.ImageStatus(request, timeout=10)
+        return set(answer.image.repo_digests) if answer.HasField("image") else set()
+
     def remove(self, reference: str) -> None:
         request = pb.RemoveImageRequest(image=pb.ImageSpec(image=reference))
         self._images.RemoveImage(request, timeout=30)
@@ -109,13 +115,18 @@ def broker_cluster(
 
 @contextlib.contextmanager
 def run_cluster(
-    workdir: Path, registry: Registry, broker_url: str, nats_url: str, **extra_env: str
+    workdir: Path,
+    registry: Registry,
+    broker_url: str,
+    nats_url: str,
+    nodes: int = 2,
+    **extra_env: str,
 ) -> Iterator[SimCluster]:
     suffix = uuid.uuid4().hex[:6]
     base = workdir / f"c{suffix}"
     kube = FakeKubeAPI(bookmark_interval=0.5).start()
-    names = [f"node-a-{suffix}", f"node-b-{suffix}"]
-    nodes = {
+    names = [f"node-{letter}-{suffix}" for letter in "abcdefgh"[:nodes]]
+    runtimes = {
         name: Containerd(base, name[:6], insecure_registries=[registry.host]).start()
         for name in names
     }
@@ -126,10 +137,15 @@ def run_cluster(
         broker_url=broker_url, nats_url=nats_url, kubeconfig=kubeconfig, **extra_env
     )
     cluster = SimCluster(
-        kube, api, nodes, {n: CriProbe(c.endpoint) for n, c in nodes.items()}, env, base / "logs"
+        kube,
+        api,
+        runtimes,
+        {n: CriProbe(c.endpoint) for n, c in runtimes.items()},
+        env,
+        base / "logs",
     )
     try:
-        for name, node in nodes.items():
+        for name, node in runtimes.items():
             cluster.start(product.worker(name, node.endpoint, env, cluster.logdir))
         cluster.start(product.watcher(env, cluster.logdir))
         _wait_until_watching(cluster, nats_url)
@@ -139,7 +155,7 @@ def run_cluster(
             process.stop()
         for probe in cluster.probes.values():
             probe.close()
-        for node in nodes.values():
+        for node in runtimes.values():
             node.stop()
         kube.stop()
 

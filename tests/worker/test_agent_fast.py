@@ -205,4 +205,5 @@ def test_a_pull_with_its_catalog_entry_follows_the_digest_it_names(
     unchanged = agent.pull_entry(SliceImage(APP, digest=new))
 
     assert (moved.outcome, unchanged.outcome) == (Outcome.PULLED, Outcome.PRESENT)
-    assert runtime.pulls == [APP, APP]
+    name = APP.rsplit(":", 1)[0]  # each by its digest, then its tag (for the kubelet)
+    assert runtime.pulls == [f"{name}@{old}", APP, f"{name}@{new}", APP]

@@ -79,8 +79,9 @@ def test_a_moved_tag_is_pulled_again(
     again = agent.pull_entry(SliceImage(new.ref, digest=new.digest))
 
     assert (moved.outcome, again.outcome) == (Outcome.PULLED, Outcome.PRESENT)
-    assert len(runtime.pulls) == 2
-    status = agent.runtime.image_status(new.ref)
+    # By the catalog's digest, then the tag (CRI keeps no tag for a pull by digest).
+    assert runtime.pulls == [old.digest_ref, old.ref, new.digest_ref, new.ref]
+    status = agent.runtime.image_status(new.ref)  # what the kubelet asks for
     assert status is not None and status.known_as(new.digest_ref)
 
 
@@ -191,11 +192,16 @@ def test_a_rewarm_pulls_a_tag_the_catalog_saw_move(
     CatalogStore(bus).put_slice(NodeSlice(node_name, (SliceImage(new.ref, digest=new.digest),)))
 
     moved = agent.rewarm(0, [])
+    tag_requests = len(registry_requests(registry, f"/v2/{repository}/manifests/latest"))
     settled = agent.rewarm(0, [])
 
+    # The digest in the slice tells the node it holds :latest: it asks the registry nothing.
+    assert len(registry_requests(registry, f"/v2/{repository}/manifests/latest")) == tag_requests
     assert (moved.pulled, moved.present) == (1, 0)
     assert (settled.pulled, settled.present) == (0, 1)
-    assert len(runtime.pulls) == 2
+    assert runtime.pulls == [old.ref, new.digest_ref, new.ref]
+    status = agent.runtime.image_status(new.ref)
+    assert status is not None and status.known_as(new.digest_ref)
 
 
 def test_a_runtime_that_is_down_is_a_transient_failure(
