@@ -27,8 +27,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -64,6 +65,16 @@ class RawCri:
         request = pb.PullImageRequest(image=pb.ImageSpec(image=reference))
         self._images.PullImage(request, timeout=TIMEOUT)
         return time.perf_counter() - started
+
+    def remove_all(self, prefix: str) -> None:
+        """Remove every image under ``prefix``: what one round pulled does not fill the disk
+        for the next (the worker would rightly refuse a pull over its disk budget)."""
+        listed = self._images.ListImages(pb.ListImagesRequest(), timeout=TIMEOUT)
+        for image in listed.images:
+            if any(tag.startswith(prefix) for tag in image.repo_tags):
+                self._images.RemoveImage(
+                    pb.RemoveImageRequest(image=pb.ImageSpec(image=image.id)), timeout=TIMEOUT
+                )
 
     def pull_concurrently(self, references: list[str], concurrency: int) -> float:
         """The whole batch at ``concurrency`` pulls at once, as the worker runs it."""
@@ -126,17 +137,29 @@ def images(registry: Registry, count: int, size_mib: float) -> list[str]:
 
 
 def alternate(
-    rounds: int, first: Callable[[], float], second: Callable[[], float]
+    rounds: int,
+    first: Callable[[], float],
+    second: Callable[[], float],
+    between: Callable[[], None],
 ) -> tuple[list[float], list[float]]:
-    """Run both sides ``rounds`` times, swapping which goes first, so drift hits both."""
+    """Run both sides ``rounds`` times, swapping which goes first, so drift hits both;
+    ``between`` runs before each side, untimed."""
     a: list[float] = []
     b: list[float] = []
     for index in range(rounds):
         sides = [(first, a), (second, b)]
         for measure, into in sides[:: -1 if index % 2 else 1]:
+            between()
             os.sync()
             into.append(measure())
     return a, b
+
+
+def fresh(registry: Registry, count: int, size_mib: float) -> Iterator[list[str]]:
+    """Batches of new images, pushed when asked for (before a side's clock starts), so the
+    registry and the node never hold more than a few rounds' worth."""
+    while True:
+        yield images(registry, count, size_mib)
 
 
 def main() -> int:
@@ -157,8 +180,6 @@ def run(workdir: Path, rounds: int) -> int:
         NatsBus(NatsSettings(url=nats.url)) as bus,
     ):
         print(f"pushing test images to {registry.host} ...", file=sys.stderr)
-        big = images(registry, 2 * rounds, 100)
-        batches = [images(registry, 10, 20) for _ in range(2 * rounds)]
         warmup = images(registry, 2, 1)
         env = product.product_env(
             broker_url=f"{redis.url}/0",
@@ -173,15 +194,16 @@ def run(workdir: Path, rounds: int) -> int:
             wait_ready(worker)
             client.warm(warmup[:1])  # connections made, code paths loaded: not measured
             raw.pull(warmup[1])
-            one = iter(big)
+            one, batch = fresh(registry, 1, 100), fresh(registry, 10, 20)
+            clean = partial(raw.remove_all, f"{registry.host}/bench/")
             warm_100, raw_100 = alternate(
-                rounds, lambda: client.warm([next(one)]), lambda: raw.pull(next(one))
+                rounds, lambda: client.warm(next(one)), lambda: raw.pull(next(one)[0]), clean
             )
-            batch = iter(batches)
             warm_10, raw_10 = alternate(
                 rounds,
                 lambda: client.warm(next(batch)),
                 lambda: raw.pull_concurrently(next(batch), CONCURRENCY),
+                clean,
             )
         finally:
             client.close()
