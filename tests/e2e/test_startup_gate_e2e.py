@@ -160,6 +160,7 @@ def test_a_tainted_node_is_untainted_once_its_three_images_are_in_the_runtime(
     early = [held for held, tainted in samples if not tainted and held != set(images)]
     assert not early, f"taint removed while the runtime lacked {set(images) - early[0]}"
     assert gate.sim.probes[name].tags() >= set(images)
+    wait_for(lambda: bool(gate.node_events(name)), 30, "the node's Event", gate.sim)
     (event,) = gate.node_events(name)
     print(f"Event {event.reason}: {event.message}")
     assert (event.reason, event.type) == ("ImagesWarm", "Normal"), event.message
@@ -193,6 +194,7 @@ def test_a_node_whose_registry_is_down_is_untainted_at_the_deadline_with_the_fai
         f"\nnode with its registry down: taint removed after {seconds:.1f}s (deadline {DEADLINE}s)"
     )
     assert seconds >= DEADLINE - 2, "untainted before the deadline with an image not warm"
+    wait_for(lambda: bool(gate.node_events(name)), 30, "the node's Event", gate.sim)
     (event,) = gate.node_events(name)
     print(f"Event {event.reason}: {event.message}")
     assert (event.reason, event.type) == ("WarmDeadline", "Warning"), event.message

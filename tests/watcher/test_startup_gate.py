@@ -68,7 +68,7 @@ def test_only_annotated_workloads_gate_and_a_permanent_failure_releases_the_node
     failed = PullResult(name, gating, Outcome.FAILED, reason="manifest unknown")
     status.record_many(name, [failed])  # the rarely used image is still missing: no matter
     wait_for(lambda: taints(cluster.api, name) == [], what="the taint removed")
-    (event,) = node_events(cluster.api, name)
+    (event,) = wait_for(lambda: node_events(cluster.api, name), what="the node's Event")
     assert (event.reason, event.type) == ("ImagesFailed", "Warning")
     assert f"0 of 1 gating images present, 1 failed permanently: {gating} (failed: " in (
         event.message
@@ -98,7 +98,7 @@ def test_a_record_older_than_the_slice_does_not_release_the_node(
     _, current = cluster.catalog.get_slice(name)
     status.record_rewarm(name, [first, second], current, present=[first, second])
     wait_for(lambda: taints(cluster.api, name) == [], what="the taint removed")
-    (event,) = node_events(cluster.api, name)
+    (event,) = wait_for(lambda: node_events(cluster.api, name), what="the node's Event")
     assert (event.reason, event.type) == ("ImagesWarm", "Normal")
     assert "all 2 gating images are present" in event.message
 
@@ -153,7 +153,7 @@ def test_a_standby_never_removes_the_taint_and_the_leader_does(
             coordination.delete_namespaced_lease(lease, "default")  # the other leader is gone
             logs = standby.log_tail
             wait_for(lambda: taints(api, name) == [], 30, f"the leader's untaint\n{logs()}")
-            (event,) = node_events(api, name)
+            (event,) = wait_for(lambda: node_events(api, name), 30, "the node's Event")
             assert (event.reason, event.type) == ("WarmDeadline", "Warning")
         finally:
             standby.stop()
