@@ -43,6 +43,9 @@ from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings
 from tasks.status import StatusStore
 
+# Real nats-server and redis-server processes with the chart's rendered config: the slow tier.
+pytestmark = pytest.mark.slow
+
 ROLES = ("watcher", "worker", "beat", "client")
 
 
@@ -166,7 +169,6 @@ def test_only_beat_holds_the_beat_lease(bus_of: Callable[[str], NatsBus]) -> Non
     lease.release()
 
 
-@pytest.mark.slow  # a real Redis
 def test_a_worker_user_cannot_flush_reconfigure_or_scan_redis(
     chart: Rendered, redis_acl: RedisServer
 ) -> None:
@@ -244,7 +246,6 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
             running.stop()
 
 
-@pytest.mark.slow  # a real Redis
 def test_flower_as_rendered_watches_but_sends_nothing(
     chart: Rendered, redis_acl: RedisServer, nats: NatsServer, workdir: Path
 ) -> None:
@@ -358,7 +359,6 @@ def test_bundled_nats_over_tls_with_a_certificate_secret(
             bus.kv_get(CATALOG_BUCKET, "nodes.n1")
 
 
-@pytest.mark.slow  # a real Redis
 def test_bundled_redis_over_tls_with_a_certificate_secret(
     tls_chart: Rendered, certificates: Path, workdir: Path
 ) -> None:

@@ -46,6 +46,7 @@ def stop_all() -> Iterator[list[subprocess.Popen[str]]]:
         process.wait()
 
 
+@pytest.mark.slow  # several processes racing for permits
 def test_k_permits_at_most_under_many_acquirers_from_several_processes(
     private_nats: NatsServer,
     private_bus: NatsBus,
