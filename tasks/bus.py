@@ -401,7 +401,7 @@ class _Session:
         try:
             return await operation(bucket)
         except (NoStreamResponseError, APIError) as error:
-            if isinstance(error, APIError) and error.err_code != STREAM_NOT_FOUND:
+            if isinstance(error, APIError) and getattr(error, "err_code", None) != STREAM_NOT_FOUND:
                 raise
         log.warning(
             "NATS at %s lost bucket %s (restarted without storage?): creating it", self.url, name
@@ -490,7 +490,10 @@ async def _cas(write: Awaitable[T]) -> T:
     try:
         return await write
     except APIError as error:
-        if isinstance(error, KeyWrongLastSequenceError) or error.err_code == WRONG_LAST_SEQUENCE:
+        if (
+            isinstance(error, KeyWrongLastSequenceError)
+            or getattr(error, "err_code", None) == WRONG_LAST_SEQUENCE
+        ):
             raise RevisionMismatch(error.description or str(error)) from error
         raise
 
