@@ -438,8 +438,19 @@ class _Session:
         try:
             pending = (await consumer.consumer_info()).num_pending
             keys = []
+            quiet_fetches = 0
             while pending:
-                for msg in await consumer.fetch(min(pending, 1000), timeout=10):
+                try:
+                    batch = await consumer.fetch(min(pending, 1000), timeout=2)
+                except nats.errors.TimeoutError:
+                    # Keys purged or expired after the count never arrive: ask the server what
+                    # is still pending rather than wait for them.
+                    quiet_fetches += 1
+                    if quiet_fetches > 3:
+                        raise
+                    pending = (await consumer.consumer_info()).num_pending
+                    continue
+                for msg in batch:
                     pending = msg.metadata.num_pending
                     if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
                         keys.append(msg.subject[len(f"$KV.{bucket}.") :])
