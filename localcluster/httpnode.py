@@ -146,7 +146,7 @@ class HttpNodeRuntime:
             raise PullFailed(reference, FailureKind.TRANSIENT, f"{url}: {error}") from None
         if response.status_code == 200:
             return response
-        response.close()
+        response.content  # noqa: B018 - read to the end, so the connection serves the next
         # As containerd passes the registry's answer on: a 404 is "not found", for good.
         status = response.status_code
         kind = FailureKind.PERMANENT if status in (401, 403, 404) else FailureKind.TRANSIENT

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -38,6 +39,15 @@ class Request(NamedTuple):
     agent: str  # the client's User-Agent
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # a fleet connects at once
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class CountingProxy(Service):
     """Serves 127.0.0.1:<free port>, forwarding to ``upstream`` ("host:port")."""
 
@@ -53,7 +63,7 @@ class CountingProxy(Service):
         self._in_flight = 0
         self._free_at = 0.0  # monotonic time at which the shared egress is next free
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
 
     @property
     def host(self) -> str:
@@ -93,9 +103,7 @@ class CountingProxy(Service):
             def log_message(self, format: str, *args: object) -> None:
                 pass  # the registry logs every request already
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 1024  # a fleet connects at once
+        self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -497,15 +497,19 @@ class _Session:
 
 
 async def _cas(write: Awaitable[T]) -> T:
-    """A conditional write, its lost race raised as :class:`RevisionMismatch`."""
+    """A conditional write, its lost race raised as :class:`RevisionMismatch`.
+
+    A create refused because the key exists reads the key (nats-py tells a delete marker so);
+    a KeyNotFoundError there means it was purged in between: the race was lost all the same.
+    """
     try:
         return await write
     except APIError as error:
         if (
-            isinstance(error, KeyWrongLastSequenceError)
+            isinstance(error, KeyWrongLastSequenceError | KeyNotFoundError)
             or getattr(error, "err_code", None) == WRONG_LAST_SEQUENCE
         ):
-            raise RevisionMismatch(error.description or str(error)) from error
+            raise RevisionMismatch(getattr(error, "description", None) or str(error)) from error
         raise
 
 

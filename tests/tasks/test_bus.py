@@ -183,6 +183,35 @@ def test_purge_leaves_no_marker_and_keeps_a_later_write(bus: NatsBus) -> None:
     assert bus.kv_get(bucket, "slots.a.0") == (b"theirs", theirs)
 
 
+def test_a_create_racing_a_purge_of_its_key_is_a_lost_race_not_an_outage(bus: NatsBus) -> None:
+    """nats-py's create, refused because the key exists, reads the key to tell a delete marker;
+    purged in between, the read finds nothing. That is a lost race (the key was taken when the
+    create was refused), not NATS unreachable: the fleet benchmark saw permits go uncapped."""
+    bucket, key = f"warm-test-race-{uuid.uuid4().hex[:6]}", "slots.a.0"
+    outcomes: list[str] = []
+
+    def holder() -> None:
+        for _ in range(150):
+            try:
+                revision = bus.kv_create(bucket, key, b"held")
+            except RevisionMismatch:
+                outcomes.append("taken")
+                continue
+            except Exception as error:  # any other error fails the test below
+                outcomes.append(f"failed: {error!r}")
+                continue
+            outcomes.append("created")
+            bus.kv_purge(bucket, key, up_to_revision=revision)
+
+    threads = [threading.Thread(target=holder) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [o for o in outcomes if o.startswith("failed")] == []
+    assert "created" in outcomes and "taken" in outcomes  # the race did happen
+
+
 def test_a_bucket_ttl_expires_entries_on_the_server(bus: NatsBus) -> None:
     bucket = f"warm-test-ttl-{uuid.uuid4().hex[:6]}"
     bus.set_bucket_ttl(bucket, 1)
