@@ -12,22 +12,31 @@ across the cluster (worker/permits.py, ``WARM_REGISTRY_PULL_LIMIT``, default 100
 Setup, all real and on loopback: the registry (docker-registry) behind localcluster's
 CountingProxy, which holds each blob download ``--blob-delay`` s before its first byte and
 shares ``--bandwidth-mib`` MiB/s of egress between all downloads, as a distant registry does; a
-private NATS (catalog, status, permits). ``--nodes`` nodes, each the worker's own NodeAgent (the
-re-warm diff, the Puller, its node slots and the registry permits) over its own
+private NATS (catalog, status, permits) and Redis (the broker); ``python -m watcher`` on the
+Kubernetes API double, which holds ``--nodes`` Nodes. Each node is the worker's own NodeAgent
+(the re-warm diff, the Puller, its node slots and the registry permits) over its own
 localcluster.httpnode runtime, which pulls from the registry over HTTP as containerd does (the
 manifest, then each blob its node lacks) and sends ``User-Agent: warm-fleet-node/<node>``. The
-nodes run in this one process, as in bench_fanout: 2 cores can run neither hundreds of worker
-processes nor hundreds of containerds. The leader's digests come from the watcher's own
-DigestResolver, through the proxy; the catalog is written as the watcher writes it (one class
-slice, a pointer per node); a re-warm is every node's ``NodeAgent.rewarm`` at once, as beat's
-fan-out reaches every node's queue at once.
+nodes run in this one process: 2 cores can run neither hundreds of worker processes nor
+hundreds of containerds. So the Celery consumer is the one part replaced: the watcher's and
+beat's task messages are taken off each node's queue in Redis and handed to that node's agent
+as the worker's task bodies hand them (a pull task to ``NodeAgent.pull``, a re-warm to
+``NodeAgent.rewarm``).
+
+1 is measured without the watcher, whose digest rounds come once per re-warm interval: the
+leader's digests come from the watcher's own DigestResolver, the catalog is written as the
+watcher writes it (one class slice, a pointer per node), and a re-warm is every node's
+``NodeAgent.rewarm`` at once, as beat's fan-out reaches every node's queue at once. 2 to 4 go
+through the watcher: a new Deployment names the image, the watcher resolves its digest and
+sends the nodes their pull tasks; "the next re-warm" is beat's fan-out (tasks.rewarm).
 
 Baseline, "today" (the behaviour before issue 15), in the same run: the slice carries no digest
 -- what the watcher wrote before, and what a node sees while a digest is unknown -- so each node
 asks the registry itself for its ``:latest`` tags (WARM_REFRESH_TAGS=latest, the default) and
-pulls by tag; and WARM_REGISTRY_PULL_LIMIT=0 (no cap). Resolving digests has no setting to turn
-it off, so the baseline leaves the digests out of the catalog; the cap is turned off by its
-setting. Every other setting is the product's default on both sides.
+pulls by tag; WARM_REGISTRY_PULL_LIMIT=0 (no cap); WARM_CANARY_NODES=0 (no waves). Resolving
+digests has no setting to turn it off: in 1 the baseline leaves the digests out of the catalog,
+in 2 to 4 the watcher resolves them on every side. Every other setting is the product's
+default on every side.
 
 Figures, all counted at the proxy (the registry's door), never by the nodes:
 
@@ -35,35 +44,47 @@ Figures, all counted at the proxy (the registry's door), never by the nodes:
    by method and by who asked (the watcher's User-Agent or the nodes');
 2. peak blob downloads in flight while the whole fleet pulls a new image, against the cap;
 3. what one permanently broken image (its layer deleted from the registry) costs: how many
-   nodes asked the registry for it, on its first re-warm and on the next;
-4. the time until every node holds a new ``--size-mib`` MiB image, over ``--rounds`` rounds
-   alternating the sides (checked on every node's runtime afterwards).
+   nodes asked the registry for it after its Deployment appeared, and on the next re-warm;
+4. the time from a new Deployment until every node's runtime holds its new ``--size-mib`` MiB
+   image, over ``--rounds`` rounds alternating the sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import redis
+from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from localcluster import Registry, push_image
+from localcluster import FakeKubeAPI, Registry, product, push_image
+from localcluster.harness import wait_for
 from localcluster.httpnode import AGENT, HttpNodeRuntime
+from localcluster.manifests import create_nodes, deployment
 from localcluster.proxy import CountingProxy
 from localcluster.scratch import scratch_dir
-from localcluster.services import NatsServer
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import ClassSlice, SliceImage, SlicePointer
+from tasks.names import PULL_IMAGE, REWARM_NODE
+from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, load_settings
 from watcher.digests import USER_AGENT, DigestResolver
 from worker.agent import NodeAgent, RewarmReport
@@ -80,6 +101,7 @@ class Side:
     digests: bool
     env: dict[str, str]
     limit: int  # the cap its settings give the registry; 0: none
+    watcher_env: dict[str, str] = field(default_factory=dict)  # the watcher's own settings
     agents: list[NodeAgent] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     peaks: list[int] = field(default_factory=list)
@@ -124,12 +146,8 @@ class Fleet:
         for node in self.nodes:
             self.catalog.put_pointer(SlicePointer(node, digest, len(images)))
 
-    def holders(self, image: str) -> int:
-        return sum(runtime.image_status(image) is not None for runtime in self.runtimes)
-
-    def forget(self, image: str) -> None:
-        for runtime in self.runtimes:
-            runtime.remove(image)
+    def held_everywhere(self, image: str) -> bool:
+        return all(runtime.image_status(image) is not None for runtime in self.runtimes)
 
     def askers(self, repository: str) -> int:
         """How many nodes asked the registry for anything of ``repository``."""
@@ -164,7 +182,7 @@ def periodic(fleet: Fleet, today: Side, product: Side, images: int, rounds: int)
     fleet.publish(refs, digests=False)
     rewarm_all(today.agents)
     fleet.proxy.blob_delay, fleet.proxy.bandwidth = paced
-    assert all(fleet.holders(ref) == len(fleet.nodes) for ref in refs), "fleet not warm"
+    assert all(map(fleet.held_everywhere, refs)), "fleet not warm"
 
     print(
         f"\n1. Manifest requests of one periodic re-warm, {len(fleet.nodes)} warm nodes x "
@@ -195,30 +213,164 @@ def periodic(fleet: Fleet, today: Side, product: Side, images: int, rounds: int)
     return met
 
 
+# --- the real watcher, its tasks fed to the fleet ---------------------------------------------
+
+
+class TaskFeed:
+    """The Celery messages the watcher and beat send to the nodes' queues (Redis), handed to
+    each node's agent as the worker's task bodies hand them (worker/handlers.py): a pull task
+    to ``NodeAgent.pull``, a re-warm to ``NodeAgent.rewarm``. It stands in for 200 Celery
+    consumers, which 2 cores cannot run; transient failures are not retried (none occur)."""
+
+    def __init__(self, redis_url: str, nodes: list[str]) -> None:
+        self.agents: dict[str, NodeAgent] = {}
+        self._client = redis.Redis.from_url(redis_url)
+        self._queues = [queue_for_node(node) for node in nodes]
+        self._pool = ThreadPoolExecutor(2 * len(nodes), thread_name_prefix="task")
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._consume, name="feed", daemon=True)
+        self._thread.start()
+
+    def idle(self) -> bool:
+        with self._lock:
+            if self._busy:
+                return False
+        pipe = self._client.pipeline(transaction=False)
+        for queue in self._queues:
+            pipe.llen(queue)
+        return not any(pipe.execute())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown()
+
+    def _consume(self) -> None:
+        while not self._stop.is_set():
+            popped = self._client.brpop(self._queues, timeout=1)
+            if popped is None:
+                continue
+            message = json.loads(popped[1])
+            _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            with self._lock:
+                self._busy += 1
+            self._pool.submit(self._run, message["headers"]["task"], kwargs)
+
+    def _run(self, task: str, kwargs: dict[str, Any]) -> None:
+        try:
+            agent = self.agents[kwargs["node"]]
+            if task == PULL_IMAGE:
+                agent.pull(kwargs["image"], digest=kwargs.get("digest"))
+            elif task == REWARM_NODE:
+                agent.rewarm(kwargs.get("revision", 0), kwargs.get("images") or [])
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+
+class Cluster:
+    """The Kubernetes API double with the fleet's Nodes, ``python -m watcher`` on it, a private
+    Redis as the broker, and the feed of its tasks to the nodes."""
+
+    def __init__(self, workdir: Path, fleet: Fleet, nats_url: str) -> None:
+        self.fleet = fleet
+        self.workdir = workdir
+        self.kube = FakeKubeAPI(bookmark_interval=0.5).start()
+        self.api = self.kube.api_client()
+        create_nodes(self.api, fleet.nodes)
+        self.redis = RedisServer(workdir / "redis").start()
+        self.env = product.product_env(
+            broker_url=f"{self.redis.url}/0",
+            nats_url=nats_url,
+            kubeconfig=self.kube.write_kubeconfig(workdir / "kubeconfig"),
+        )
+        self.feed = TaskFeed(f"{self.redis.url}/0", fleet.nodes)
+        self.watcher: product.ProductProcess | None = None
+        self._watcher_env: dict[str, str] | None = None
+        self._deployed = 0
+
+    def use(self, side: Side) -> None:
+        """The side's node agents; its watcher, restarted if its settings differ."""
+        self.feed.agents = {agent.node: agent for agent in side.agents}
+        if side.watcher_env != self._watcher_env:
+            if self.watcher is not None:
+                self.watcher.stop()
+            self.watcher = product.watcher({**self.env, **side.watcher_env}, self.workdir)
+            self.watcher.start()
+            self._watcher_env = side.watcher_env
+            time.sleep(3)  # its first lists and the re-warm it sends every node at start
+        self.settle()
+
+    def settle(self, quiet: float = 2.0, timeout: float = 300.0) -> None:
+        """Until no task has been queued or run for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        calm_since = time.monotonic()
+        while time.monotonic() - calm_since < quiet:
+            if not self.feed.idle():
+                calm_since = time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the fleet never settled\n{self.logs()}")
+            time.sleep(0.1)
+
+    def deploy(self, image: str) -> str:
+        """A Deployment using ``image`` (no replicas: the warmer reads the template)."""
+        self._deployed += 1
+        name = f"app-{self._deployed}"
+        client.AppsV1Api(self.api).create_namespaced_deployment(
+            "default", deployment(name, image, replicas=0)
+        )
+        return name
+
+    def rewarm_all(self) -> None:
+        """Beat's periodic re-warm: one task per node (tasks.rewarm, as beat sends it)."""
+        os.environ["WARM_BROKER_URL"] = self.env["WARM_BROKER_URL"]  # read when the app loads
+        from tasks.app import app
+        from tasks.rewarm import dispatch_rewarm
+
+        dispatch_rewarm(app, self.fleet.bus)
+        self.settle()
+
+    def undeploy(self, name: str) -> None:
+        client.AppsV1Api(self.api).delete_namespaced_deployment(name, "default")
+
+    def logs(self) -> str:
+        return self.watcher.log_tail() if self.watcher is not None else ""
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.feed.close()
+        self.redis.stop()
+        self.kube.stop()
+
+
 # --- 3. a permanently broken image --------------------------------------------------------------
 
 
-def broken(fleet: Fleet, sides: list[Side]) -> None:
+def broken(cluster: Cluster, sides: list[Side]) -> None:
+    fleet = cluster.fleet
     print(
-        "\n3. A permanently broken image (its layer deleted from the registry): nodes that asked "
-        "the registry for it (User-Agent at the proxy), and manifest requests"
+        "\n3. A permanently broken image (its layer deleted from the registry) in a new "
+        "Deployment: nodes that asked the registry for it (User-Agent at the proxy), and "
+        "manifest requests; then the next periodic re-warm of every node (beat's fan-out)"
     )
-    print(f"{'side':<44} {'first re-warm':>14} {'next re-warm':>13} {'manifests':>10}")
+    print(f"{'side':<44} {'first':>6} {'next re-warm':>13} {'manifests':>10}")
     for side in sides:
         ref = fleet.push(f"fleet/broken-{uuid.uuid4().hex[:6]}", "v1", 0.05)
         delete_layer(fleet.registry, ref)
+        cluster.use(side)
         fleet.proxy.reset()
-        fleet.publish([ref], digests=side.digests)
-        rewarm_all(side.agents)
+        name = cluster.deploy(ref)
+        time.sleep(2)  # the watcher's turn: a wave's canaries are checked every second
+        cluster.settle(quiet=5)
         first = fleet.askers(repository_of(ref))
         manifests = fleet.proxy.manifest_requests(agent=AGENT)
         fleet.proxy.reset()
-        rewarm_all(side.agents)  # the next periodic re-warm: a failure for good is remembered
-        print(f"{side.name:<44} {first:>14} {fleet.askers(repository_of(ref)):>13} {manifests:>10}")
-    print(
-        "target: <= 2 pull attempts fleet-wide -> needs waves (WARM_CANARY_NODES), not on main "
-        "yet: every node tries once on both sides"
-    )
+        cluster.rewarm_all()
+        print(f"{side.name:<44} {first:>6} {fleet.askers(repository_of(ref)):>13} {manifests:>10}")
+        cluster.undeploy(name)
 
 
 def delete_layer(registry: Registry, ref: str) -> None:
@@ -229,30 +381,31 @@ def delete_layer(registry: Registry, ref: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         layer = json.load(response)["layers"][0]["digest"]
-    delete = urllib.request.Request(
-        f"{registry.url}/v2/{repository}/blobs/{layer}", method="DELETE"
-    )
+    url = f"{registry.url}/v2/{repository}/blobs/{layer}"
+    delete = urllib.request.Request(url, method="DELETE")
     urllib.request.urlopen(delete, timeout=10).close()
 
 
 # --- 2 and 4. a new image to the whole fleet ---------------------------------------------------
 
 
-def rollout(fleet: Fleet, sides: list[Side], rounds: int, size_mib: float) -> None:
+def rollout(cluster: Cluster, sides: list[Side], rounds: int, size_mib: float) -> None:
+    fleet = cluster.fleet
     for round_ in range(rounds):
         shift = round_ % len(sides)
         for side in sides[shift:] + sides[:shift]:
-            ref = fleet.push("fleet/rollout", f"r{round_}-{side.limit}-{side.digests:d}", size_mib)
+            ref = fleet.push("fleet/rollout", f"r{round_}-{sides.index(side)}", size_mib)
+            cluster.use(side)
             fleet.proxy.reset()
-            fleet.publish([ref], digests=side.digests)
-            seconds, _ = rewarm_all(side.agents)
-            held = fleet.holders(ref)
-            assert held == len(fleet.nodes), f"{side.name}: {held} of {len(fleet.nodes)} hold it"
-            side.seconds.append(seconds)
+            started = time.monotonic()
+            cluster.deploy(ref)
+            everywhere = partial(fleet.held_everywhere, ref)
+            wait_for(everywhere, 600, f"{side.name}: {ref} on every node", cluster.logs)
+            side.seconds.append(time.monotonic() - started)
+            cluster.settle()  # the rollout's last requests (tags attached) are counted too
             side.peaks.append(fleet.proxy.peak_blob_downloads)
             side.blobs.append(fleet.proxy.blob_downloads)
             side.manifests.append(fleet.proxy.manifest_requests())
-            fleet.forget(ref)
 
 
 def spread(values: Sequence[float], digits: int = 1) -> str:
@@ -302,32 +455,50 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         ) as proxy,
         NatsBus(NatsSettings(url=nats.url, connect_timeout=30)) as bus,
     ):
-        base = {"WARM_NATS_URL": nats.url, "WARM_PULL_SECRETS": "false"}
-        today = Side("today: tags per node, no cap (LIMIT=0)", False, base, 0)
-        today.env = {**base, "WARM_REGISTRY_PULL_LIMIT": "0"}
-        product = Side(f"product, defaults (K={DEFAULT_LIMIT})", True, base, DEFAULT_LIMIT)
-        small = Side(
-            f"product, WARM_REGISTRY_PULL_LIMIT={args.small_limit}",
-            True,
-            {**base, "WARM_REGISTRY_PULL_LIMIT": str(args.small_limit)},
-            args.small_limit,
-        )
+        sides = make_sides(nats.url, args.small_limit)
         fleet = Fleet(registry, proxy, bus, args.nodes)
-        sides = [today, product, small]
         for side in sides:
             side.agents = fleet.agents(side.env)
         print(
             f"Fleet benchmark: {args.nodes} simulated nodes (the worker's NodeAgent over an HTTP "
-            "runtime each, one process), the real registry behind a counting proxy, private NATS"
+            "runtime each, one process), the real registry behind a counting proxy, private "
+            "NATS; python -m watcher on the Kubernetes API double, its tasks on a private Redis"
         )
-        met = periodic(fleet, today, product, args.images, rounds=2)
-        broken(fleet, [today, product])
-        rollout(fleet, sides, args.rounds, args.size_mib)
+        met = periodic(fleet, sides[0], sides[1], args.images, rounds=2)
+        cluster = Cluster(workdir, fleet, nats.url)
+        try:
+            broken(cluster, sides)
+            rollout(cluster, sides, args.rounds, args.size_mib)
+        finally:
+            cluster.close()
         met = report_rollout(sides, args, args.nodes) and met
         print("with waves (WARM_CANARY_NODES, default 2): not on main yet, not measured")
         for runtime in fleet.runtimes:
             runtime.close()
     return 0 if met else 1
+
+
+def make_sides(nats_url: str, small_limit: int) -> list[Side]:
+    """Today's behaviour first (the baseline), then the product's."""
+    nodes = {"WARM_NATS_URL": nats_url, "WARM_PULL_SECRETS": "false"}
+    waves_off = {"WARM_CANARY_NODES": "0"}
+    return [
+        Side(
+            "today: tags per node, no cap (LIMIT=0)",
+            False,
+            {**nodes, "WARM_REGISTRY_PULL_LIMIT": "0"},
+            0,
+            waves_off,
+        ),
+        Side(f"product, defaults (K={DEFAULT_LIMIT})", True, nodes, DEFAULT_LIMIT, waves_off),
+        Side(
+            f"product, WARM_REGISTRY_PULL_LIMIT={small_limit}",
+            True,
+            {**nodes, "WARM_REGISTRY_PULL_LIMIT": str(small_limit)},
+            small_limit,
+            waves_off,
+        ),
+    ]
 
 
 def options() -> argparse.Namespace:
