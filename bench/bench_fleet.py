@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import statistics
@@ -392,8 +393,7 @@ def delete_layer(registry: Registry, ref: str) -> None:
 def rollout(cluster: Cluster, sides: list[Side], rounds: int, size_mib: float) -> None:
     fleet = cluster.fleet
     for round_ in range(rounds):
-        shift = round_ % len(sides)
-        for side in sides[shift:] + sides[:shift]:
+        for side in alternated(sides, round_):
             ref = fleet.push("fleet/rollout", f"r{round_}-{sides.index(side)}", size_mib)
             cluster.use(side)
             fleet.proxy.reset()
@@ -406,6 +406,20 @@ def rollout(cluster: Cluster, sides: list[Side], rounds: int, size_mib: float) -
             side.peaks.append(fleet.proxy.peak_blob_downloads)
             side.blobs.append(fleet.proxy.blob_downloads)
             side.manifests.append(fleet.proxy.manifest_requests())
+
+
+def alternated(sides: list[Side], round_: int) -> list[Side]:
+    """The sides in this round's order: each goes first in turn within its group of one
+    watcher configuration, and the groups swap ends every round, so the watcher restarts once
+    per round, not at every side."""
+    groups = [list(g) for _, g in itertools.groupby(sides, key=lambda s: s.watcher_env)]
+    if round_ % 2:
+        groups.reverse()
+    return [
+        side
+        for group in groups
+        for side in group[round_ % len(group) :] + group[: round_ % len(group)]
+    ]
 
 
 def spread(values: Sequence[float], digits: int = 1) -> str:
