@@ -55,6 +55,7 @@ import argparse
 import base64
 import itertools
 import json
+import logging
 import os
 import statistics
 import sys
@@ -88,7 +89,9 @@ from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, load_settings
 from watcher.digests import USER_AGENT, DigestResolver
-from worker.agent import NodeAgent, RewarmReport
+from worker.agent import NodeAgent
+
+log = logging.getLogger("bench_fleet")
 
 MIB = 2**20
 DEFAULT_LIMIT = load_settings({}).runtime.registry_pull_limit
@@ -161,12 +164,10 @@ class Fleet:
         )
 
 
-def rewarm_all(agents: list[NodeAgent]) -> tuple[float, list[RewarmReport]]:
-    """Every node's periodic re-warm at once; seconds until the last one is done."""
-    started = time.monotonic()
+def rewarm_all(agents: list[NodeAgent]) -> None:
+    """Every node's periodic re-warm at once, until the last one is done."""
     with ThreadPoolExecutor(len(agents), thread_name_prefix="node") as pool:
-        reports = list(pool.map(lambda agent: agent.rewarm(0, []), agents))
-    return time.monotonic() - started, reports
+        list(pool.map(lambda agent: agent.rewarm(0, []), agents))
 
 
 def repository_of(reference: str) -> str:
@@ -176,7 +177,7 @@ def repository_of(reference: str) -> str:
 # --- 1. one periodic re-warm of a warm fleet ---------------------------------------------------
 
 
-def periodic(fleet: Fleet, today: Side, product: Side, images: int, rounds: int) -> bool:
+def periodic(fleet: Fleet, today: Side, ours: Side, images: int, rounds: int) -> bool:
     refs = [fleet.push(f"fleet/svc-{i:03d}", "latest", 0.05) for i in range(images)]
     paced = fleet.proxy.blob_delay, fleet.proxy.bandwidth
     fleet.proxy.blob_delay, fleet.proxy.bandwidth = 0.0, None  # the warm-up is not measured
@@ -192,14 +193,14 @@ def periodic(fleet: Fleet, today: Side, product: Side, images: int, rounds: int)
     print(f"{'side':<44} {'HEAD':>6} {'GET':>6} {'watcher':>8} {'nodes':>6} {'blobs':>6} {'s':>6}")
     product_counts = []
     for round_ in range(rounds):
-        for side in (today, product) if round_ % 2 == 0 else (product, today):
+        for side in (today, ours) if round_ % 2 == 0 else (ours, today):
             fleet.proxy.reset()
             started = time.monotonic()
             fleet.publish(refs, digests=side.digests)
             rewarm_all(side.agents)
             seconds = time.monotonic() - started
             counted = fleet.proxy.manifest_requests
-            if side is product:
+            if side is ours:
                 product_counts.append(counted())
             print(
                 f"{side.name:<44} {counted('HEAD'):>6} {counted('GET'):>6} "
@@ -266,6 +267,8 @@ class TaskFeed:
                 agent.pull(kwargs["image"], digest=kwargs.get("digest"))
             elif task == REWARM_NODE:
                 agent.rewarm(kwargs.get("revision", 0), kwargs.get("images") or [])
+        except Exception:  # the agent reports what an image costs; anything else is a bug
+            log.exception("%s for %s failed", task, kwargs.get("node"))
         finally:
             with self._lock:
                 self._busy -= 1

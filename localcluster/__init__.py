@@ -8,6 +8,10 @@ parts that the warmer touches can be run for real, on one machine, as root:
 * push_image / build_oci_layout: test images written with the standard library, each with its
   own content, pushed over the registry's HTTP API;
 * Containerd: one real containerd per simulated node, each with its own root and CRI socket;
+* CountingProxy (localcluster.proxy): in front of a registry, counts what reaches its door
+  (manifests by method, blob downloads in flight) and can pace it like a distant registry;
+* HttpNodeRuntime (localcluster.httpnode): a node's runtime that pulls over HTTP as containerd
+  does, for fleets of hundreds of simulated nodes that cannot each run a containerd;
 * FakeKubeAPI: a Kubernetes API double over real HTTP (kmock plus resourceVersions, watches,
   bookmarks, 410s) that the official `kubernetes` client lists and watches, and that kubectl
   gets, creates, applies and deletes workloads on;
