@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 _parsed = functools.lru_cache(maxsize=2**15)(parse_image)
 
 
+class HeldBack(Exception):
+    """A wave holds the image back from this node until a canary holds it (watcher/waves.py):
+    the pull is skipped, not failed."""
+
+
 @dataclass
 class RewarmReport:
     node: str
@@ -149,7 +154,10 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current, present, node_slice.slice)
+        pulling = [] if check_only else [entry.image for entry in missing]
+        self.status.record_rewarm(
+            self.node, expected, current, present, node_slice.slice, pulling=pulling
+        )
         if check_only:  # the record now names what the runtime lacks: nothing more to do
             missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
@@ -244,7 +252,7 @@ class NodeAgent:
         *,
         record_status: bool = True,
     ) -> PullResult:
-        result = replace(result, trigger=trigger)
+        result = replace(result, trigger=trigger, digest=entry.digest)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result
@@ -261,13 +269,16 @@ class NodeAgent:
         return not image.digest and (policy == "all" or image.tag == "latest")
 
     def _slice_entry(self, image: ImageRef) -> SliceImage:
-        """This image's entry in the node's catalog slice; a bare entry if it has none."""
+        """This image's entry in the node's catalog slice; a bare entry if it has none.
+        Raises :class:`HeldBack` when a wave holds it back from this node."""
         reference = str(image)
         try:
             node_slice, _ = self.catalog.get_slice(self.node)
         except (UnknownNode, BusUnavailable) as error:
             log.info("no catalog entry for %s (%s): pulling without pull secrets", image, error)
             return SliceImage(reference)
+        if reference in node_slice.held:
+            raise HeldBack(f"held back until a canary node holds it ({reference} is in a wave)")
         found = (item for item in node_slice.images if item.image == reference)
         return next(found, SliceImage(reference))
 
@@ -311,7 +322,7 @@ def _failure(reference: str, error: Exception) -> tuple[Outcome, str]:
     """What a failed attempt is: retried later (transient), recorded (permanent) or skipped."""
     if isinstance(error, InvalidImageReference):
         return Outcome.FAILED, error.rule
-    if isinstance(error, DiskBudgetExceeded):
+    if isinstance(error, DiskBudgetExceeded | HeldBack):
         return Outcome.SKIPPED, str(error)
     if isinstance(error, PullFailed):
         transient = error.kind is FailureKind.TRANSIENT
