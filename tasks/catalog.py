@@ -73,7 +73,8 @@ class CatalogStore:
 
     def put_slice(self, node_slice: NodeSlice) -> int:
         """A node's slice as a class of its own, then its pointer; returns the revision."""
-        digest, _ = self.put_class_slice(ClassSlice(node_slice.images).to_json())
+        payload = ClassSlice(node_slice.images, node_slice.held).to_json()
+        digest, _ = self.put_class_slice(payload)
         return self.put_pointer(SlicePointer(node_slice.node, digest, len(node_slice.images)))
 
     def get_pointer(self, node: str) -> tuple[SlicePointer, int]:
