@@ -293,10 +293,12 @@ class NodeAgent:
 
     def _failed_before(self, entry: SliceImage) -> str | None:
         """The reason ``entry`` failed for good, if it did under this very catalog entry and
-        the same content of its pull secrets (a fixed password is worth another try)."""
+        the same content of its pull secrets (a fixed password is worth another try). A digest
+        the leader learned since, where the entry had none, is no change: it names what the tag
+        pointed at when the pull failed, as the watcher's first digest sends no pull either."""
         with self._failed_lock:
             found = self._failed.get(entry.image)
-        if found is None or found[0] != entry:
+        if found is None or replace(found[0], digest=found[0].digest or entry.digest) != entry:
             return None
         if found[2] != self.credentials.version(entry.pull_secrets):
             return None
