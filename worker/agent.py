@@ -9,6 +9,10 @@ A permanent failure (missing tag, unauthorized, bad reference) is remembered wit
 entry it failed under, and periodic re-warms skip it until that entry changes (new pull secrets,
 a new digest) or a pull task or an explicit re-warm of that image asks again: a catalog full
 of typos costs one registry request per image, not one per re-warm.
+
+An image a wave holds back from this node (named under ``held`` in its slice, see
+watcher/waves.py) is in no re-warm's diff, and a pull task for it is skipped: until a canary
+holds it, only the canaries pull it.
 """
 
 from __future__ import annotations
