@@ -305,12 +305,20 @@ class Waves:
     # --- the stored waves -------------------------------------------------------------------
 
     def _reload(self) -> None:
+        """The stored waves, another leader's news included; a wave held here and not stored
+        (NATS lost the bucket) is stored again: releasing it would send a broken image to
+        every node. One another leader released is released again once its canary's record
+        answers the full sync's re-warm."""
         stored = self._catalog.waves()
         if not self.size:
             for image in stored:
                 self._catalog.delete_wave(image)  # waves turned off: release what was held
-            stored = {}
-        self._waves = dict(stored)
+            self._waves = {}
+        else:
+            lost = [wave for image, wave in self._waves.items() if image not in stored]
+            self._waves = stored
+            for wave in lost:
+                self._put(wave)
         self._index_canaries()
 
     def _put(self, wave: Wave) -> None:

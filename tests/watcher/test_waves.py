@@ -18,10 +18,12 @@ from watcher_testing import WatchedCluster, create, node, uid, wait_for, workloa
 from localcluster.images import push_image
 from localcluster.registry import Registry
 from tasks.bus import NatsBus
+from tasks.catalog import wave_key
 from tasks.errors import GAVE_UP
 from tasks.models import Outcome, PullResult, Wave, WaveState
-from tasks.names import PULL_IMAGE, pull_events_subject
+from tasks.names import CATALOG_BUCKET, PULL_IMAGE, REWARM_NODE, pull_events_subject
 from tasks.status import StatusStore
+from watcher.dispatch import Sync
 from watcher.waves import STOPPED_REASON
 
 Start = Callable[..., WatchedCluster]
@@ -51,6 +53,10 @@ def report(bus: NatsBus, name: str, image: str, outcome: Outcome, **fields: Any)
 def publishing(cluster: WatchedCluster, names: list[str]) -> None:
     """Until the watcher's first publish: what is created next is new to it (a wave)."""
     wait_for(lambda: all(cluster.slice_images(n) is not None for n in names), what="a publish")
+
+
+def rewarms_of(cluster: WatchedCluster, name: str) -> list[dict[str, Any]]:
+    return [kw for task, kw in cluster.tasks(name) if task == REWARM_NODE]
 
 
 def started_wave(cluster: WatchedCluster, image: str) -> Wave:
@@ -199,3 +205,30 @@ def test_zero_canaries_turn_waves_off(
     wait_for(lambda: all(pulls(cluster, n, image) for n in names), what="every node's pull")
     assert wave_of(cluster, image) is None
     assert all(held_from(cluster, n) == () for n in names)
+
+
+def test_a_stopped_wave_outlives_a_full_sync_that_finds_it_gone_from_nats(
+    start_watcher: Start, bus: NatsBus
+) -> None:
+    tag = uid()
+    names = [f"n-{tag}-{i}" for i in range(3)]
+    cluster = start_watcher(nodes=[node(n) for n in names])
+    publishing(cluster, names)
+    image = ref(f"app-{tag}")
+    create(cluster.api, workload("Deployment", f"app-{tag}", image))
+    wave = started_wave(cluster, image)
+    report(bus, wave.canaries[0], image, Outcome.FAILED, reason="manifest unknown")
+    stopped = wait_for(
+        lambda: (w := wave_of(cluster, image)) and w.state is WaveState.STOPPED and w,
+        what="the wave stopped",
+    )
+    (other,) = set(names) - set(wave.canaries)
+    rewarms = len(rewarms_of(cluster, other))
+
+    bus.kv_delete(CATALOG_BUCKET, wave_key(image))  # NATS lost it (a restart without storage)
+    cluster.watcher.dispatcher.owe(Sync.FULL)  # what the catalog guard then asks for
+
+    wait_for(lambda: wave_of(cluster, image) == stopped, what="the wave stored again")
+    wait_for(lambda: len(rewarms_of(cluster, other)) > rewarms, what="the full sync's re-warm")
+    assert held_from(cluster, other) == (image,)
+    assert not pulls(cluster, other, image)
