@@ -9,6 +9,7 @@ pull events subject (:func:`report`), or a status record written through
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -232,3 +233,24 @@ def test_a_stopped_wave_outlives_a_full_sync_that_finds_it_gone_from_nats(
     wait_for(lambda: len(rewarms_of(cluster, other)) > rewarms, what="the full sync's re-warm")
     assert held_from(cluster, other) == (image,)
     assert not pulls(cluster, other, image)
+
+
+def test_canaries_are_nodes_whose_worker_answers_its_slice_before_any_other(
+    start_watcher: Start, bus: NatsBus
+) -> None:
+    tag = uid()
+    names = [f"n-{tag}-{i}" for i in range(6)]
+    cluster = start_watcher(nodes=[node(n) for n in names])
+    publishing(cluster, names)
+    image = ref(f"app-{tag}")
+    # The two nodes the hash order puts last answer their slices (their workers re-warmed);
+    # the others never reported.
+    by_hash = sorted(names, key=lambda n: hashlib.sha256(f"{image}\0{n}".encode()).digest())
+    for name in by_hash[-2:]:
+        node_slice, revision = cluster.catalog.get_slice(name)
+        StatusStore(bus).record_rewarm(name, [], revision, [], node_slice.slice)
+
+    create(cluster.api, workload("Deployment", f"app-{tag}", image))
+
+    wave = started_wave(cluster, image)
+    assert sorted(wave.canaries) == sorted(by_hash[-2:])
