@@ -32,6 +32,8 @@ first (default 2; 0 turns waves off), and to the other target nodes once a canar
 * **Slow or gone canaries.** A canary still pulling or retrying holds the wave as long as it
   takes: slowness is no failure. A canary that leaves (node deleted) or is no longer a target is
   replaced by the next node in the order while the wave waits; a stopped wave stays stopped.
+  A canary whose worker is down holds the wave until it is back or its node goes: canaries are
+  picked among workers that answer for that reason.
 
 The waves live in the leader's memory and in the catalog bucket (``waves.<hash>``), where a
 leader that takes over finds them; a wave that reached the fleet is deleted, so the bucket holds
@@ -66,6 +68,7 @@ from .slices import SliceIndex
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 1.0  # seconds between two looks at the canaries' status records
+HEARD_LIMIT = 10_000  # canaries' results kept between two checks (a replica that stopped leading)
 HEALTH_PROBES = 10  # status records read, at most, to find canaries whose worker answers
 EVENT_WORKLOADS = 20  # workloads of a stopped image that get an Event
 STOPPED_REASON = "ImageWaveStopped"
@@ -103,10 +106,11 @@ class Waves:
         self._clock = clock
         self._waves: dict[str, Wave] = {}
         self._canary_of: dict[str, set[str]] = {}  # node -> the images it is a canary of
+        self._waiting_on: dict[str, set[str]] = {}  # the same, of the waves still waiting
         self._next_check = 0.0
         self._bus = bus
         self._listening = False
-        self._heard: collections.deque[PullResult] = collections.deque()  # canaries' results
+        self._heard: collections.deque[PullResult] = collections.deque(maxlen=HEARD_LIMIT)
 
     def held(self) -> set[str]:
         """The images held back from every target node but their canaries."""
@@ -158,14 +162,16 @@ class Waves:
         """Look at the canaries' status records (at most every CHECK_INTERVAL): stop the waves
         a canary failed, and return the images a canary holds, released to every node."""
         now = time.monotonic()
-        waiting = [w for w in self._waves.values() if w.state is WaveState.CANARY]
-        if now < self._next_check or not waiting:
+        if now < self._next_check:
             return set()
         self._next_check = now + CHECK_INTERVAL
         heard: dict[str, list[PullResult]] = {}
         while self._heard:
             result = self._heard.popleft()
             heard.setdefault(result.image, []).append(result)
+        waiting = [w for w in self._waves.values() if w.state is WaveState.CANARY]
+        if not waiting:
+            return set()
         try:
             statuses = {node: self._status.get(node) for w in waiting for node in w.canaries}
             released = {
@@ -206,12 +212,12 @@ class Waves:
         return True
 
     def _hear(self, _subject: str, data: bytes) -> None:
-        """A pull result (NATS thread): kept if a canary reports on its wave's image."""
+        """A pull result (NATS thread): kept if a canary reports on its waiting wave's image."""
         try:
             result = PullResult.from_json(data)
         except (ValueError, KeyError, TypeError):
             return
-        if result.image in self._canary_of.get(result.node, ()):
+        if result.image in self._waiting_on.get(result.node, ()):
             self._heard.append(result)
 
     def _settle(
@@ -332,10 +338,14 @@ class Waves:
         self._index_canaries()
 
     def _index_canaries(self) -> None:
-        self._canary_of = {}
+        canary_of: dict[str, set[str]] = {}
+        waiting_on: dict[str, set[str]] = {}
         for wave in self._waves.values():
             for node in wave.canaries:
-                self._canary_of.setdefault(node, set()).add(wave.image)
+                canary_of.setdefault(node, set()).add(wave.image)
+                if wave.state is WaveState.CANARY:
+                    waiting_on.setdefault(node, set()).add(wave.image)
+        self._canary_of, self._waiting_on = canary_of, waiting_on  # whole: read by NATS thread
 
     def _count(self) -> None:
         states = [wave.state for wave in self._waves.values()]
