@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from localcluster import Registry, push_image
-from localcluster.httpnode import AGENT, HttpNodeRuntime
+from localcluster.httpnode import ACCEPT, AGENT, HttpNodeRuntime
 from localcluster.proxy import CountingProxy
 from worker.runtime import FailureKind, PullFailed
 
@@ -41,6 +41,14 @@ def test_pulls_by_tag_then_by_digest_fetching_only_missing_blobs(
 
     node.pull(ref, timeout=30)  # every blob held: only the manifest is asked for
     assert proxy.blob_downloads == 2 and proxy.manifest_requests("GET") == 2
+    head = urllib.request.Request(
+        f"http://{proxy.host}/v2/{repository}/manifests/latest",
+        headers={"Accept": ACCEPT},
+        method="HEAD",
+    )
+    with urllib.request.urlopen(head, timeout=10) as response:
+        assert response.headers["Docker-Content-Digest"] == first.digest
+    assert proxy.manifest_requests("HEAD") == 1 and proxy.manifest_requests() == 3
 
     moved = push_image(registry.host, repository, "latest", size_mib=0.5)
     node.pull(f"{name}@{moved.digest}", timeout=30)
