@@ -54,6 +54,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
+from .natscreds import Credentials, CredentialsUnavailable, credentials_for
 from .settings import NatsSettings
 
 T = TypeVar("T")
@@ -67,6 +68,7 @@ NATS_ERRORS = Counter(
     ["kind"],
 )
 ERROR_LOG_INTERVAL = 30.0  # seconds between two log lines for one kind of error
+CREDENTIALS_RETRY = 10.0  # seconds between two tries to renew a NATS user JWT
 
 STREAM_NOT_FOUND = 10059  # JetStream API error codes
 WRONG_LAST_SEQUENCE = 10071
@@ -149,8 +151,15 @@ def error_kind(error: BaseException) -> str:
 class NatsBus:
     """One NATS connection with JetStream key-value access, usable from synchronous code."""
 
-    def __init__(self, settings: NatsSettings) -> None:
+    def __init__(
+        self,
+        settings: NatsSettings,
+        credentials: Callable[[], Credentials | None] | None = None,
+    ) -> None:
+        """``credentials`` makes each session's operator-mode credentials (tests give a
+        part's own); by default what ``settings`` call for (tasks/natscreds.py)."""
         self._settings = settings
+        self._credentials = credentials or (lambda: credentials_for(settings))
         self._errors = ErrorLog(settings.url)
         self._ttls: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -276,7 +285,13 @@ class NatsBus:
         session receives, it receives before its shutdown, which ends it."""
         with self._lock:
             if self._session is None:
-                self._session = _Session(self._settings, self._errors, self._ttls, self._connected)
+                self._session = _Session(
+                    self._settings,
+                    self._errors,
+                    self._ttls,
+                    self._connected,
+                    self._credentials(),
+                )
             session = self._session
             return asyncio.run_coroutine_threadsafe(operation(session), session.loop)
 
@@ -311,8 +326,11 @@ class _Session:
         errors: ErrorLog,
         ttls: dict[str, float],
         connected: Callable[[], None],
+        credentials: Credentials | None,
     ) -> None:
         self._settings = settings
+        self._credentials = credentials
+        self._renewing: asyncio.Task[None] | None = None
         self._connected = connected
         self._errors = errors
         self._ttls = ttls
@@ -357,6 +375,8 @@ class _Session:
             options["token"] = settings.token
         if settings.tls_ca_file:
             options["tls"] = ssl.create_default_context(cafile=settings.tls_ca_file)
+        if self._credentials is not None:
+            options.update(await self._with_credentials(self._credentials))
         try:
             client = await nats.connect(**options)
         except Exception as error:
@@ -367,6 +387,32 @@ class _Session:
 
     async def _reconnected(self) -> None:
         self._connected()
+
+    async def _with_credentials(self, credentials: Credentials) -> dict[str, Any]:
+        """nats-py's callbacks for a user JWT, fetched first when there is none yet, and kept
+        renewed before it expires. nats-py asks for the JWT on every reconnect; the server
+        ends a connection whose JWT expires (nats-py then closes it for good), so a renewal
+        reconnects at once, with the new JWT and the subscriptions kept."""
+        if credentials.renew_in() == 0:
+            try:
+                await asyncio.to_thread(credentials.renew)
+            except CredentialsUnavailable as error:
+                raise BusUnavailable(f"no NATS credentials for {self.url}: {error}") from None
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew(credentials))
+        return {"user_jwt_cb": credentials.jwt, "signature_cb": credentials.sign}
+
+    async def _renew(self, credentials: Credentials) -> None:
+        while True:
+            await asyncio.sleep(credentials.renew_in())
+            try:
+                await asyncio.to_thread(credentials.renew)
+            except CredentialsUnavailable as error:
+                self._errors.report("credentials", error)
+                await asyncio.sleep(CREDENTIALS_RETRY)
+                continue
+            if self._client is not None and self._client.is_connected:
+                await self._client.force_reconnect()
 
     async def bucket(self, name: str) -> KeyValue:
         client = await self.connection()

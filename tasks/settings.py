@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_IDENTITY_TOKEN_FILE = "/var/run/secrets/warm-images/token"  # the chart's projection
 RUNTIME_KINDS = ("auto", "cri", "docker")
 REFRESH_TAGS = ("none", "latest", "all")
 GATE_IMAGES = ("all", "annotated")  # WARM_STARTUP_GATE_IMAGES
@@ -49,6 +50,11 @@ class NatsSettings:
     token: str | None = None
     tls_ca_file: str | None = None
     connect_timeout: float = 5.0
+    # Operator mode (tasks/natsauth.py): the watcher signs user JWTs with the account key;
+    # every other part exchanges its ServiceAccount token for one at the watcher's URL.
+    account_key: str | None = None
+    credentials_url: str | None = None
+    identity_token_file: str = DEFAULT_IDENTITY_TOKEN_FILE
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,11 @@ def _read(source: _Source) -> Settings:
             token=source.optional("WARM_NATS_TOKEN"),
             tls_ca_file=source.optional("WARM_NATS_TLS_CA_FILE"),
             connect_timeout=source.number("WARM_NATS_CONNECT_TIMEOUT", 5.0, float),
+            account_key=source.secret("WARM_NATS_ACCOUNT_KEY", minimum_length=16),
+            credentials_url=source.optional("WARM_NATS_CREDENTIALS_URL"),
+            identity_token_file=source.text(
+                "WARM_NATS_IDENTITY_TOKEN_FILE", DEFAULT_IDENTITY_TOKEN_FILE
+            ),
         ),
         node=NodeSettings(
             name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME"),
@@ -315,6 +326,12 @@ class _Source:
 
     def optional(self, name: str) -> str | None:
         return self._values.get(name) or None
+
+    def secret(self, name: str, *, minimum_length: int) -> str | None:
+        value = self.optional(name)
+        if value is not None and len(value) < minimum_length:
+            raise SettingsError(f"{name} must hold at least {minimum_length} characters")
+        return value
 
     def text(self, name: str, default: str) -> str:
         return self._values.get(name) or default
