@@ -51,6 +51,8 @@ from .names import (
 PERMITS_BUCKET = "warm-permits"  # worker/permits.py: registry pull permits
 ROLES = ("watcher", "worker", "beat", "client")
 ACCOUNT_KEY_ENV = "WARM_NATS_ACCOUNT_KEY"
+# The audience of the ServiceAccount tokens parts exchange for JWTs: good for nothing else.
+IDENTITY_AUDIENCE = "warm-images"
 
 _JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _UNLIMITED = {
@@ -207,6 +209,11 @@ def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
+def check_user_key(user_public: str) -> None:
+    if not re.fullmatch(r"U[A-Z2-7]{55}", user_public):
+        raise NatsAuthError("a user's public key is an nkey: U and 55 base32 characters")
+
+
 def user_jwt(
     keys: AccountKeys,
     user_public: str,
@@ -218,8 +225,7 @@ def user_jwt(
 ) -> str:
     """A user JWT for ``user_public`` with ``role``'s permissions (a worker's for ``node``),
     valid ``ttl`` seconds: the server ends the connection when it expires."""
-    if not re.fullmatch(r"U[A-Z2-7]{55}", user_public):
-        raise NatsAuthError("a user's public key is an nkey: U and 55 base32 characters")
+    check_user_key(user_public)
     allowed = permissions(role, node)
     issued = int(time.time() if now is None else now)
     claims = {

@@ -29,6 +29,7 @@ DEFAULT_IDENTITY_TOKEN_FILE = "/var/run/secrets/warm-images/token"  # the chart'
 RUNTIME_KINDS = ("auto", "cri", "docker")
 REFRESH_TAGS = ("none", "latest", "all")
 GATE_IMAGES = ("all", "annotated")  # WARM_STARTUP_GATE_IMAGES
+EXCHANGED_ROLES = ("worker", "beat", "client")  # NATS roles the watcher hands out
 
 
 class SettingsError(ValueError):
@@ -55,6 +56,10 @@ class NatsSettings:
     account_key: str | None = None
     credentials_url: str | None = None
     identity_token_file: str = DEFAULT_IDENTITY_TOKEN_FILE
+    # The watcher's side of that exchange: its port, and which ServiceAccount of the release
+    # namespace gets which role (never "watcher": only the watcher writes the catalog).
+    credentials_port: int = 8090
+    roles: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,8 @@ def _read(source: _Source) -> Settings:
             identity_token_file=source.text(
                 "WARM_NATS_IDENTITY_TOKEN_FILE", DEFAULT_IDENTITY_TOKEN_FILE
             ),
+            credentials_port=source.number("WARM_NATS_CREDENTIALS_PORT", 8090, int, minimum=0),
+            roles=source.roles("WARM_NATS_ROLES"),
         ),
         node=NodeSettings(
             name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME"),
@@ -383,6 +390,24 @@ class _Source:
             raise SettingsError(
                 f'{name} must be a JSON object of registry host to limit, e.g. {{"docker.io": 20}}'
                 " (0: no cap)"
+            )
+        return tuple(sorted(value.items()))
+
+    def roles(self, name: str) -> tuple[tuple[str, str], ...]:
+        """A JSON object of ServiceAccount name to the NATS role its pods get."""
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(role, str) and role in EXCHANGED_ROLES for role in value.values()
+        ):
+            raise SettingsError(
+                f"{name} must be a JSON object of ServiceAccount name to a role, one of "
+                f'{", ".join(EXCHANGED_ROLES)}, e.g. {{"warm-images-worker": "worker"}}'
             )
         return tuple(sorted(value.items()))
 

@@ -13,13 +13,12 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from beat.lease import LEADER_KEY, Lease
 from localcluster.harness import wait_for
-from localcluster.services import NatsServer
+from localcluster.services import OperatorNats
 from tasks import natsauth
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore
@@ -29,38 +28,22 @@ from tasks.natscreds import MintedCredentials, credentials_for
 from tasks.settings import NatsSettings
 from tasks.status import StatusStore
 
-SECRET = secrets.token_urlsafe(32)
-KEYS = natsauth.AccountKeys.from_secret(SECRET)
 IMAGE = "docker.io/library/app:1"
-
 # Real nats-server, and refusals that wait out a JetStream timeout: the slow tier.
 pytestmark = pytest.mark.slow
 
 Connect = Callable[..., NatsBus]
 
 
-def operator_server(workdir: Path, secret: str) -> NatsServer:
-    folder = workdir / f"nats-op-{uuid.uuid4().hex[:6]}"
-    folder.mkdir(parents=True)
-    config = folder / "nats.conf"
-    config.write_text(natsauth.server_config(natsauth.AccountKeys.from_secret(secret)))
-    return NatsServer(folder, config=config)
-
-
-@pytest.fixture(scope="module")
-def server(workdir: Path) -> Iterator[NatsServer]:
-    with operator_server(workdir, SECRET) as running:
-        yield running
-
-
 @pytest.fixture
-def connect(server: NatsServer) -> Iterator[Connect]:
+def connect(operator_nats: OperatorNats) -> Iterator[Connect]:
     """A bus as ``role`` (a worker's for ``node``), with a JWT the account key signed."""
     opened: list[NatsBus] = []
 
     def open_bus(role: str, node: str | None = None, ttl: float = 600) -> NatsBus:
-        settings = NatsSettings(url=server.url, connect_timeout=2)
-        bus = NatsBus(settings, credentials=lambda: MintedCredentials(KEYS, role, node, ttl))
+        settings = NatsSettings(url=operator_nats.url, connect_timeout=2)
+        keys = operator_nats.keys
+        bus = NatsBus(settings, credentials=lambda: MintedCredentials(keys, role, node, ttl))
         opened.append(bus)
         return bus
 
@@ -132,9 +115,11 @@ def test_the_other_parts_keep_their_rights(connect: Connect) -> None:
         CatalogStore(connect("beat")).put_entry(CatalogEntry(image="evil.example/x:1"))
 
 
-def test_the_watcher_mints_its_own_from_the_account_key(server: NatsServer) -> None:
+def test_the_watcher_mints_its_own_from_the_account_key(operator_nats: OperatorNats) -> None:
     """WARM_NATS_ACCOUNT_KEY alone makes a bus connect as the watcher."""
-    settings = NatsSettings(url=server.url, account_key=SECRET, connect_timeout=2)
+    settings = NatsSettings(
+        url=operator_nats.url, account_key=operator_nats.account_key, connect_timeout=2
+    )
     assert isinstance(credentials_for(settings), MintedCredentials)
     with NatsBus(settings) as bus:
         CatalogStore(bus).put_entry(CatalogEntry(image=IMAGE))
@@ -142,10 +127,10 @@ def test_the_watcher_mints_its_own_from_the_account_key(server: NatsServer) -> N
 
 
 def test_a_jwt_signed_by_another_account_key_is_refused(
-    server: NatsServer, caplog: pytest.LogCaptureFixture
+    operator_nats: OperatorNats, caplog: pytest.LogCaptureFixture
 ) -> None:
     stranger = natsauth.AccountKeys.from_secret(secrets.token_urlsafe(32))
-    settings = NatsSettings(url=server.url, connect_timeout=2)
+    settings = NatsSettings(url=operator_nats.url, connect_timeout=2)
     with (
         NatsBus(settings, credentials=lambda: MintedCredentials(stranger, "watcher")) as bus,
         pytest.raises(BusUnavailable),
@@ -181,11 +166,13 @@ def test_an_expiring_jwt_is_renewed_and_the_connection_comes_back(connect: Conne
 
 def test_the_server_config_is_the_same_for_the_same_secret() -> None:
     """The NATS pod derives it at every start: a restart must not change the account."""
-    again = natsauth.server_config(natsauth.AccountKeys.from_secret(SECRET))
-    assert natsauth.server_config(KEYS) == again
+    secret = secrets.token_urlsafe(32)
+    keys = natsauth.AccountKeys.from_secret(secret)
+    again = natsauth.server_config(natsauth.AccountKeys.from_secret(secret))
+    assert natsauth.server_config(keys) == again
     other = natsauth.AccountKeys.from_secret(secrets.token_urlsafe(32))
-    assert other.account_public != KEYS.account_public
-    assert KEYS.account_public in again
+    assert other.account_public != keys.account_public
+    assert keys.account_public in again
 
 
 def test_a_worker_user_needs_its_node() -> None:
