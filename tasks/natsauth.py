@@ -19,8 +19,9 @@ This module is the single source of what each part may publish and subscribe to
 A user JWT names a public key whose seed only its holder knows: the JWT alone grants nothing,
 so it travels in the clear; the connecting client proves the seed by signing the server's nonce.
 
-``python -m tasks.natsauth server-config`` prints the server's operator-mode block (the chart's
-NATS pod includes it); ``python -m tasks.natsauth account`` prints the account's public key.
+``python -m tasks.natsauth server-config [PATH]`` writes the server's operator-mode block (the
+chart's NATS pod runs it before the server and includes the file); ``python -m tasks.natsauth
+account`` prints the account's public key.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nkeys
@@ -288,12 +290,16 @@ def main(argv: list[str]) -> int:
     except NatsAuthError as error:
         print(f"warm-images: {error}", file=sys.stderr)
         return 1
-    if argv == ["server-config"]:
-        sys.stdout.write(server_config(keys))
+    if argv[:1] == ["server-config"] and len(argv) <= 2:
+        config = server_config(keys)
+        if len(argv) == 2:  # the chart's NATS pod: a file its nats.conf includes
+            Path(argv[1]).write_text(config)
+        else:
+            sys.stdout.write(config)
     elif argv == ["account"]:
         print(keys.account_public)
     else:
-        print("usage: python -m tasks.natsauth server-config|account", file=sys.stderr)
+        print("usage: python -m tasks.natsauth server-config [PATH] | account", file=sys.stderr)
         return 2
     return 0
 
