@@ -36,7 +36,6 @@ from localcluster import Containerd, FakeKubeAPI, Registry, free_port, product, 
 from localcluster._process import Daemon, wait_until
 from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
-from tasks import natsauth
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import CatalogEntry, NodeSlice, Outcome, SliceImage
@@ -52,8 +51,7 @@ from tasks.names import (
 from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, load_settings
 from tasks.status import StatusStore
-from watcher.exchange import PATH, ExchangeServer
-from watcher.exchange import Exchange as Exchange_
+from watcher.exchange import PATH
 
 # Real nats-server and redis-server processes with the chart's rendered config: the slow tier.
 pytestmark = pytest.mark.slow
@@ -137,19 +135,36 @@ class Exchange:
 
 
 @pytest.fixture(scope="module")
-def exchange(chart: Rendered, nats: NatsServer) -> Iterator[Exchange]:
-    watcher = env_of(chart.container("watcher"))
-    roles = json.loads(watcher["WARM_NATS_ROLES"]["value"])
-    keys = natsauth.AccountKeys.from_secret(account_key(chart))
+def exchange(
+    chart: Rendered, nats: NatsServer, redis_acl: RedisServer, workdir: Path
+) -> Iterator[Exchange]:
+    """``python -m watcher`` with the watcher's rendered settings (its key, its roles), on the
+    API double: the exchange the other parts reach through the watcher's Service."""
+    env = {name: entry.get("value") for name, entry in env_of(chart.container("watcher")).items()}
     [identity] = [v for v in chart.pod_spec("worker")["volumes"] if v["name"] == "nats-identity"]
     audience = identity["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+    port = free_port()
     kube = FakeKubeAPI().start()
-    server = ExchangeServer(Exchange_(kube.api_client(), keys, NAMESPACE, roles), 0, "127.0.0.1")
-    server.start()
+    settings = {
+        "WARM_NATS_ACCOUNT_KEY": account_key(chart),  # from the Secret, as the kubelet does
+        "WARM_NATS_ROLES": str(env["WARM_NATS_ROLES"]),
+        "WARM_NATS_CREDENTIALS_PORT": str(port),  # the rendered 8090 may be taken here
+        "WARM_POD_NAMESPACE": NAMESPACE,
+        "WARM_HEALTH_PORT": "0",
+        "WARM_METRICS_PORT": "0",
+    }
+    environment = product.product_env(
+        broker_url=broker_url(chart, redis_acl, "watcher"),
+        nats_url=nats.url,
+        kubeconfig=kube.write_kubeconfig(workdir / f"kubeconfig-{uuid.uuid4().hex[:6]}"),
+        **settings,
+    )
+    watcher = product.watcher(environment, workdir / "logs").start()
     try:
-        yield Exchange(kube, f"http://127.0.0.1:{server.port}{PATH}", audience)
+        wait_for(lambda: _accepts(port), 30, "the watcher's credentials exchange", watcher.log_tail)
+        yield Exchange(kube, f"http://127.0.0.1:{port}{PATH}", audience)
     finally:
-        server.stop()
+        watcher.stop()
         kube.stop()
 
 
