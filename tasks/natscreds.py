@@ -9,15 +9,16 @@ only the public key goes into the JWT. Two ways to get the JWT (tasks/natsauth.p
   answers with a JWT for that identity: a worker's user names its node.
 
 A JWT lives :data:`USER_JWT_TTL` seconds and the server ends a connection whose JWT expires;
-the bus renews in the background once a third of the lifetime is left, so the reconnect that
-follows the expiry finds a fresh JWT at once, and an exchange endpoint that is down for less
-than that third costs nothing.
+the bus renews in the background, at a random point between half and a third of the lifetime
+left (so a fleet started at once does not ask at once), and reconnects with the new JWT: an
+exchange endpoint that is down for less than that third costs nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import urllib.error
@@ -31,7 +32,7 @@ from .settings import NatsSettings
 log = logging.getLogger(__name__)
 
 USER_JWT_TTL = 3600.0  # seconds a user JWT is valid: how long a revoked node keeps its access
-RENEW_WHEN_LEFT = 1 / 3  # renew once this share of the lifetime is left
+RENEW_WHEN_LEFT = (1 / 3, 1 / 2)  # renew when a random share in this range is left
 
 
 class CredentialsUnavailable(RuntimeError):
@@ -59,8 +60,7 @@ class _UserCredentials:
         self._key = natsauth.new_user_key()
         self._lock = threading.Lock()
         self._jwt = b""
-        self._issued = 0.0
-        self._expires = 0.0
+        self._renew_at = 0.0
 
     @property
     def public_key(self) -> str:
@@ -76,17 +76,15 @@ class _UserCredentials:
     def renew(self) -> None:
         token = self._fetch()
         claims = natsauth.decode_jwt(token)
+        issued = float(claims.get("iat", time.time()))
+        expires = float(claims.get("exp", issued + USER_JWT_TTL))
         with self._lock:
             self._jwt = token.encode()
-            self._issued = float(claims.get("iat", time.time()))
-            self._expires = float(claims.get("exp", self._issued + USER_JWT_TTL))
+            self._renew_at = expires - (expires - issued) * random.uniform(*RENEW_WHEN_LEFT)
 
     def renew_in(self) -> float:
         with self._lock:
-            if not self._jwt:
-                return 0.0
-            lifetime = self._expires - self._issued
-            return max(0.0, self._expires - lifetime * RENEW_WHEN_LEFT - time.time())
+            return max(0.0, self._renew_at - time.time()) if self._jwt else 0.0
 
     def _fetch(self) -> str:
         raise NotImplementedError

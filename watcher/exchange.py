@@ -194,6 +194,8 @@ def serve_exchange(settings: Settings, api: client.ApiClient) -> ExchangeServer 
 
 def _handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # seconds a client may take to send its request: no thread held forever
+
         def do_POST(self) -> None:
             if self.path != PATH:
                 self._answer(404, {"error": f"not found; POST {PATH}"})
