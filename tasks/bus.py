@@ -315,6 +315,7 @@ class _Session:
         self._settings = settings
         self._credentials = credentials
         self._renewing: asyncio.Task[None] | None = None
+        self._renewal_reconnect_until = 0.0  # loop time until which a reconnect is a renewal's
         self._errors = errors
         self._ttls = ttls
         self._client: Client | None = None
@@ -390,11 +391,21 @@ class _Session:
                 await asyncio.sleep(CREDENTIALS_RETRY)
                 continue
             if self._client is not None and self._client.is_connected:
+                loop = asyncio.get_running_loop()
+                self._renewal_reconnect_until = loop.time() + self._settings.connect_timeout
                 await self._client.force_reconnect()
+
+    async def _after_renewal(self, client: Client) -> bool:
+        """Whether a reconnect in progress is the one a renewal started, and came back: that
+        one takes an instant, so a call waits for it rather than fail."""
+        loop = asyncio.get_running_loop()
+        while client.is_reconnecting and loop.time() < self._renewal_reconnect_until:
+            await asyncio.sleep(0.02)
+        return client.is_connected
 
     async def bucket(self, name: str) -> KeyValue:
         client = await self.connection()
-        if client.is_reconnecting:
+        if client.is_reconnecting and not await self._after_renewal(client):
             # A KV request cannot succeed before the connection is back; waiting out its
             # timeout would only hold up the caller (a pull looking up its pull secrets).
             # Publishes are different: nats-py buffers them across a reconnect.

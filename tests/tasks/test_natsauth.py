@@ -153,14 +153,13 @@ def test_an_expiring_jwt_is_renewed_and_the_connection_comes_back(connect: Conne
     revision = refused = 0
     while time.monotonic() < deadline:
         revision += 1
-        try:
+        try:  # a call in the instant of a renewal's reconnect waits for it
             store.record_rewarm(node, [IMAGE], revision, present=[IMAGE] * (revision % 2))
-        except BusUnavailable:  # a KV call in the instant of a reconnect fails fast
+        except BusUnavailable:
             refused += 1
         worker.publish(pull_events_subject(node), str(revision).encode())
         time.sleep(0.25)
-    assert refused <= 2, refused  # the reconnects are instants, not outages
-    store.record_rewarm(node, [IMAGE], revision)
+    assert refused == 0
     # Had the server ended the subscriber's connection at expiry, it would hear nothing more.
     wait_for(lambda: str(revision).encode() in heard, 5, "the last event")
     assert len(heard) >= revision - 4  # a reconnect may lose what was in flight, no more
