@@ -98,11 +98,15 @@ def _read(bucket: str) -> list[str]:
     ]
 
 
-def _write(bucket: str, keys: Iterable[str] = (">",), *, update: bool = False) -> list[str]:
+def _write(
+    bucket: str, keys: Iterable[str] = (">",), *, update: bool = False, purge: bool = False
+) -> list[str]:
     """Reading <b>, creating it when it is missing (NATS restarted without storage), and
-    writing ``keys``; ``update`` also lets the writer change the bucket's TTL."""
+    writing ``keys``; ``update`` also lets the writer change the bucket's TTL, ``purge`` remove
+    a key without a marker (the API cannot narrow a purge to ``keys``)."""
     stream = f"KV_{bucket}"
     extra = [f"$JS.API.STREAM.UPDATE.{stream}"] if update else []
+    extra += [f"$JS.API.STREAM.PURGE.{stream}"] if purge else []
     return [*_read(bucket), f"$JS.API.STREAM.CREATE.{stream}", *extra] + [
         f"$KV.{bucket}.{key}" for key in keys
     ]
@@ -122,7 +126,9 @@ def permissions(role: str, node: str | None = None) -> Permissions:
         if not node:
             raise NatsAuthError("a worker's NATS user needs its node's name")
         publish = [*common, *_read(CATALOG_BUCKET), *_write(STATUS_BUCKET, [node])]
-        publish += _write(PERMITS_BUCKET, update=True)
+        # The permits are shared by every node by design (a cluster-wide cap): a node's user
+        # can take, renew and give back (purge) any of them.
+        publish += _write(PERMITS_BUCKET, update=True, purge=True)
         publish += [pull_events_subject(node), rewarm_events_subject(node)]
         return Permissions(tuple(publish), ("_INBOX.>",))
     if role == "beat":

@@ -10,6 +10,7 @@ its writes are refused, no forged event reaches a subscriber.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from tasks.names import BEAT_BUCKET, CATALOG_BUCKET, CATALOG_EVENTS, pull_events
 from tasks.natscreds import MintedCredentials, credentials_for
 from tasks.settings import NatsSettings
 from tasks.status import StatusStore
+from worker.permits import RegistryLimits, RegistryPermits
 
 IMAGE = "docker.io/library/app:1"
 # Real nats-server, and refusals that wait out a JetStream timeout: the slow tier.
@@ -113,6 +115,22 @@ def test_the_other_parts_keep_their_rights(connect: Connect) -> None:
         StatusStore(client).record_rewarm(node_name(), [IMAGE], 1)
     with pytest.raises(BusUnavailable):
         CatalogStore(connect("beat")).put_entry(CatalogEntry(image="evil.example/x:1"))
+
+
+def test_a_node_gives_back_a_registry_permit_at_once(connect: Connect) -> None:
+    """The permits are the one bucket nodes share: a node's user takes and releases
+    (purges) its permit, so the next pull gets it at once, not after the lease."""
+    permits = RegistryPermits(
+        connect("worker", node_name()), RegistryLimits(1), "holder", max_wait=3
+    )
+    registry = f"registry-{uuid.uuid4().hex[:6]}.example"
+    first = permits.acquire(registry, threading.Semaphore(1))
+    assert first.key is not None
+    started = time.monotonic()
+    first.release()
+    second = permits.acquire(registry, threading.Semaphore(1))
+    assert second.key == first.key and time.monotonic() - started < 1.5
+    second.release()
 
 
 def test_the_watcher_mints_its_own_from_the_account_key(operator_nats: OperatorNats) -> None:
