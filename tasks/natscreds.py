@@ -75,7 +75,10 @@ class _UserCredentials:
 
     def renew(self) -> None:
         token = self._fetch()
-        claims = natsauth.decode_jwt(token)
+        try:
+            claims = natsauth.decode_jwt(token)
+        except natsauth.NatsAuthError as error:
+            raise CredentialsUnavailable(f"the NATS user JWT got is unusable: {error}") from None
         issued = float(claims.get("iat", time.time()))
         expires = float(claims.get("exp", issued + USER_JWT_TTL))
         with self._lock:

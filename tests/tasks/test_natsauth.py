@@ -9,11 +9,15 @@ its writes are refused, no forged event reaches a subscriber.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +204,24 @@ def test_a_worker_user_needs_its_node() -> None:
         natsauth.permissions("worker")
     with pytest.raises(natsauth.NatsAuthError, match="unknown NATS role"):
         natsauth.permissions("admin")
+
+
+def test_the_command_the_nats_pod_runs(tmp_path: Path) -> None:
+    """``python -m tasks.natsauth``: the server config into a file, the account's public key,
+    and one line naming the setting when the key is unusable."""
+    secret = secrets.token_urlsafe(32)
+    keys = natsauth.AccountKeys.from_secret(secret)
+
+    def run(*args: str, key: str = secret) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, natsauth.ACCOUNT_KEY_ENV: key}
+        command = [sys.executable, "-m", "tasks.natsauth", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    assert run("server-config", str(tmp_path / "auth.conf")).returncode == 0
+    assert (tmp_path / "auth.conf").read_text() == natsauth.server_config(keys)
+    assert run("account").stdout.strip() == keys.account_public
+    short = run("server-config", key="short")
+    assert short.returncode == 1
+    assert short.stderr.strip().splitlines() == [
+        f"warm-images: {natsauth.ACCOUNT_KEY_ENV} must hold at least 16 characters"
+    ]

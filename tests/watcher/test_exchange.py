@@ -9,6 +9,7 @@ operator mode. What a refused identity gets is an HTTP status and a reason, and 
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 import uuid
@@ -262,3 +263,18 @@ def test_only_parts_roles_can_be_handed_out() -> None:
     settings = load_settings({"WARM_NATS_ROLES": json.dumps(ROLES)})
     assert dict(settings.nats.roles) == ROLES
     assert NatsSettings().credentials_port == 8090
+
+
+def test_a_refused_part_is_told_what_to_fix(cluster: Cluster, workdir: Path) -> None:
+    """The bus's error names the setting and the exchange's reason, in one line."""
+    node = node_name()
+    refused = cluster.token_file(cluster.token(cluster.pod(f"pod-{node}", node), "default"))
+    missing = workdir / "no-such-token"
+    for token_file, expected in (
+        (refused, r"WARM_NATS_CREDENTIALS_URL=.* refused this pod's identity \(403\): .*no NATS"),
+        (missing, "WARM_NATS_IDENTITY_TOKEN_FILE=.*no-such-token"),
+    ):
+        with cluster.bus(token_file) as bus, pytest.raises(BusUnavailable) as error:
+            bus.kv_get("warm-status", node)
+        assert re.search(expected, str(error.value)), error.value
+        assert "\n" not in str(error.value)
