@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from beat.lease import Lease
 from localcluster import FakeKubeAPI
@@ -146,6 +147,7 @@ def test_a_worker_pod_gets_a_user_that_writes_only_its_own_nodes_status(
     with pytest.raises(BusUnavailable):
         CatalogStore(worker_a).put_entry(CatalogEntry(image="evil.example/x:1"))
 
+    assert _granted("worker") >= 1
     reviews = cluster.kube.requests("tokenreviews")
     assert [(r.verb, r.namespace) for r in reviews] == [("create", None)]
     flower = cluster.pod("flower-0", node_b, FLOWER_SA)
@@ -197,9 +199,15 @@ def test_identities_that_get_no_credentials(cluster: Cluster, case: str) -> None
             cluster.pod(f"other-{node}", node, "default")
         ),
     }[case]()
+    refusals = _granted("refused")
     status, answer = ask(cluster.url, token)
     assert status in (401, 403), answer
     assert "jwt" not in answer and answer["error"]
+    assert _granted("refused") == refusals + 1
+
+
+def _granted(role: str) -> float:
+    return REGISTRY.get_sample_value("warm_nats_credentials_total", {"role": role}) or 0.0
 
 
 def _deleted(cluster: Cluster, pod: str) -> str:
