@@ -122,6 +122,9 @@ class WatchSettings:
     startup_taint: str = ""
     startup_taint_deadline: float = 600.0
     startup_gate_images: str = "all"  # "all" of the slice, or only "annotated" workloads'
+    # Waves (watcher/waves.py): a new image, or a new digest, goes to this many canary nodes
+    # first and to the rest once a canary holds it; 0 sends it everywhere at once.
+    canary_nodes: int = 2
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ def _read(source: _Source) -> Settings:
             startup_taint=source.text("WARM_STARTUP_TAINT", "").strip(),
             startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
             startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
+            canary_nodes=source.number("WARM_CANARY_NODES", 2, int, minimum=0),
         ),
         rewarm=RewarmSettings(
             interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),

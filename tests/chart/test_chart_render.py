@@ -163,6 +163,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_STARTUP_TAINT": "",  # the gate is off unless startupGate.enabled
         "WARM_STARTUP_TAINT_DEADLINE": "600",
         "WARM_STARTUP_GATE_IMAGES": "all",
+        "WARM_CANARY_NODES": "2",
         "WARM_REWARM_INTERVAL": "1800",
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",
