@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import ssl
 import threading
 import time
@@ -68,7 +69,10 @@ NATS_ERRORS = Counter(
     ["kind"],
 )
 ERROR_LOG_INTERVAL = 30.0  # seconds between two log lines for one kind of error
-CREDENTIALS_RETRY = 10.0  # seconds between two tries to renew a NATS user JWT
+# Seconds before trying again to renew a NATS user JWT: doubling from the first, up to the
+# last (with jitter), so a hiccup of the exchange costs a second, and a fleet waiting for it to
+# come back does not ask in step.
+CREDENTIALS_RETRY = (1.0, 10.0)
 
 STREAM_NOT_FOUND = 10059  # JetStream API error codes
 WRONG_LAST_SEQUENCE = 10071
@@ -316,6 +320,7 @@ class _Session:
         self._credentials = credentials
         self._renewing: asyncio.Task[None] | None = None
         self._renewal_reconnect_until = 0.0  # loop time until which a reconnect is a renewal's
+        self._credentials_error = ""  # why the last renewal failed, until one succeeds
         self._errors = errors
         self._ttls = ttls
         self._client: Client | None = None
@@ -382,14 +387,18 @@ class _Session:
         return {"user_jwt_cb": credentials.jwt, "signature_cb": credentials.sign}
 
     async def _renew(self, credentials: Credentials) -> None:
+        pause, longest = CREDENTIALS_RETRY
         while True:
             await asyncio.sleep(credentials.renew_in())
             try:
                 await asyncio.to_thread(credentials.renew)
             except CredentialsUnavailable as error:
                 self._errors.report("credentials", error)
-                await asyncio.sleep(CREDENTIALS_RETRY)
+                self._credentials_error = str(error)
+                await asyncio.sleep(random.uniform(pause / 2, pause))
+                pause = min(pause * 2, longest)
                 continue
+            pause, self._credentials_error = CREDENTIALS_RETRY[0], ""
             if self._client is not None and self._client.is_connected:
                 loop = asyncio.get_running_loop()
                 self._renewal_reconnect_until = loop.time() + self._settings.connect_timeout
@@ -409,7 +418,8 @@ class _Session:
             # A KV request cannot succeed before the connection is back; waiting out its
             # timeout would only hold up the caller (a pull looking up its pull secrets).
             # Publishes are different: nats-py buffers them across a reconnect.
-            raise BusUnavailable(f"NATS at {self.url} is unreachable, reconnecting")
+            why = f" ({self._credentials_error})" if self._credentials_error else ""
+            raise BusUnavailable(f"NATS at {self.url} is unreachable, reconnecting{why}")
         if name in self._buckets:
             return self._buckets[name]
         jetstream = client.jetstream(timeout=self._settings.connect_timeout)

@@ -208,6 +208,11 @@ def _handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
                 log.warning("NATS credentials refused (%d): %s", refused.status, refused)
                 self._answer(refused.status, {"error": str(refused)})
                 return
+            except Exception as error:  # a bug, or an API answer the client could not read
+                GRANTED.labels("refused").inc()
+                log.exception("NATS credentials exchange failed")
+                self._answer(500, {"error": f"the exchange failed: {error!r}"})
+                return
             GRANTED.labels(who.split(":")[0]).inc()
             log.debug("NATS credentials for %s", who)
             self._answer(200, {"jwt": jwt})

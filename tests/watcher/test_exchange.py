@@ -245,24 +245,74 @@ def test_the_worker_renews_through_the_exchange_and_rereads_its_token(
     """With short-lived JWTs the bus asks again before expiry, with the token the kubelet
     rotated into the file meanwhile, and keeps writing across the reconnects."""
     kube = FakeKubeAPI().start()
-    exchange = Exchange(kube.api_client(), operator_nats.keys, NAMESPACE, ROLES, ttl=3)
+    exchange = Exchange(kube.api_client(), operator_nats.keys, NAMESPACE, ROLES, ttl=6)
     server = ExchangeServer(exchange, 0, host="127.0.0.1").start()
     url = f"http://127.0.0.1:{server.port}{PATH}"
     cluster = Cluster(kube, client.CoreV1Api(kube.api_client()), url, operator_nats, workdir)
     try:
         node = node_name()
         pod = cluster.pod(f"worker-{node}", node)
-        token_file = cluster.token_file(cluster.token(pod, expires_in=4))
+        token_file = cluster.token_file(cluster.token(pod, expires_in=5))
         bus = buses(cluster.bus(token_file))
         store = StatusStore(bus)
         store.record_rewarm(node, [IMAGE], 1)
         token_file.write_text(cluster.token(pod))  # the kubelet's rotation
-        wait_for(lambda: len(kube.requests("tokenreviews")) >= 3, 15, "two renewals")
+        wait_for(lambda: len(kube.requests("tokenreviews")) >= 3, 20, "two renewals")
         store.record_rewarm(node, [IMAGE], 2, present=[IMAGE])
         assert StatusStore(bus).get(node).warm_count == 1
     finally:
         server.stop()
         kube.stop()
+
+
+def test_a_watcher_down_costs_nothing_until_the_jwt_expires_and_then_until_it_is_back(
+    operator_nats: OperatorNats, workdir: Path, buses: Callable[[NatsBus], NatsBus]
+) -> None:
+    """A renewal that fails is logged and retried while the JWT still works; past its expiry
+    the node is out (one line naming the exchange), and back with the watcher's return."""
+    kube = FakeKubeAPI().start()
+    exchange = Exchange(kube.api_client(), operator_nats.keys, NAMESPACE, ROLES, ttl=4)
+    server = ExchangeServer(exchange, 0, host="127.0.0.1").start()
+    port = server.port
+    url = f"http://127.0.0.1:{port}{PATH}"
+    cluster = Cluster(kube, client.CoreV1Api(kube.api_client()), url, operator_nats, workdir)
+    try:
+        node = node_name()
+        bus = buses(cluster.bus(cluster.token_file(cluster.token(cluster.pod(f"w-{node}", node)))))
+        store = StatusStore(bus)
+        store.record_rewarm(node, [IMAGE], 1)
+        failed_renewals = _nats_errors("credentials")
+        server.stop()  # the watcher goes away
+        wait_for(lambda: _nats_errors("credentials") > failed_renewals, 5, "a failed renewal")
+        store.record_rewarm(node, [IMAGE], 2)  # the JWT still works
+        wait_for(
+            lambda: "did not answer" in _refused(store, node, 3),
+            10,
+            "the JWT's expiry, and an error naming the exchange",
+        )
+        server = ExchangeServer(exchange, port, host="127.0.0.1").start()  # it is back
+        wait_for(lambda: _written(store, node, 4), 15, "a write once the watcher is back")
+        assert StatusStore(bus).get(node).last_rewarm_revision == 4
+    finally:
+        server.stop()
+        kube.stop()
+
+
+def _nats_errors(kind: str) -> float:
+    return REGISTRY.get_sample_value("warm_nats_errors_total", {"kind": kind}) or 0.0
+
+
+def _refused(store: StatusStore, node: str, revision: int) -> str:
+    """Why a write failed ("" when it went through)."""
+    try:
+        store.record_rewarm(node, [IMAGE], revision)
+    except BusUnavailable as error:
+        return str(error)
+    return ""
+
+
+def _written(store: StatusStore, node: str, revision: int) -> bool:
+    return not _refused(store, node, revision)
 
 
 def test_only_parts_roles_can_be_handed_out() -> None:
