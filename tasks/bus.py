@@ -18,6 +18,11 @@ cause; the next operation tries to connect again, so a component that treats rep
 effort keeps working through an outage and recovers by itself. A bucket whose stream vanished
 (NATS restarted without its storage) is created again on the next access.
 
+With NATS in operator mode (tasks/natsauth.py), each session connects with a user JWT of its
+own (tasks/natscreds.py: signed with the watcher's account key, or got from the watcher's
+credentials exchange) and renews it before it expires, reconnecting with the new one; a call
+made in the instant of that reconnect waits for it.
+
 Errors that nats-py only reports asynchronously (permission violations, slow consumers, lost
 connections, exceptions in subscription callbacks) are logged, one line per kind per interval,
 and counted in ``warm_nats_errors_total{kind}``: none of them is raised to a caller.
