@@ -710,9 +710,11 @@ class FakeKubeAPI(Service):
         audiences: tuple[str, ...] = (tokenreview.API_AUDIENCE,),
         pod: str | None = None,
         expires_in: float = 3600,
+        node_info: bool = True,
     ) -> str:
         """A ServiceAccount token, bound to ``pod`` when given (the pod must exist): the token
-        the kubelet projects into that pod. TokenReview authenticates it while it is valid."""
+        the kubelet projects into that pod. TokenReview authenticates it while it is valid;
+        ``node_info=False`` leaves the node out of it, as apiservers before 1.30 do."""
 
         def issue(emulator: RVEmulator) -> str:
             return emulator.tokens.issue(
@@ -722,6 +724,7 @@ class FakeKubeAPI(Service):
                 audiences=audiences,
                 pod=pod,
                 expires_in=expires_in,
+                node_info=node_info,
             )
 
         return self.call(issue)

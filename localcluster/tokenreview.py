@@ -54,9 +54,11 @@ class TokenAuthority:
         audiences: tuple[str, ...] = (API_AUDIENCE,),
         pod: str | None = None,
         expires_in: float = 3600,
+        node_info: bool = True,
     ) -> str:
         """A token of ``service_account``, bound to ``pod`` (which must exist) when given:
-        what the kubelet mounts into that pod."""
+        what the kubelet mounts into that pod. ``node_info=False``: as before Kubernetes 1.30,
+        the token names the pod but not its node."""
         bound: dict[str, Any] = {}
         if pod is not None:
             found = lookup("pods", namespace, pod)
@@ -64,12 +66,10 @@ class TokenAuthority:
                 raise LookupError(f'pods "{pod}" not found in {namespace}')
             node = (found.get("spec") or {}).get("nodeName")
             node_object = lookup("nodes", None, node) if node else None
-            bound = {
-                "pod_name": pod,
-                "pod_uid": found["metadata"]["uid"],
-                "node_name": node,
-                "node_uid": (node_object or {}).get("metadata", {}).get("uid"),
-            }
+            bound = {"pod_name": pod, "pod_uid": found["metadata"]["uid"]}
+            if node_info:
+                bound["node_name"] = node
+                bound["node_uid"] = (node_object or {}).get("metadata", {}).get("uid")
         token = secrets.token_urlsafe(32)
         self._tokens[token] = BoundToken(
             namespace,

@@ -9,8 +9,11 @@ it is, and answers with a user JWT for that public key (tasks/natsauth.py):
 
 * the ServiceAccount must be one that ``WARM_NATS_ROLES`` maps to a role, in the release
   namespace, and the token bound to a pod (not a long-lived Secret token);
-* for a worker, the pod must still exist with that uid, run on the node the token names and as
-  that ServiceAccount: its JWT lets it write that node's status key and events only;
+* for a worker, the pod must still exist with that uid, run on the node the token names (the
+  pod's own before Kubernetes 1.30, whose tokens name none) and as that ServiceAccount: its JWT
+  lets it write that node's status key and events only. Any pod running as the worker's
+  ServiceAccount in the release namespace counts as the release's worker: creating one takes
+  rights there that reach the release's Secrets anyway;
 * the watcher's own role is never handed out (only it writes the catalog).
 
 The seed stays with the part, so the JWT travels in the clear; the token is short-lived and
@@ -126,9 +129,9 @@ class Exchange:
         return Identity(parts[2], parts[3], first("pod-name"), first("pod-uid"), first("node-name"))
 
     def _check_worker_pod(self, identity: Identity) -> str:
-        """The node of a worker's pod, when the pod is what the token says it is."""
-        if not identity.node_name:
-            raise Refused(403, f"{identity.label}: the token names no node")
+        """The node of a worker's pod, when the pod is what the token says it is. Before
+        Kubernetes 1.30 a token names no node: the pod it is bound to (by uid) does, and a
+        pod's node never changes once it is scheduled."""
         try:
             pod = self._pods.read_namespaced_pod(identity.pod_name, identity.namespace)
         except ApiException as error:
@@ -140,15 +143,18 @@ class Exchange:
             pod.metadata or client.V1ObjectMeta(),
             pod.spec or client.V1PodSpec(containers=[]),
         )
+        node = identity.node_name or spec.node_name
+        if not node:
+            raise Refused(403, f"{identity.label}: the pod runs on no node yet")
         checks = (
             (metadata.uid, identity.pod_uid, "uid"),
-            (spec.node_name, identity.node_name, "node"),
+            (spec.node_name, node, "node"),
             (spec.service_account_name, identity.service_account, "ServiceAccount"),
         )
         for actual, claimed, what in checks:
             if actual != claimed:
                 raise Refused(403, f"{identity.label}: the pod's {what} is {actual}, not {claimed}")
-        return identity.node_name
+        return node
 
 
 def _reason(error: Exception) -> str:

@@ -227,6 +227,22 @@ def _elsewhere(cluster: Cluster, node: str) -> str:
     return cluster.token(f"w-{node}", namespace="default")
 
 
+def test_a_token_without_its_node_gets_the_node_of_its_pod(cluster: Cluster) -> None:
+    """Before Kubernetes 1.30 a token names its pod only: the pod (same uid) names the node;
+    a pod not scheduled yet gets nothing."""
+    node = node_name()
+    token = cluster.token(cluster.pod(f"old-{node}", node), node_info=False)
+    status, answer = ask(cluster.url, token)
+    assert status == 200, answer
+    assert natsauth.decode_jwt(answer["jwt"])["name"] == f"worker:{node}"
+    pending = {"serviceAccountName": WORKER_SA, "containers": []}
+    cluster.core.create_namespaced_pod(
+        NAMESPACE, {"metadata": {"name": "pending"}, "spec": pending}
+    )
+    status, answer = ask(cluster.url, cluster.token("pending", node_info=False))
+    assert status == 403 and "no node" in answer["error"]
+
+
 def test_malformed_requests_are_told_what_is_expected(cluster: Cluster) -> None:
     node = node_name()
     token = cluster.token(cluster.pod(f"pod-{node}", node))
