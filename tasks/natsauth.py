@@ -13,7 +13,7 @@ This module is the single source of what each part may publish and subscribe to
 * the server's side (:func:`server_config`): operator, system account and application account,
   derived from one secret (``WARM_NATS_ACCOUNT_KEY``), for ``resolver: MEMORY``;
 * user JWTs (:func:`user_jwt`): the watcher mints them for itself and, after checking a part's
-  Kubernetes identity, for the others (watcher/credentials.py); a node's user may write only
+  Kubernetes identity, for the others (watcher/exchange.py); a node's user may write only
   its own status key and its own event subjects.
 
 A user JWT names a public key whose seed only its holder knows: the JWT alone grants nothing,
@@ -45,12 +45,12 @@ from .names import (
     BEAT_BUCKET,
     CATALOG_BUCKET,
     CATALOG_EVENTS,
+    PERMITS_BUCKET,
     STATUS_BUCKET,
     pull_events_subject,
     rewarm_events_subject,
 )
 
-PERMITS_BUCKET = "warm-permits"  # worker/permits.py: registry pull permits
 ROLES = ("watcher", "worker", "beat", "client")
 ACCOUNT_KEY_ENV = "WARM_NATS_ACCOUNT_KEY"
 # The audience of the ServiceAccount tokens parts exchange for JWTs: good for nothing else.
