@@ -10,14 +10,25 @@ pull events subject (:func:`report`), or a status record written through
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from celery import Celery
 from kubernetes import client
-from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
+from watcher_testing import (
+    WatchedCluster,
+    create,
+    node,
+    uid,
+    wait_for,
+    watcher_settings,
+    workload,
+)
 
 from localcluster.images import push_image
 from localcluster.registry import Registry
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import wave_key
 from tasks.errors import GAVE_UP
@@ -25,6 +36,7 @@ from tasks.models import Outcome, PullResult, Wave, WaveState
 from tasks.names import CATALOG_BUCKET, PULL_IMAGE, REWARM_NODE, pull_events_subject
 from tasks.status import StatusStore
 from watcher.dispatch import Sync
+from watcher.service import Watcher
 from watcher.waves import STOPPED_REASON
 
 Start = Callable[..., WatchedCluster]
@@ -254,3 +266,40 @@ def test_canaries_are_nodes_whose_worker_answers_its_slice_before_any_other(
 
     wave = started_wave(cluster, image)
     assert sorted(wave.canaries) == sorted(by_hash[-2:])
+
+
+def test_a_leader_that_takes_over_carries_the_wave_on(
+    start_watcher: Start, bus: NatsBus, nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    tag = uid()
+    names = [f"n-{tag}-{i}" for i in range(3)]
+    cluster = start_watcher(nodes=[node(n) for n in names])
+    publishing(cluster, names)
+    image = ref(f"app-{tag}")
+    create(cluster.api, workload("Deployment", f"app-{tag}", image))
+    wave = started_wave(cluster, image)
+    (other,) = set(names) - set(wave.canaries)
+    cluster.stop.set()  # the leader goes; its wave stays in NATS
+    cluster.thread.join(timeout=15)
+
+    settings = watcher_settings(nats_server, redis_server)
+    app = Celery("watcher-tests-successor")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = settings.broker.url
+    stop = threading.Event()
+    with NatsBus(settings.nats) as own_bus:
+        successor = Watcher(settings, cluster.kube.api_client(), app, own_bus, identity=uid())
+        thread = threading.Thread(target=successor.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: successor.dispatcher.revision > 0, what="the successor's first sync")
+            assert wave_of(cluster, image) == wave  # the image in use is no news to it: same wave
+            assert held_from(cluster, other) == (image,)
+
+            report(bus, wave.canaries[0], image, Outcome.PULLED)
+
+            wait_for(lambda: wave_of(cluster, image) is None, what="the successor's release")
+            wait_for(lambda: image in (cluster.slice_images(other) or ()), what="the last node")
+        finally:
+            stop.set()
+            thread.join(timeout=15)
