@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 from kubernetes import client
+from prometheus_client import REGISTRY
 from watcher_testing import (
     WatchedCluster,
     create,
@@ -72,6 +73,12 @@ def rewarms_of(cluster: WatchedCluster, name: str) -> list[dict[str, Any]]:
     return [kw for task, kw in cluster.tasks(name) if task == REWARM_NODE]
 
 
+def transitions(outcome: str) -> float:
+    """The watcher's own counter (in this process's registry, as on its /metrics)."""
+    value = REGISTRY.get_sample_value("warm_watcher_wave_transitions_total", {"outcome": outcome})
+    return value or 0.0
+
+
 def started_wave(cluster: WatchedCluster, image: str) -> Wave:
     found: Wave = wait_for(lambda: wave_of(cluster, image), what=f"the wave of {image}")
     return found
@@ -91,6 +98,7 @@ def test_a_new_image_reaches_canaries_spread_over_pools_first_then_every_node(
     )
     wait_for(lambda: pinned in cluster.entries(), what="the image in use at the start")
     image = ref(f"new-{tag}")
+    released = transitions("released")
     create(cluster.api, workload("Deployment", f"new-{tag}", image))
 
     wave = started_wave(cluster, image)
@@ -115,6 +123,7 @@ def test_a_new_image_reaches_canaries_spread_over_pools_first_then_every_node(
     wait_for(lambda: all(image in (cluster.slice_images(n) or ()) for n in pools), what="fleet")
     wait_for(lambda: all(pulls(cluster, name, image) for name in others), what="the fleet's pulls")
     assert all(held_from(cluster, name) == () for name in pools)
+    assert transitions("released") == released + 1
 
 
 def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_digest_restarts_it(
@@ -132,6 +141,7 @@ def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_dige
     )
     first, second = wave.canaries
     others = sorted(set(names) - set(wave.canaries))
+    stops = transitions("stopped")
 
     # A canary that gave up after transient errors is a registry that was down: no verdict.
     report(bus, second, broken.ref, Outcome.FAILED, reason=f"{GAVE_UP} 6 attempts: 503")
@@ -142,6 +152,8 @@ def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_dige
         what="the wave stopped",
     )
     assert (stopped.node, stopped.reason) == (first, "blob unknown: not found")
+    assert transitions("stopped") == stops + 1
+    assert REGISTRY.get_sample_value("warm_watcher_waves", {"state": "stopped"}) == 1
     assert all(held_from(cluster, name) == (broken.ref,) for name in others)
     assert not any(pulls(cluster, name, broken.ref) for name in others)
     uid_of = cluster.apps.read_namespaced_deployment(f"app-{tag}", "default").metadata.uid
