@@ -445,6 +445,8 @@ def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
         "warm_pull_duration_seconds_bucket",
         "warm_queue_depth",
         "warm_watcher_node_untaint_seconds_bucket",
+        "warm_watcher_waves",
+        "warm_watcher_wave_transitions_total",
     ):
         assert any(metric in expr for expr in exprs), metric
     assert not rendered["default"].find("ConfigMap", "dashboard")
