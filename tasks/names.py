@@ -26,6 +26,7 @@ REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-
 CATALOG_BUCKET = "warm-catalog"
 STATUS_BUCKET = "warm-status"  # <node> -> NodeStatus
 BEAT_BUCKET = "warm-beat"  # leader -> the beat that may dispatch (expires unless renewed)
+PERMITS_BUCKET = "warm-permits"  # permits.<registry>.<n> -> its holder (worker/permits.py)
 
 
 def pull_events_subject(node: str) -> str:
