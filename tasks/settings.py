@@ -111,6 +111,9 @@ class WatchSettings:
     startup_taint: str = ""
     startup_taint_deadline: float = 600.0
     startup_gate_images: str = "all"  # "all" of the slice, or only "annotated" workloads'
+    # The leader counts the kubelet's Pulled Events (hits, misses, seconds waited): the proof
+    # of what warming saved. Needs list and watch on Events (watcher/kubelet_events.py).
+    kubelet_events: bool = True
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,7 @@ def _read(source: _Source) -> Settings:
             startup_taint=source.text("WARM_STARTUP_TAINT", "").strip(),
             startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
             startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
+            kubelet_events=source.flag("WARM_KUBELET_EVENTS", True),
         ),
         rewarm=RewarmSettings(
             interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),

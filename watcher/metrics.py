@@ -49,3 +49,35 @@ UNTAINT_SECONDS = Histogram(
     ["reason"],
     buckets=(5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1800, 3600),
 )
+# The kubelet's own Pulled Events (watcher/kubelet_tally.py): images of the catalog by image and
+# node class, bounded (past the bound, image="(other)"); images not in the catalog apart.
+KUBELET_EVENTS = Counter(
+    "warm_watcher_kubelet_events",
+    "Pulled Events read (outcome: counted, repeat: an occurrence counted already, ignored: "
+    "not an image decision the tally can read)",
+    ["outcome"],
+)
+KUBELET_PULLS = Counter(
+    "warm_watcher_kubelet_pulls",
+    "Image decisions the kubelet reported for images of the catalog (result: hit, miss)",
+    ["image", "node_class", "result"],
+)
+KUBELET_WAIT_SECONDS = Counter(
+    "warm_watcher_kubelet_wait_seconds",
+    "Seconds pods waited on cold pulls of images of the catalog, as the kubelet said",
+    ["image", "node_class"],
+)
+KUBELET_SAVED_SECONDS = Counter(
+    "warm_watcher_kubelet_saved_seconds",
+    "Estimated seconds warm images spared pods: each hit counts the image's measured pull time",
+    ["image", "node_class"],
+)
+KUBELET_UNCATALOGED_PULLS = Counter(
+    "warm_watcher_kubelet_uncataloged_pulls",
+    "Image decisions the kubelet reported for images not in the catalog (result: hit, miss)",
+    ["result"],
+)
+KUBELET_UNCATALOGED_WAIT_SECONDS = Counter(
+    "warm_watcher_kubelet_uncataloged_wait_seconds",
+    "Seconds pods waited on cold pulls of images not in the catalog",
+)

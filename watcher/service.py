@@ -4,6 +4,7 @@ Reflector threads only parse and summarize; this loop alone owns the catalog, so
 locks. It waits for every reflector's first list before the first flush, so a restart does not
 publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
 mirrors pull secrets, see :mod:`watcher.mirror`; removes startup taints, see :mod:`watcher.gate`;
+counts the kubelet's Pulled Events, see :mod:`watcher.kubelet_events`;
 resolves tags to digests once per re-warm interval on a thread of its own, see
 :mod:`watcher.digests`), and a replica that becomes leader starts with a full sync. A periodic
 resync lists everything again (catching anything a watch could have missed) and rewrites the
@@ -34,6 +35,7 @@ from .catalog_guard import CatalogGuard
 from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
 from .gate import StartupGate
+from .kubelet_events import KubeletEvents
 from .leader import LeaderElector
 from .mirror import SecretMirror
 from .queue_depth import QueueDepthSampler
@@ -88,6 +90,9 @@ class Watcher:
                 leading=lambda: self.leading,
                 identity=self.identity,
             )
+        self.kubelet = None  # WARM_KUBELET_EVENTS=false: no Events watch
+        if settings.watch.kubelet_events:
+            self.kubelet = KubeletEvents(api, bus, self.state, leading=lambda: self.leading)
         self.elector = None
         if settings.leader.enabled:
             self.elector = LeaderElector(api, settings.leader, self.identity)
@@ -110,6 +115,10 @@ class Watcher:
             target=self.queue_depths.run, args=(stop,), name="queue-depth", daemon=True
         ).start()
         threading.Thread(target=self.digests.run, args=(stop,), name="digests", daemon=True).start()
+        if self.kubelet is not None:
+            threading.Thread(
+                target=self.kubelet.run, args=(stop,), name="kubelet-events", daemon=True
+            ).start()
         try:
             self._wait_for_first_lists(stop)
             self._loop(stop)
