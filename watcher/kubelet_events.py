@@ -82,8 +82,10 @@ class KubeletEvents:
     def run(self, stop: threading.Event) -> None:
         """Watch while leading, publish what changed; until ``stop``."""
         try:
-            while not stop.wait(TICK):
+            while True:  # a turn at once: follow the pull reports from the start
                 self._turn()
+                if stop.wait(TICK):
+                    break
         finally:
             self._step_down()
 

@@ -293,13 +293,13 @@ The subjects a role may publish and subscribe to on the bundled NATS, as YAML {p
 A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
 and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
 back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
-publish catalog events; a worker writes only status keys, node event subjects and the registry
+publish catalog events; the watcher alone writes the kubelet counts; a worker writes only status keys, node event subjects and the registry
 pull permits (worker/permits.py). The watcher
 may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) does.
 */}}
 {{- define "warm-images.nats.permissions" -}}
 {{- $read := dict }}
-{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" "warm-permits" }}
+{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" "warm-permits" "warm-kubelet" }}
 {{- $stream := printf "KV_%s" $bucket }}
 {{- $_ := set $read $bucket (list
   (printf "$JS.API.STREAM.INFO.%s" $stream)
@@ -316,11 +316,12 @@ may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) 
 {{- $common := list "$JS.API.INFO" }}
 {{- $catalog := concat (get $read "warm-catalog") (list "$JS.API.STREAM.CREATE.KV_warm-catalog" "$KV.warm-catalog.>") }}
 {{- $status := concat (get $read "warm-status") (list "$JS.API.STREAM.CREATE.KV_warm-status" "$KV.warm-status.>") }}
+{{- $kubelet := concat (get $read "warm-kubelet") (list "$JS.API.STREAM.CREATE.KV_warm-kubelet" "$KV.warm-kubelet.>") }}
 {{- $permits := concat (get $read "warm-permits") (list "$JS.API.STREAM.CREATE.KV_warm-permits" "$JS.API.STREAM.UPDATE.KV_warm-permits" "$KV.warm-permits.>") }}
 {{- $lease := concat (get $read "warm-beat") (list "$JS.API.STREAM.CREATE.KV_warm-beat" "$JS.API.STREAM.UPDATE.KV_warm-beat" "$KV.warm-beat.>") }}
 {{- $roles := dict
   "watcher" (dict
-    "publish" (concat $common $catalog (get $read "warm-status") (list "warm.events.catalog" "warm.events.catalog.>"))
+    "publish" (concat $common $catalog (get $read "warm-status") $kubelet (list "warm.events.catalog" "warm.events.catalog.>"))
     "subscribe" (list "_INBOX.>" "warm.events.>"))
   "worker" (dict
     "publish" (concat $common (get $read "warm-catalog") $status $permits (list "warm.events.pull.>" "warm.events.rewarm.>"))
@@ -329,7 +330,7 @@ may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) 
     "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") $lease)
     "subscribe" (list "_INBOX.>"))
   "client" (dict
-    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") (get $read "warm-beat"))
+    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") (get $read "warm-beat") (get $read "warm-kubelet"))
     "subscribe" (list "_INBOX.>" "warm.events.>")) }}
 {{- toYaml $roles }}
 {{- end }}
