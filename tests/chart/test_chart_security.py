@@ -33,6 +33,12 @@ WORKLOAD_RULES = [
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
+# The kubelet's Pulled Events (kubeletEvents.enabled, the default), through either API version.
+KUBELET_EVENTS_RULE = {
+    "apiGroups": ["", "events.k8s.io"],
+    "resources": ["events"],
+    "verbs": ["list", "watch"],
+}
 # The startup gate's only writes: a Node's taint (patch) and an Event in "default".
 STARTUP_GATE_RULES = {
     "ClusterRole": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
@@ -84,7 +90,11 @@ def rules_of(result: Rendered, kind: str, name: str, namespace: str | None = Non
 def test_default_rbac_is_the_watcher_cluster_role_only(rendered: dict[str, Rendered]) -> None:
     default = rendered["default"]
     assert [r["metadata"]["name"] for r in default.of_kind("ClusterRole")] == [f"{PREFIX}-watcher"]
-    assert rules_of(default, "ClusterRole", "watcher") == CLUSTER_RULES + WORKLOAD_RULES
+    assert rules_of(default, "ClusterRole", "watcher") == [
+        *CLUSTER_RULES,
+        KUBELET_EVENTS_RULE,
+        *WORKLOAD_RULES,
+    ]
     # A single watcher elects no leader, and the worker reads no Secret by default.
     assert not default.of_kind("Role")
     assert not default.of_kind("RoleBinding")
@@ -117,7 +127,7 @@ def test_startup_gate_rules_only_when_enabled(rendered: dict[str, Rendered]) -> 
 
 def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     full = rendered["full"]
-    assert rules_of(full, "ClusterRole", "watcher") == CLUSTER_RULES
+    assert rules_of(full, "ClusterRole", "watcher") == [*CLUSTER_RULES, KUBELET_EVENTS_RULE]
     for namespace in ("team-a", "team-b"):
         assert rules_of(full, "Role", "watcher", namespace) == [
             *WORKLOAD_RULES,
