@@ -196,8 +196,9 @@ class RVEmulator(kmock.KubernetesEmulator):
     # are dropped, and watches from before them get 410: memory stays bounded in long runs.
     history_limit: int = 20_000
     # What the double did to its clients, counted as it happened: "410 Gone" (a watch ended
-    # with an Expired ERROR event) and "watch dropped" (a live stream ended by kick()). Drills
-    # report these, not how often they asked for them.
+    # with an Expired ERROR event), "watch dropped" (a live stream ended by kick()) and
+    # "<plural> streamed" (watch events sent, bookmarks aside). Drills and benchmarks report
+    # these, not how often they asked for them.
     served: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
     def __attrs_post_init__(self) -> None:
@@ -413,10 +414,14 @@ class RVEmulator(kmock.KubernetesEmulator):
         pump = asyncio.create_task(_pump(bus, marker, queue))
         self.live.add(queue)
         try:
+            streamed = f"{request.resource.plural} streamed"
             for event in backlog:
                 if self._visible(request, event["object"]):
+                    self.served[streamed] += 1
                     yield _viewed_event(event)
             async for event in self._follow(request, queue):
+                if event["type"] != "BOOKMARK":
+                    self.served[streamed] += 1
                 yield _viewed_event(event)
         finally:
             pump.cancel()

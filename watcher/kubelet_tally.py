@@ -5,10 +5,10 @@ The leader's Events watch hands every Event to :meth:`KubeletTally.observe`, whi
 * counts per image of the catalog and per node class, per node, and apart per image not in
   the catalog, each a few numbers, each keyed set bounded (past the bound, ``(other)``);
 * for de-duplication, per Event seen in the last :data:`DEDUPE_WINDOW` to two, the number of
-  occurrences counted (a 64-bit hash of its uid and a small int): a re-listed Event, or one
-  updated for another reason, counts nothing again; a repeat (its count or series count
-  raised by the kubelet's correlator) counts only the new occurrences. Two generations rotated
-  every window bound it by time, and a cap by size, whatever the rate.
+  occurrences counted (a hash of its uid and the count, in one 64-bit word): a re-listed
+  Event, or one updated for another reason, counts nothing again; a repeat (its count or
+  series count raised by the kubelet's correlator) counts only the new occurrences. Two
+  generations rotated every window bound it by time, and a cap by size, whatever the rate.
 
 An Event whose uid is no longer remembered is judged by time: one last seen before the
 ``floor`` (the window, or the watermark a previous leader counted up to) counts as counted.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +41,11 @@ MAX_IMAGES = 2_000  # images of the catalog counted one by one
 MAX_CLASSES = 200
 MAX_UNCATALOGED = 100  # images not in the catalog counted one by one
 MAX_NODES = 20_000  # past it, a new node is counted only in its image and class
-MAX_SERIES = 5_000  # (image, node class) label pairs of the Prometheus metrics
 EWMA = 0.3  # weight of a new pull time in an image's estimate
+COUNT_BITS = 16
+COUNT_MASK = (1 << COUNT_BITS) - 1  # occurrences remembered up to 65,535
+TAG_BIT = 1 << 46
+TAG_MASK = TAG_BIT - 1
 
 
 class KubeletTally:
@@ -64,7 +68,6 @@ class KubeletTally:
         self.nodes: dict[str, KubeletCounts] = {}
         self._seen = _Seen(clock, floor=self.summary.watermark)
         self._kubelet_pull: dict[str, float] = {}  # image -> the pull time the kubelet said
-        self._series: set[tuple[str, str]] = set()
         self._events = {o: metrics.KUBELET_EVENTS.labels(o) for o in ("counted", "repeat")}
         self._ignored = metrics.KUBELET_EVENTS.labels("ignored")
 
@@ -104,7 +107,7 @@ class KubeletTally:
         counts = KubeletCounts(hits=new if pull.hit else 0, misses=0 if pull.hit else new)
         counts.seconds_waited = 0.0 if pull.hit else pull.waited * new
         if not self._in_catalog(image):
-            _bounded(self.summary.not_in_catalog, image, MAX_UNCATALOGED).add(counts)
+            _bounded(self.summary.not_in_catalog, image, MAX_UNCATALOGED)[1].add(counts)
             metrics.KUBELET_UNCATALOGED_PULLS.labels("hit" if pull.hit else "miss").inc(new)
             metrics.KUBELET_UNCATALOGED_WAIT_SECONDS.inc(counts.seconds_waited)
             self._advance(event)
@@ -113,12 +116,15 @@ class KubeletTally:
             counts.seconds_saved = new * self._pull_time(image)
         elif pull.pulled:
             self._kubelet_pull[image] = pull.pulled
-        node_class = self._node_class(event.node)
-        _bounded(self.summary.images, image, MAX_IMAGES).add(counts)
-        _bounded(self.summary.classes, node_class, MAX_CLASSES).add(counts)
+        image_key, image_counts = _bounded(self.summary.images, image, MAX_IMAGES)
+        class_key, class_counts = _bounded(
+            self.summary.classes, self._node_class(event.node), MAX_CLASSES
+        )
+        image_counts.add(counts)
+        class_counts.add(counts)
         if event.node in self.nodes or (len(self.nodes) < MAX_NODES and _is_node(event.node)):
             self.nodes.setdefault(event.node, KubeletCounts()).add(counts)
-        self._export(image, node_class, counts)
+        _export(image_key, class_key, counts)
         self._advance(event)
 
     def _pull_time(self, image: str) -> float:
@@ -129,16 +135,6 @@ class KubeletTally:
         if event.last is not None and event.last > self.summary.watermark:
             self.summary.watermark = event.last
 
-    def _export(self, image: str, node_class: str, counts: KubeletCounts) -> None:
-        labels = (image, node_class)
-        if labels not in self._series and len(self._series) >= MAX_SERIES:
-            labels = (OTHER, node_class)
-        self._series.add(labels)
-        metrics.KUBELET_PULLS.labels(*labels, "hit").inc(counts.hits)
-        metrics.KUBELET_PULLS.labels(*labels, "miss").inc(counts.misses)
-        metrics.KUBELET_WAIT_SECONDS.labels(*labels).inc(counts.seconds_waited)
-        metrics.KUBELET_SAVED_SECONDS.labels(*labels).inc(counts.seconds_saved)
-
 
 class _Seen:
     """Occurrences counted per Event uid, in two generations of one window each."""
@@ -146,22 +142,27 @@ class _Seen:
     def __init__(self, clock: Callable[[], float], floor: float) -> None:
         self._clock = clock
         self._floor = floor  # occurrences before it were counted by a previous leader
-        self._current: dict[int, int] = {}
-        self._previous: dict[int, int] = {}
+        self._current = _CountTable()
+        self._previous = _CountTable()
         self._rotated = clock()
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
 
     def new(self, event: PulledEvent) -> int:
         """How many of the Event's occurrences are not counted yet; remembers them counted."""
         now = self._clock()
         if now - self._rotated >= DEDUPE_WINDOW or len(self._current) >= MAX_SEEN:
-            self._previous, self._current, self._rotated = self._current, {}, now
-        key = hash(event.uid)  # 8 bytes of an int instead of a 36-character string
-        counted = self._current.get(key)
+            stale = now - self._rotated >= 2 * DEDUPE_WINDOW  # quiet for two windows: both go
+            self._previous = _CountTable() if stale else self._current
+            self._current, self._rotated = _CountTable(), now
+        tag = _tag(event.uid)
+        counted = self._current.get(tag)
         if counted is None:
-            counted = self._previous.pop(key, None)
+            counted = self._previous.get(tag)
         if counted is None:
             counted = self._judged(event, max(self._floor, now - DEDUPE_WINDOW))
-        self._current[key] = max(counted, event.occurrences)
+        self._current.put(tag, max(counted, event.occurrences))
         return max(0, event.occurrences - counted)
 
     @staticmethod
@@ -175,14 +176,67 @@ class _Seen:
         return 0
 
 
-def _bounded(counts: dict[str, KubeletCounts], key: str, limit: int) -> KubeletCounts:
-    """The counts of ``key``; past ``limit`` keys, those of ``(other)``."""
-    found = counts.get(key)
-    if found is None:
-        if len(counts) >= limit:
-            key = OTHER
-        found = counts.setdefault(key, KubeletCounts())
-    return found
+class _CountTable:
+    """uid tag -> occurrences counted, as one 64-bit word per slot of an open-addressing table
+    (the tag's 47 bits above, the count's 16 below): 8 bytes an Event at most half full, and
+    no Python object per Event, whose scattered small allocations would pin the heap."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._slots = array("Q", bytes(8 * size))
+        self._mask = size - 1
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._used
+
+    def get(self, tag: int) -> int | None:
+        slots, mask, index = self._slots, self._mask, tag & self._mask
+        while word := slots[index]:
+            if word >> COUNT_BITS == tag:
+                return word & COUNT_MASK
+            index = (index + 1) & mask
+        return None
+
+    def put(self, tag: int, count: int) -> None:
+        if 2 * (self._used + 1) > len(self._slots):
+            self._grow()
+        slots, mask, index = self._slots, self._mask, tag & self._mask
+        while (word := slots[index]) and word >> COUNT_BITS != tag:
+            index = (index + 1) & mask
+        self._used += not word
+        slots[index] = tag << COUNT_BITS | min(count, COUNT_MASK)
+
+    def _grow(self) -> None:
+        words = [word for word in self._slots if word]
+        self._slots = array("Q", bytes(16 * len(self._slots)))
+        self._mask = len(self._slots) - 1
+        self._used = 0
+        for word in words:
+            self.put(word >> COUNT_BITS, word & COUNT_MASK)
+
+
+def _tag(uid: str) -> int:
+    """47 bits of the uid's hash, never 0 (an empty slot): two of 100,000 Events share one
+    with a chance of one in 30,000."""
+    return hash(uid) & TAG_MASK | TAG_BIT
+
+
+def _bounded(counts: dict[str, KubeletCounts], key: str, limit: int) -> tuple[str, KubeletCounts]:
+    """The key counted under, and its counts: ``key``, or past ``limit`` keys ``(other)``."""
+    if key not in counts and len(counts) >= limit:
+        key = OTHER
+    return key, counts.setdefault(key, KubeletCounts())
+
+
+def _export(image: str, node_class: str, counts: KubeletCounts) -> None:
+    metrics.KUBELET_PULLS.labels(image, "hit").inc(counts.hits)
+    metrics.KUBELET_PULLS.labels(image, "miss").inc(counts.misses)
+    metrics.KUBELET_WAIT_SECONDS.labels(image).inc(counts.seconds_waited)
+    metrics.KUBELET_SAVED_SECONDS.labels(image).inc(counts.seconds_saved)
+    metrics.KUBELET_CLASS_PULLS.labels(node_class, "hit").inc(counts.hits)
+    metrics.KUBELET_CLASS_PULLS.labels(node_class, "miss").inc(counts.misses)
+    metrics.KUBELET_CLASS_WAIT_SECONDS.labels(node_class).inc(counts.seconds_waited)
+    metrics.KUBELET_CLASS_SAVED_SECONDS.labels(node_class).inc(counts.seconds_saved)
 
 
 def _is_node(name: str) -> bool:

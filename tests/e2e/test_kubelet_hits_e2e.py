@@ -59,7 +59,9 @@ class HitsCluster:
             text = answer.read().decode()
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            if line.startswith((name + "{", name + " ")) and all(
+                f'{k}="{v}"' in line for k, v in labels.items()
+            ):
                 total += float(line.split()[-1])
         return total
 
@@ -236,18 +238,13 @@ def _check(hits: HitsCluster, expected_hits: int, expected_misses: int, waited: 
     lost_row = next(line for line in table.stdout.splitlines() if line.startswith(hits.image))
     assert lost_row.split()[1:] == [str(expected_misses), f"{waited:.1f}s"]
 
-    image = hits.image
-    assert hits.metric("warm_watcher_kubelet_pulls_total", image=image, result="hit") == 6
-    assert hits.metric("warm_watcher_kubelet_pulls_total", image=image, result="miss") == 4
-    assert (
-        hits.metric(
-            "warm_watcher_kubelet_pulls_total", image=image, node_class="pool-1", result="miss"
-        )
-        == 2
-    )
-    assert hits.metric("warm_watcher_kubelet_wait_seconds_total", image=image) == pytest.approx(
-        waited
-    )
-    saved = hits.metric("warm_watcher_kubelet_saved_seconds_total", image=image)
+    image, metric = hits.image, hits.metric
+    assert metric("warm_watcher_kubelet_pulls_total", image=image, result="hit") == 6
+    assert metric("warm_watcher_kubelet_pulls_total", image=image, result="miss") == 4
+    assert metric("warm_watcher_kubelet_class_pulls_total", node_class="pool-1", result="miss") == 2
+    assert metric("warm_watcher_kubelet_class_pulls_total", node_class="pool-0", result="hit") == 4
+    assert metric("warm_watcher_kubelet_wait_seconds_total", image=image) == pytest.approx(waited)
+    saved = metric("warm_watcher_kubelet_saved_seconds_total", image=image)
     assert saved == pytest.approx(kubelet["seconds_saved"], abs=0.01)
-    assert hits.metric("warm_watcher_kubelet_uncataloged_pulls_total", result="miss") == 1
+    assert metric("warm_watcher_kubelet_uncataloged_pulls_total", result="miss") == 1
+    assert metric("warm_watcher_kubelet_uncataloged_wait_seconds_total") == pytest.approx(0.7)

@@ -126,4 +126,18 @@ def test_memory_holds_uids_for_one_to_two_windows(clock: Clock) -> None:
     tally.observe(pulled("a", HIT))  # forgotten, but last seen long before: counted already
 
     assert tally.summary.images[NGINX].hits == 3
-    assert len(tally._seen._current) + len(tally._seen._previous) <= 3
+    assert len(tally._seen) <= 3
+
+
+def test_the_count_table_keeps_every_tag_as_it_grows() -> None:
+    table = kubelet_tally._CountTable(size=4)
+    tags = [kubelet_tally._tag(f"uid-{i}") for i in range(5000)]
+
+    for i, tag in enumerate(tags):
+        table.put(tag, i % 7 + 1)
+    table.put(tags[0], 70_000)  # past 16 bits: held at the most it can say
+
+    assert len(table) == 5000
+    assert [table.get(tag) for tag in tags[1:]] == [i % 7 + 1 for i in range(1, 5000)]
+    assert table.get(tags[0]) == kubelet_tally.COUNT_MASK
+    assert table.get(kubelet_tally._tag("never seen")) is None
