@@ -37,6 +37,7 @@ from tasks.kubelet import KubeletStore
 from tasks.models import Outcome, PullResult
 from tasks.names import PULL_EVENTS
 
+from . import metrics
 from .catalog import CatalogState
 from .kubelet_messages import PULLED
 from .kubelet_tally import KubeletTally
@@ -122,10 +123,12 @@ class KubeletEvents:
         self._published = (tally.snapshot()[0], {n: c.to_json() for n, c in nodes.items()})
         self.tally = tally
         self.reflector = Reflector(KIND, self._list_fn(), tally.observe, _ignore).start()
+        metrics.KUBELET.source = tally.figures
 
     def _step_down(self) -> None:
         if self.reflector is not None:
             self.reflector.stop()
+            metrics.KUBELET.source = lambda: None
         self.reflector = self.tally = None
 
     def _list_fn(self) -> Callable[..., Any]:
@@ -144,9 +147,10 @@ class KubeletEvents:
     def _publish(self) -> None:
         """Write the summary and the nodes whose counts changed since the last write."""
         assert self.tally is not None
-        summary, nodes = self.tally.snapshot()
         before, written = self._published
         try:
+            self._forget_gone_nodes(self.tally, written)
+            summary, nodes = self.tally.snapshot()
             for node, payload in nodes.items():
                 if written.get(node) != payload:
                     self._store.put_node(node, payload)
@@ -157,6 +161,15 @@ class KubeletEvents:
         except BusUnavailable as error:
             log.warning("kubelet events: counts not written (%s): next time", error)
         self._published = (before, written)
+
+    def _forget_gone_nodes(self, tally: KubeletTally, written: dict[str, bytes]) -> None:
+        """Nodes leave (autoscaling): their counts and keys go with them, so neither grows with
+        every node the cluster ever had. Nodes are listed whole: none known, none listed yet."""
+        if not self._state.nodes:
+            return
+        for node in tally.forget_nodes(self._state.nodes):
+            self._store.delete_node(node)
+            written.pop(node, None)
 
     def _pull_reported(self, _subject: str, data: bytes) -> None:
         result = PullResult.from_json(data)

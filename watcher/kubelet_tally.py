@@ -22,18 +22,20 @@ Hits estimate the seconds warming saved with the image's pull time as the worker
 
 from __future__ import annotations
 
+import copy
+import functools
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from tasks.images import InvalidImageReference, normalize_image
 from tasks.kubelet import OTHER, KubeletCounts, KubeletSummary
 from tasks.routing import InvalidNodeName, check_node_name
 
-from . import metrics
 from .kubelet_messages import PulledEvent, read_event
+from .metrics import KubeletFigures
 
 DEDUPE_WINDOW = 1800.0  # seconds; Events are remembered for one to two windows
 MAX_SEEN = 250_000  # Events remembered per generation, whatever the rate
@@ -68,20 +70,19 @@ class KubeletTally:
         self.nodes: dict[str, KubeletCounts] = {}
         self._seen = _Seen(clock, floor=self.summary.watermark)
         self._kubelet_pull: dict[str, float] = {}  # image -> the pull time the kubelet said
-        self._events = {o: metrics.KUBELET_EVENTS.labels(o) for o in ("counted", "repeat")}
-        self._ignored = metrics.KUBELET_EVENTS.labels("ignored")
+        self._read = {"counted": 0, "repeat": 0, "ignored": 0}  # Pulled Events, by outcome
 
     def observe(self, obj: dict[str, Any]) -> None:
         """Count one Event (the Events reflector's summarizer: nothing is kept of it)."""
         event = read_event(obj)
-        if event is None:
-            self._ignored.inc()
-            return
         with self._lock:
+            if event is None:
+                self._read["ignored"] += 1
+                return
             new = self._seen.new(event)
             if new:
                 self._count(event, new)
-        self._events["counted" if new else "repeat"].inc()
+            self._read["counted" if new else "repeat"] += 1
 
     def pulled(self, image: str, seconds: float) -> None:
         """A worker pulled ``image`` (normalized) in ``seconds``: the estimate for its hits."""
@@ -97,6 +98,19 @@ class KubeletTally:
         with self._lock:
             self.nodes = nodes
 
+    def forget_nodes(self, present: Container[str]) -> list[str]:
+        """Drop the counts of the nodes not ``present`` (gone from the cluster); their names."""
+        with self._lock:
+            gone = [node for node in self.nodes if node not in present]
+            for node in gone:
+                del self.nodes[node]
+        return gone
+
+    def figures(self) -> KubeletFigures:
+        """A copy of the counts and of the Events read, for a Prometheus scrape."""
+        with self._lock:
+            return copy.deepcopy(self.summary), dict(self._read)
+
     def snapshot(self) -> tuple[bytes, dict[str, bytes]]:
         """The summary's JSON and each node's, as they are now."""
         with self._lock:
@@ -108,23 +122,16 @@ class KubeletTally:
         counts.seconds_waited = 0.0 if pull.hit else pull.waited * new
         if not self._in_catalog(image):
             _bounded(self.summary.not_in_catalog, image, MAX_UNCATALOGED)[1].add(counts)
-            metrics.KUBELET_UNCATALOGED_PULLS.labels("hit" if pull.hit else "miss").inc(new)
-            metrics.KUBELET_UNCATALOGED_WAIT_SECONDS.inc(counts.seconds_waited)
             self._advance(event)
             return
         if pull.hit:
             counts.seconds_saved = new * self._pull_time(image)
         elif pull.pulled:
             self._kubelet_pull[image] = pull.pulled
-        image_key, image_counts = _bounded(self.summary.images, image, MAX_IMAGES)
-        class_key, class_counts = _bounded(
-            self.summary.classes, self._node_class(event.node), MAX_CLASSES
-        )
-        image_counts.add(counts)
-        class_counts.add(counts)
+        _bounded(self.summary.images, image, MAX_IMAGES)[1].add(counts)
+        _bounded(self.summary.classes, self._node_class(event.node), MAX_CLASSES)[1].add(counts)
         if event.node in self.nodes or (len(self.nodes) < MAX_NODES and _is_node(event.node)):
             self.nodes.setdefault(event.node, KubeletCounts()).add(counts)
-        _export(image_key, class_key, counts)
         self._advance(event)
 
     def _pull_time(self, image: str) -> float:
@@ -228,17 +235,6 @@ def _bounded(counts: dict[str, KubeletCounts], key: str, limit: int) -> tuple[st
     return key, counts.setdefault(key, KubeletCounts())
 
 
-def _export(image: str, node_class: str, counts: KubeletCounts) -> None:
-    metrics.KUBELET_PULLS.labels(image, "hit").inc(counts.hits)
-    metrics.KUBELET_PULLS.labels(image, "miss").inc(counts.misses)
-    metrics.KUBELET_WAIT_SECONDS.labels(image).inc(counts.seconds_waited)
-    metrics.KUBELET_SAVED_SECONDS.labels(image).inc(counts.seconds_saved)
-    metrics.KUBELET_CLASS_PULLS.labels(node_class, "hit").inc(counts.hits)
-    metrics.KUBELET_CLASS_PULLS.labels(node_class, "miss").inc(counts.misses)
-    metrics.KUBELET_CLASS_WAIT_SECONDS.labels(node_class).inc(counts.seconds_waited)
-    metrics.KUBELET_CLASS_SAVED_SECONDS.labels(node_class).inc(counts.seconds_saved)
-
-
 def _is_node(name: str) -> bool:
     try:
         check_node_name(name)
@@ -247,6 +243,7 @@ def _is_node(name: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalized(image: str) -> str:
     try:
         return normalize_image(image)
