@@ -155,19 +155,11 @@ class NatsBus:
         self._ttls: dict[str, float] = {}
         self._lock = threading.Lock()
         self._session: _Session | None = None
-        self._connects = 0
         _BUSES.add(self)
 
     @property
     def url(self) -> str:
         return self._settings.url
-
-    @property
-    def connects(self) -> int:
-        """How many times this bus connected or reconnected. A change means NATS may have
-        restarted and lost what it held (the chart keeps no storage by default), so a reader
-        that remembers what it wrote must read it back."""
-        return self._connects
 
     def publish(self, subject: str, payload: bytes) -> None:
         self._run(lambda session: session.publish(subject, payload))
@@ -276,12 +268,9 @@ class NatsBus:
         session receives, it receives before its shutdown, which ends it."""
         with self._lock:
             if self._session is None:
-                self._session = _Session(self._settings, self._errors, self._ttls, self._connected)
+                self._session = _Session(self._settings, self._errors, self._ttls)
             session = self._session
             return asyncio.run_coroutine_threadsafe(operation(session), session.loop)
-
-    def _connected(self) -> None:
-        self._connects += 1  # on a loop thread; one session at a time, so no lost update
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's loop thread is gone, and its lock may have been held
@@ -310,10 +299,8 @@ class _Session:
         settings: NatsSettings,
         errors: ErrorLog,
         ttls: dict[str, float],
-        connected: Callable[[], None],
     ) -> None:
         self._settings = settings
-        self._connected = connected
         self._errors = errors
         self._ttls = ttls
         self._client: Client | None = None
@@ -334,7 +321,6 @@ class _Session:
         async with self._connecting:  # one connection, however many callers wait for it
             if self._client is None or self._client.is_closed:
                 self._client = await self._connect()
-                self._connected()
                 self._buckets.clear()
             return self._client
 
@@ -348,7 +334,6 @@ class _Session:
             "reconnect_time_wait": 1,
             "allow_reconnect": True,
             "error_cb": self._errors.from_client,
-            "reconnected_cb": self._reconnected,
             "name": "warm-images",
         }
         if settings.user:
@@ -364,9 +349,6 @@ class _Session:
         # ... and, once connected, reconnect forever: a NATS restart must not close the bus.
         client.options["max_reconnect_attempts"] = -1
         return client
-
-    async def _reconnected(self) -> None:
-        self._connected()
 
     async def bucket(self, name: str) -> KeyValue:
         client = await self.connection()

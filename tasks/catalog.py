@@ -10,6 +10,8 @@ The watcher is the only writer. Three kinds of keys live in one bucket:
   it: a slice never changes under its name, so a copy kept in memory is never stale.
 * ``images.<hash>`` holds a :class:`CatalogEntry` per image, for people (``celery -A tasks
   catalog``) and for dashboards.
+* ``waves.<hash>`` holds a :class:`Wave` per image on its way to the fleet (watcher/waves.py),
+  for ``celery -A tasks warm-status`` and for a leader that takes over.
 
 A slice is written before any pointer names it, and deleted by the watcher once no pointer
 does; a reader that finds the slice gone read a pointer that has just moved, and reads again.
@@ -25,13 +27,14 @@ import threading
 from collections import OrderedDict
 
 from .bus import NatsBus
-from .models import CatalogEntry, ClassSlice, NodeSlice, SliceImage, SlicePointer
+from .models import CatalogEntry, ClassSlice, NodeSlice, SlicePointer, Wave
 from .names import CATALOG_BUCKET
 from .routing import check_node_name
 
 NODE_PREFIX = "nodes."
 SLICE_PREFIX = "slices."
 IMAGE_PREFIX = "images."
+WAVE_PREFIX = "waves."
 # Class slices a reader keeps parsed: a worker needs one; a few more serve the CLI and a node
 # whose pointer moves back and forth.
 CACHED_SLICES = 8
@@ -56,7 +59,7 @@ class CatalogStore:
     def __init__(self, bus: NatsBus, bucket: str = CATALOG_BUCKET) -> None:
         self._bus = bus
         self._bucket = bucket
-        self._slices: OrderedDict[str, tuple[SliceImage, ...]] = OrderedDict()
+        self._slices: OrderedDict[str, ClassSlice] = OrderedDict()
         self._lock = threading.Lock()
 
     def put_class_slice(self, payload: bytes) -> tuple[str, int]:
@@ -70,7 +73,8 @@ class CatalogStore:
 
     def put_slice(self, node_slice: NodeSlice) -> int:
         """A node's slice as a class of its own, then its pointer; returns the revision."""
-        digest, _ = self.put_class_slice(ClassSlice(node_slice.images).to_json())
+        payload = ClassSlice(node_slice.images, node_slice.held).to_json()
+        digest, _ = self.put_class_slice(payload)
         return self.put_pointer(SlicePointer(node_slice.node, digest, len(node_slice.images)))
 
     def get_pointer(self, node: str) -> tuple[SlicePointer, int]:
@@ -89,9 +93,9 @@ class CatalogStore:
         already held, as it is on every re-warm after the first of a worker."""
         for _ in range(POINTER_RETRIES):
             pointer, revision = self.get_pointer(node)
-            images = self._class_slice(pointer.slice)
-            if images is not None:
-                return NodeSlice(node, images, pointer.slice), revision
+            found = self._class_slice(pointer.slice)
+            if found is not None:
+                return NodeSlice(node, found.images, pointer.slice, found.held), revision
         raise UnknownNode(f"node {node!r}: its slice keeps moving; the watcher is rewriting it")
 
     def delete_slice(self, node: str) -> None:
@@ -126,7 +130,23 @@ class CatalogStore:
                 entries.append(CatalogEntry.from_json(found[0]))
         return sorted(entries, key=lambda entry: entry.image)
 
-    def _class_slice(self, digest: str) -> tuple[SliceImage, ...] | None:
+    def put_wave(self, wave: Wave) -> int:
+        return self._bus.kv_put(self._bucket, wave_key(wave.image), wave.to_json())
+
+    def delete_wave(self, image: str) -> None:
+        self._bus.kv_delete(self._bucket, wave_key(image))
+
+    def waves(self) -> dict[str, Wave]:
+        """Every wave stored, by image."""
+        waves = {}
+        for key in self._bus.kv_keys(self._bucket, WAVE_PREFIX):
+            found = self._bus.kv_get(self._bucket, key)
+            if found is not None and found[0]:
+                wave = Wave.from_json(found[0])
+                waves[wave.image] = wave
+        return waves
+
+    def _class_slice(self, digest: str) -> ClassSlice | None:
         with self._lock:
             if digest in self._slices:
                 self._slices.move_to_end(digest)
@@ -134,12 +154,12 @@ class CatalogStore:
         found = self._bus.kv_get(self._bucket, SLICE_PREFIX + digest)
         if found is None or not found[0]:
             return None
-        images = ClassSlice.from_json(found[0]).images
+        parsed = ClassSlice.from_json(found[0])
         with self._lock:
-            self._slices[digest] = images
+            self._slices[digest] = parsed
             while len(self._slices) > CACHED_SLICES:
                 self._slices.popitem(last=False)
-        return images
+        return parsed
 
 
 def slice_hash(payload: bytes) -> str:
@@ -149,4 +169,12 @@ def slice_hash(payload: bytes) -> str:
 
 def image_key(image: str) -> str:
     # KV keys allow only [-/_=.a-zA-Z0-9]; a reference has ':' and '@', so it is hashed.
-    return IMAGE_PREFIX + hashlib.sha256(image.encode()).hexdigest()[:40]
+    return IMAGE_PREFIX + _hashed(image)
+
+
+def wave_key(image: str) -> str:
+    return WAVE_PREFIX + _hashed(image)
+
+
+def _hashed(image: str) -> str:
+    return hashlib.sha256(image.encode()).hexdigest()[:40]

@@ -32,7 +32,7 @@ from .bus import BusUnavailable, NatsBus
 from .catalog import CatalogStore, UnknownImage, UnknownNode
 from .images import InvalidImageReference
 from .kubelet import KubeletCounts, KubeletStore, KubeletSummary
-from .models import CatalogEntry
+from .models import CatalogEntry, Wave
 from .names import REWARM_EVENTS
 from .rewarm import RewarmSent, dispatch_rewarm
 from .routing import InvalidNodeName
@@ -139,10 +139,11 @@ def warm_status(
     require: str,
 ) -> None:
     """Per node: images warm / expected, missing, failed with the reason, as of its last report;
-    and the kubelets' own word: warm hits and cold pulls, and the images pods still wait for.
+    images a wave holds back (waiting for a canary, or stopped by a canary's failure); and the
+    kubelets' own word: warm hits and cold pulls, and the images pods still wait for.
 
-    Exit code: 0 every node holds every image, 1 something is missing or failed (or no node
-    has reported), 2 the broker or NATS cannot be reached.
+    Exit code: 0 every node holds every image, 1 something is missing, failed or held back (or
+    no node has reported), 2 the broker or NATS cannot be reached.
     """
     cli: CLIContext = ctx.obj
     _check_broker(cli.app)
@@ -163,7 +164,7 @@ def warm_status(
             fg="red",
             err=True,
         )
-    warm = bool(statuses) and not late and not any(status.missing for status in statuses)
+    warm = bool(statuses) and not late and not any(s.missing or s.held for s in statuses)
     sys.exit(0 if warm or require == "reachable" else EXIT_INCOMPLETE)
 
 
@@ -261,6 +262,7 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
     """
     catalog, store = CatalogStore(bus), StatusStore(bus)
     names = list(nodes) or sorted(set(catalog.nodes()) | set(store.nodes()))
+    waves = catalog.waves()
     statuses, unknown = [], []
     for node in names:
         status = store.get(node)
@@ -272,7 +274,8 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
             statuses.append(status)
             continue
         expected = sorted(item.image for item in node_slice.images)
-        statuses.append(dataclasses.replace(status, expected=expected))
+        held = {image: _wave_state(waves.get(image)) for image in sorted(node_slice.held)}
+        statuses.append(dataclasses.replace(status, expected=expected, held=held))
     if unknown:
         raise click.UsageError(f"unknown node(s): {', '.join(unknown)}")
     return statuses
@@ -423,6 +426,10 @@ def _nodes(nodes: list[str], shown: int = 3) -> str:
 # --- warm-status ---------------------------------------------------------------------------
 
 
+def _wave_state(wave: Wave | None) -> str:
+    return wave.describe() if wave is not None else "held back by a wave"
+
+
 def _print_status(statuses: list[NodeStatus], kubelet: _Kubelet) -> None:
     click.echo(_as_of(statuses))
     rows = [
@@ -440,6 +447,7 @@ def _print_status(statuses: list[NodeStatus], kubelet: _Kubelet) -> None:
     _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED", "KUBELET HITS"], rows)
     warm = sum(1 for status in statuses if not status.missing)
     click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
+    _print_held(statuses)
     if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text
         click.echo("per image: --node NAME, or --json")
     else:
@@ -487,6 +495,17 @@ def _print_kubelet(summary: KubeletSummary) -> None:
             f"not in the catalog: {apart.hits} hits, {apart.misses} cold pulls, pods waited "
             f"{apart.seconds_waited:.1f}s (images the selection leaves out; --json lists them)"
         )
+
+
+def _print_held(statuses: list[NodeStatus]) -> None:
+    """One line per image a wave holds back: where the wave stands and from how many nodes."""
+    held: dict[tuple[str, str], list[str]] = {}
+    for status in statuses:
+        for image, state in status.held.items():
+            held.setdefault((image, state), []).append(status.node)
+    for (image, state), nodes in sorted(held.items()):
+        colour = "red" if state.startswith("wave stopped") else "yellow"
+        click.secho(f"held     {image} on {_nodes(nodes)}: {state}", fg=colour)
 
 
 def _as_of(statuses: list[NodeStatus]) -> str:

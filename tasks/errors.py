@@ -14,6 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 MAX_LISTED = 10  # failures named in a re-warm's message; the node's status has them all
+# How the reason of a transient failure that ran out of retries begins: a registry that was
+# down, not an image that is broken (a wave does not stop for it, watcher/waves.py).
+GAVE_UP = "gave up after"
+
+
+def gave_up(reason: str) -> bool:
+    """Whether a failure's reason says it was transient until the retries ran out."""
+    return reason.startswith(GAVE_UP)
 
 
 def one_line(text: str) -> str:

@@ -64,19 +64,26 @@ class ClassSlice:
     every label and taint a placement rule reads share one copy, however many they are."""
 
     images: tuple[SliceImage, ...] = ()
+    # Images of the class that a wave holds back from these nodes (watcher/waves.py): names
+    # only, for status readers; a node pulls none of them. Absent from the JSON when empty.
+    held: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
-        return self.join(image.to_json() for image in self.images)
+        return self.join((image.to_json() for image in self.images), self.held)
 
     @staticmethod
-    def join(images_json: Iterable[bytes]) -> bytes:
+    def join(images_json: Iterable[bytes], held: Iterable[str] = ()) -> bytes:
         """The slice's JSON from each image's own :meth:`SliceImage.to_json`: the watcher keeps
         those per image and joins them, instead of serializing 2,000 images per class."""
-        return b'{"images":[' + b",".join(images_json) + b"]}"
+        names = sorted(held)
+        tail = b',"held":' + json.dumps(names, separators=(",", ":")).encode() if names else b""
+        return b'{"images":[' + b",".join(images_json) + b"]" + tail + b"}"
 
     @classmethod
     def from_json(cls, raw: bytes) -> ClassSlice:
-        return cls(tuple(map(SliceImage.from_json, json.loads(raw)["images"])))
+        data = json.loads(raw)
+        images = tuple(map(SliceImage.from_json, data["images"]))
+        return cls(images, tuple(data.get("held", ())))
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class NodeSlice:
     node: str
     images: tuple[SliceImage, ...] = ()
     slice: str = ""  # the content hash of the class slice it resolves to
+    held: tuple[str, ...] = ()  # images of its class a wave holds back from it (not to pull)
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,49 @@ class CatalogEntry:
         )
 
 
+class WaveState(StrEnum):
+    CANARY = "canary"  # on its canary nodes only, until one of them holds it
+    STOPPED = "stopped"  # a canary failed for good: held back from the other nodes
+
+
+@dataclass(frozen=True)
+class Wave:
+    """A new image, or a new digest of one, on its way to the fleet (watcher/waves.py): first
+    to its canary nodes, then, once a canary holds it, to the rest. Stored by the leader under
+    ``waves.<hash>`` in the catalog bucket while it lasts (canary or stopped); a wave that
+    reached the fleet is deleted."""
+
+    image: str
+    digest: str | None  # None while the leader has not resolved it
+    canaries: tuple[str, ...]
+    state: WaveState = WaveState.CANARY
+    started: float = 0.0  # seconds since the epoch
+    node: str = ""  # stopped: the canary that failed
+    reason: str = ""  # stopped: why it failed
+
+    def describe(self) -> str:
+        """One line for people: where the wave stands."""
+        if self.state is WaveState.STOPPED:
+            return f"wave stopped: canary {self.node} failed: {self.reason}"
+        return f"wave waits for a canary: {', '.join(self.canaries) or 'no target node yet'}"
+
+    def to_json(self) -> bytes:
+        return _dump(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Wave:
+        data = json.loads(raw)
+        return cls(
+            image=data["image"],
+            digest=data.get("digest"),
+            canaries=tuple(data.get("canaries", ())),
+            state=WaveState(data.get("state", WaveState.CANARY)),
+            started=float(data.get("started", 0.0)),
+            node=data.get("node", ""),
+            reason=data.get("reason", ""),
+        )
+
+
 @dataclass(frozen=True)
 class InvalidImage:
     """Published when a workload names an image reference that breaks the grammar."""
@@ -164,13 +215,17 @@ class PullResult:
     attempt: int = 1
     at: float = field(default_factory=time.time)
     trigger: Trigger = Trigger.TASK
+    # The digest its catalog entry named (the content asked for), so a wave tells a result
+    # for its digest from a late one for the tag's previous digest.
+    digest: str | None = None
 
     def to_json(self) -> bytes:
         return _dump(asdict(self))
 
     @classmethod
     def from_json(cls, raw: bytes) -> PullResult:
-        data = json.loads(raw)
+        known = {f.name for f in fields(cls)}
+        data = {key: value for key, value in json.loads(raw).items() if key in known}
         data["outcome"] = Outcome(data["outcome"])
         data["trigger"] = Trigger(data.get("trigger", Trigger.TASK))
         return cls(**data)

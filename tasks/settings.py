@@ -114,6 +114,9 @@ class WatchSettings:
     # The leader counts the kubelet's Pulled Events (hits, misses, seconds waited): the proof
     # of what warming saved. Needs list and watch on Events (watcher/kubelet_events.py).
     kubelet_events: bool = True
+    # Waves (watcher/waves.py): a new image, or a new digest, goes to this many canary nodes
+    # first and to the rest once a canary holds it; 0 sends it everywhere at once.
+    canary_nodes: int = 2
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ def _read(source: _Source) -> Settings:
             startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
             startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
             kubelet_events=source.flag("WARM_KUBELET_EVENTS", True),
+            canary_nodes=source.number("WARM_CANARY_NODES", 2, int, minimum=0),
         ),
         rewarm=RewarmSettings(
             interval=source.number("WARM_REWARM_INTERVAL", 1800.0, float),

@@ -55,6 +55,8 @@ class NodeStatus:
     slice: str = ""  # that slice's content hash: a pointer rewritten unchanged is no news
     # The slice a reader measures against; not stored (the catalog holds it).
     expected: list[str] = field(default_factory=list, compare=False)
+    # Images a wave holds back from the node, with where the wave stands; not stored either.
+    held: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def reported(self) -> bool:
@@ -89,7 +91,7 @@ class NodeStatus:
 
     def to_json(self) -> bytes:
         data = asdict(self)
-        del data["expected"]
+        del data["expected"], data["held"]
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
@@ -103,6 +105,7 @@ class NodeStatus:
             if value.get("outcome") not in WARM
         }
         data.pop("expected", None)
+        data.pop("held", None)
         return cls(images=images, **_known(cls, data))
 
     def summary(self) -> dict[str, Any]:
@@ -115,6 +118,7 @@ class NodeStatus:
             "missing": self.missing,
             "failed": self.failed,
             "retrying": self.retrying,
+            "held": self.held,
             "last_rewarm_at": self.last_rewarm_at,
             "last_rewarm_revision": self.last_rewarm_revision,
         }
@@ -163,20 +167,24 @@ class StatusStore:
         revision: int,
         present: list[str] | None = None,
         slice_hash: str = "",
+        pulling: list[str] | None = None,
     ) -> None:
-        """A re-warm's diff: the slice answered (at ``revision``, with ``slice_hash``), and
-        what the runtime holds.
+        """A re-warm's diff: the slice answered (at ``revision``, with ``slice_hash``), what
+        the runtime holds, and what the re-warm pulls now.
 
         Images that left the slice leave the record; images present are warm; the others
-        keep what the record knew of them (a failure and its reason) or are missing. The
-        watcher's periodic resync rewrites every pointer unchanged: a revision that moved
-        over the same content keeps the record as it was.
+        keep what the record knew of them (a failure and its reason) or are missing. An image
+        that failed for good and is ``pulling`` again is missing until that pull ends: the
+        failure was of an earlier catalog entry (another digest), or the worker restarted,
+        and a reader of the record (a wave's canary, the startup gate) must not take it for
+        this attempt's. The watcher's periodic resync rewrites every pointer unchanged: a
+        revision that moved over the same content keeps the record as it was.
         """
-        held = set(present or ())
+        held, again = set(present or ()), set(pulling or ())
         with self._lock:
             status = self.get(node)
             images = {
-                image: status.images.get(image) or ImageStatus(outcome=MISSING)
+                image: _known_before(status.images.get(image), image in again)
                 for image in expected
                 if image not in held
             }
@@ -202,6 +210,12 @@ class StatusStore:
 def _known(model: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {item.name for item in fields(model)}
     return {key: value for key, value in data.items() if key in names}
+
+
+def _known_before(before: ImageStatus | None, pulling: bool) -> ImageStatus:
+    if before is None or (pulling and before.outcome == Outcome.FAILED.value):
+        return ImageStatus(outcome=MISSING)
+    return before
 
 
 def _image_status(result: PullResult) -> ImageStatus:

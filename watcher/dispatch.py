@@ -8,6 +8,9 @@ written only when the hash moved, and always before any task is sent, so a node 
 slice finds what the task was sent for. A slice no pointer names is deleted. A node that
 leaves loses its pointer and its queue.
 
+Images a wave holds back (:mod:`watcher.waves`) are left out of every target node's slice but
+their canaries', and named under its ``held`` instead.
+
 When NATS or the broker fails mid-flush, the dispatcher owes a full sync and does it on the
 next flush: every key rewritten, stale keys deleted, every node re-warmed. Re-warms only pull
 what is missing, so owing too much is cheap and owing too little is impossible. A replica that
@@ -38,6 +41,7 @@ from tasks.routing import queue_for_node
 from . import metrics
 from .catalog import EXPLICIT_USER, CatalogState, Changes
 from .slices import SliceIndex
+from .waves import Waves
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Dispatcher:
         bus: NatsBus,
         state: CatalogState,
         digest_of: Callable[[str], str | None] = lambda image: None,
+        waves: Waves | None = None,
     ) -> None:
         self._app = app
         self._bus = bus
@@ -65,7 +70,10 @@ class Dispatcher:
         self._state = state
         self._digest_of = digest_of
         self._index = SliceIndex(state, digest_of)
+        self._waves = waves or Waves(bus, state, 0)
         self._written: dict[str, int] = {}  # node -> its slice's image mask as last written
+        self._held: dict[str, int] = {}  # node -> the mask of its images a wave holds back
+        self._first = True  # no publish yet: the images of the first are no news (waves)
         self._pointers: dict[str, str] = {}  # node -> the hash of its class slice as written
         self._stored: set[str] = set()  # class slices written and not yet collected
         self._owed = Sync.FULL
@@ -79,6 +87,10 @@ class Dispatcher:
     def owe(self, sync: Sync) -> None:
         """Make the next flush at least a ``sync``."""
         self._owed = max(self._owed, sync)
+
+    def check_waves(self) -> set[str]:
+        """The images a canary now holds: owed as retargeted, every target node gets them."""
+        return self._waves.check(self._pointers.get)
 
     def flush(self, changes: Changes) -> bool:
         """Publish ``changes``; returns False (and owes a full sync) when a service failed."""
@@ -100,6 +112,15 @@ class Dispatcher:
             self._forget_node(node)
         if rewrite:
             self._delete_stale_keys()
+        holds = self._waves.plan(
+            changes,
+            self._index,
+            self._pointers.get,
+            self._digest_of,
+            first=self._first,
+            reload=sync is Sync.FULL,
+        )
+        affected |= self._index.nodes_with(self._index.mask_of(holds))
         moved = self._index.mask_of(changes.moved_images)
         changed = self._index.mask_of(changes.retargeted_images | changes.added_images) | moved
         new_images = self._write_slices(affected, rewrite, changed, moved)
@@ -108,6 +129,7 @@ class Dispatcher:
         self._write_entries(changes, rewrite, recount)
         joined = set(self._state.nodes) if sync is Sync.FULL else changes.joined_nodes
         sent = self._send_tasks(new_images, joined & set(self._state.nodes))
+        self._first = False
         if sync or changes.added_images or changes.removed_images or joined or changes.left_nodes:
             log.info(
                 "catalog revision %d: %d images (+%d -%d), %d nodes (+%d -%d), %d tasks sent",
@@ -136,28 +158,39 @@ class Dispatcher:
         once. A pointer is written only when its node's slice hash moved.
         """
         new_images: dict[str, list[str]] = {}
-        hashes: dict[int, str] = {}
+        hashes: dict[tuple[int, int], str] = {}
         diffs: dict[tuple[int, int], list[str]] = {}
         if rewrite:
             self._stored.clear()  # NATS may have lost them: store every slice named again
+        waved = self._index.mask_of(self._waves.held())
         for node in sorted(affected):
-            members = self._index.members(node)
+            members, held = self._members(node, waved)
             old = self._written.get(node, 0)
-            if rewrite or members != old or members & changed:
-                if members not in hashes:
-                    hashes[members] = self._store_slice(self._index.slice_json(members))
-                digest = hashes[members]
+            if rewrite or members != old or held != self._held.get(node, 0) or members & changed:
+                if (members, held) not in hashes:
+                    payload = self._index.slice_json(members, held)
+                    hashes[(members, held)] = self._store_slice(payload)
+                digest = hashes[(members, held)]
                 if rewrite or self._pointers.get(node) != digest:
                     pointer = SlicePointer(node, digest, members.bit_count())
                     self.revision = self._catalog.put_pointer(pointer)
                     self._pointers[node] = digest
                     metrics.SLICE_WRITES.inc()
-            self._written[node] = members
+            self._written[node], self._held[node] = members, held
             if members & (~old | moved):
                 if (old, members) not in diffs:
                     diffs[(old, members)] = self._index.images(members & (~old | moved))
                 new_images[node] = diffs[(old, members)]
         return new_images
+
+    def _members(self, node: str, waved: int) -> tuple[int, int]:
+        """The masks of the images ``node`` gets and of those a wave holds back from it: all
+        of its class's, but the ``waved`` images it is no canary of."""
+        members = self._index.members(node)
+        if not waved & members:
+            return members, 0
+        held = members & waved & ~self._index.mask_of(self._waves.canary_images(node))
+        return members & ~held, held
 
     def _store_slice(self, payload: bytes) -> str:
         digest = slice_hash(payload)
@@ -244,6 +277,7 @@ class Dispatcher:
     def _forget_node(self, node: str) -> None:
         """A node left: its slice key and its queue go (tasks for it could never run)."""
         self._written.pop(node, None)
+        self._held.pop(node, None)
         self._pointers.pop(node, None)
         self._catalog.delete_slice(node)
         queue = self._app.amqp.queues[queue_for_node(node)]

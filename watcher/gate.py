@@ -20,7 +20,6 @@ the taint. An Event on the Node says why; a histogram records the time from crea
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -40,13 +39,12 @@ from tasks.status import ImageStatus, StatusStore
 
 from . import metrics
 from .catalog import CatalogState
+from .events import MESSAGE_LIMIT, EventRecorder, shortened
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 2.0  # seconds between two looks at the tainted nodes' status records
 EVENT_NAMESPACE = "default"  # where the kubelet and node controllers put a Node's Events
-COMPONENT = "warm-images-watcher"
-EVENT_MESSAGE_LIMIT = 1024  # the apiserver refuses longer Event messages
 STATE_LIMIT = 160  # characters of an image's state in a message, so that every image is named
 # The node changed between our read and our patch (409), the guard's test failed (422), or
 # the node is gone (404): look again at the next check.
@@ -90,7 +88,7 @@ class Verdict:
                 text += f", {len(self.not_warm)} of {self.gating} gating images not warm: "
                 text += self._listed()
             text += f" ({self.note})" if self.note else ""
-        return _shortened(head + text, EVENT_MESSAGE_LIMIT)
+        return shortened(head + text, MESSAGE_LIMIT)
 
     def _listed(self) -> str:
         return ", ".join(
@@ -121,7 +119,7 @@ class StartupGate:
         self._status = StatusStore(bus)
         self._state = state
         self._leading = leading
-        self._identity = identity
+        self._events = EventRecorder(api, identity)
         self._clock = clock  # wall clock: deadlines run from the node's creationTimestamp
         self._first_seen: dict[str, float] = {}
         self._next_check = 0.0
@@ -203,26 +201,8 @@ class StartupGate:
 
     def _record_event(self, node: str, uid: str | None, verdict: Verdict, message: str) -> None:
         reason, kind = EVENT_REASONS[verdict.reason]
-        now = datetime.datetime.now(datetime.UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{node}.{time.time_ns():x}"),
-            involved_object=client.V1ObjectReference(
-                api_version="v1", kind="Node", name=node, uid=uid
-            ),
-            reason=reason,
-            message=message,
-            type=kind,
-            source=client.V1EventSource(component=COMPONENT),
-            reporting_component=COMPONENT,
-            reporting_instance=self._identity,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        try:
-            self._core.create_namespaced_event(EVENT_NAMESPACE, event)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
-            log.warning("node %s: event %s not recorded: %s", node, reason, error)
+        involved = client.V1ObjectReference(api_version="v1", kind="Node", name=node, uid=uid)
+        self._events.record(EVENT_NAMESPACE, involved, reason, message, kind)
 
 
 def _described(named: dict[str, ImageStatus]) -> dict[str, str]:
@@ -230,10 +210,6 @@ def _described(named: dict[str, ImageStatus]) -> dict[str, str]:
         image: f"{status.outcome}: {status.reason}" if status.reason else status.outcome
         for image, status in named.items()
     }
-
-
-def _shortened(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _elided(text: str, limit: int) -> str:

@@ -58,6 +58,22 @@ UNTAINT_SECONDS = Histogram(
     ["reason"],
     buckets=(5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1800, 3600),
 )
+WAVES = Gauge(
+    "warm_watcher_waves",
+    "Images on their way to the fleet, by state (canary: waiting for a canary to hold it; "
+    "stopped: a canary failed for good, held back from the other nodes)",
+    ["state"],
+)
+WAVE_TRANSITIONS = Counter(
+    "warm_watcher_wave_transitions",
+    "Waves started, released to every target node, or stopped by a canary's failure",
+    ["outcome"],
+)
+WAVE_CANARY_SECONDS = Histogram(
+    "warm_watcher_wave_canary_seconds",
+    "Seconds from a wave's start until a canary held the image and the other nodes were sent it",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+)
 
 
 class KubeletCollector(Collector):

@@ -6,7 +6,8 @@ publish a half-empty catalog. Every replica keeps the catalog; only the leader d
 mirrors pull secrets, see :mod:`watcher.mirror`; removes startup taints, see :mod:`watcher.gate`;
 counts the kubelet's Pulled Events, see :mod:`watcher.kubelet_events`;
 resolves tags to digests once per re-warm interval on a thread of its own, see
-:mod:`watcher.digests`), and a replica that becomes leader starts with a full sync. A periodic
+:mod:`watcher.digests`; sends new images and digests in waves, see :mod:`watcher.waves`), and a
+replica that becomes leader starts with a full sync. A periodic
 resync lists everything again (catching anything a watch could have missed) and rewrites the
 KV catalog.
 """
@@ -34,6 +35,7 @@ from .catalog import CatalogState, Changes
 from .catalog_guard import CatalogGuard
 from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
+from .events import EventRecorder
 from .gate import StartupGate
 from .kubelet_events import KubeletEvents
 from .leader import LeaderElector
@@ -41,6 +43,7 @@ from .mirror import SecretMirror
 from .queue_depth import QueueDepthSampler
 from .reflector import Event, Reflector
 from .sources import reflectors
+from .waves import Waves
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,15 @@ class Watcher:
             settings.runtime, settings.pull_secret_namespace, client.CoreV1Api(api)
         )
         self.digests = DigestResolver(credentials.for_image, interval=settings.rewarm.interval)
-        self.dispatcher = Dispatcher(app, bus, self.state, self.digests.digest)
+        self.identity = identity or f"{socket.gethostname()}_{os.getpid()}"
+        events = EventRecorder(api, self.identity)
+        self.waves = Waves(bus, self.state, settings.watch.canary_nodes, events)
+        self.dispatcher = Dispatcher(app, bus, self.state, self.digests.digest, self.waves)
         self.catalog_guard = CatalogGuard(bus)
         self._events: queue.Queue[Event] = queue.Queue()
         self.reflectors: list[Reflector] = reflectors(
             api, settings.watch, self._events.put, watch_namespaces=self.state.watches_namespaces
         )
-        self.identity = identity or f"{socket.gethostname()}_{os.getpid()}"
         self.gate = None  # WARM_STARTUP_TAINT empty: no gate, no node is ever patched
         if settings.watch.startup_taint:
             self.gate = StartupGate(
@@ -199,6 +204,7 @@ class Watcher:
             self._follow_digests(owed)
             if self.gate is not None:
                 self.gate.check()
+            owed.retargeted_images |= self.dispatcher.check_waves()
             if not owed and not self.dispatcher.owes:
                 continue
             if last_failure and now - last_failure < RETRY_FLUSH:

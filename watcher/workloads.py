@@ -44,6 +44,7 @@ class WorkloadSummary:
     invalid: tuple[tuple[str, str], ...] = ()  # (reference, rule broken)
     pull_secrets: tuple[str, ...] = ()  # "namespace/name"
     gate: bool = False  # annotated warm-images.io/gate: "true"
+    uid: str = ""  # metadata.uid: an Event on the workload names it (watcher/waves.py)
 
     @property
     def key(self) -> str:
@@ -109,6 +110,7 @@ class Summarizer:
             tuple(invalid),
             secrets,
             _annotation(kind, obj, GATE_ANNOTATION) == "true",
+            str(meta.get("uid") or ""),
         )
 
     def _reference(self, reference: str) -> tuple[str | None, str | None]:

@@ -9,6 +9,10 @@ A permanent failure (missing tag, unauthorized, bad reference) is remembered wit
 entry it failed under, and periodic re-warms skip it until that entry changes (new pull secrets,
 a new digest) or a pull task or an explicit re-warm of that image asks again: a catalog full
 of typos costs one registry request per image, not one per re-warm.
+
+An image a wave holds back from this node (named under ``held`` in its slice, see
+watcher/waves.py) is in no re-warm's diff, and a pull task for it is skipped: until a canary
+holds it, only the canaries pull it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ log = logging.getLogger(__name__)
 # A re-warm checks every image of the slice, and the slice's references are the same from one
 # re-warm to the next (a class slice never changes under its hash): each is parsed once.
 _parsed = functools.lru_cache(maxsize=2**15)(parse_image)
+
+
+class HeldBack(Exception):
+    """A wave holds the image back from this node until a canary holds it (watcher/waves.py):
+    the pull is skipped, not failed."""
 
 
 @dataclass
@@ -149,7 +158,10 @@ class NodeAgent:
             else:
                 missing.append(entry)
         expected = [item.image for item in node_slice.images]
-        self.status.record_rewarm(self.node, expected, current, present, node_slice.slice)
+        pulling = [] if check_only else [entry.image for entry in missing]
+        self.status.record_rewarm(
+            self.node, expected, current, present, node_slice.slice, pulling=pulling
+        )
         if check_only:  # the record now names what the runtime lacks: nothing more to do
             missing, stale = [], []
         workers = max(1, self.settings.runtime.max_concurrent_pulls)
@@ -244,7 +256,7 @@ class NodeAgent:
         *,
         record_status: bool = True,
     ) -> PullResult:
-        result = replace(result, trigger=trigger)
+        result = replace(result, trigger=trigger, digest=entry.digest)
         self._remember(entry, result)
         self.report(result, record_status=record_status)
         return result
@@ -261,13 +273,16 @@ class NodeAgent:
         return not image.digest and (policy == "all" or image.tag == "latest")
 
     def _slice_entry(self, image: ImageRef) -> SliceImage:
-        """This image's entry in the node's catalog slice; a bare entry if it has none."""
+        """This image's entry in the node's catalog slice; a bare entry if it has none.
+        Raises :class:`HeldBack` when a wave holds it back from this node."""
         reference = str(image)
         try:
             node_slice, _ = self.catalog.get_slice(self.node)
         except (UnknownNode, BusUnavailable) as error:
             log.info("no catalog entry for %s (%s): pulling without pull secrets", image, error)
             return SliceImage(reference)
+        if reference in node_slice.held:
+            raise HeldBack(f"held back until a canary node holds it ({reference} is in a wave)")
         found = (item for item in node_slice.images if item.image == reference)
         return next(found, SliceImage(reference))
 
@@ -282,10 +297,12 @@ class NodeAgent:
 
     def _failed_before(self, entry: SliceImage) -> str | None:
         """The reason ``entry`` failed for good, if it did under this very catalog entry and
-        the same content of its pull secrets (a fixed password is worth another try)."""
+        the same content of its pull secrets (a fixed password is worth another try). A digest
+        the leader learned since, where the entry had none, is no change: it names what the tag
+        pointed at when the pull failed, as the watcher's first digest sends no pull either."""
         with self._failed_lock:
             found = self._failed.get(entry.image)
-        if found is None or found[0] != entry:
+        if found is None or replace(found[0], digest=found[0].digest or entry.digest) != entry:
             return None
         if found[2] != self.credentials.version(entry.pull_secrets):
             return None
@@ -311,7 +328,7 @@ def _failure(reference: str, error: Exception) -> tuple[Outcome, str]:
     """What a failed attempt is: retried later (transient), recorded (permanent) or skipped."""
     if isinstance(error, InvalidImageReference):
         return Outcome.FAILED, error.rule
-    if isinstance(error, DiskBudgetExceeded):
+    if isinstance(error, DiskBudgetExceeded | HeldBack):
         return Outcome.SKIPPED, str(error)
     if isinstance(error, PullFailed):
         transient = error.kind is FailureKind.TRANSIENT

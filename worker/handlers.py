@@ -30,7 +30,7 @@ from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from tasks.app import app
-from tasks.errors import PullFailedError, RewarmIncompleteError, TransientPullError
+from tasks.errors import GAVE_UP, PullFailedError, RewarmIncompleteError, TransientPullError
 from tasks.models import Outcome, PullResult, Trigger
 from tasks.names import PULL_IMAGE, REWARM_NODE
 from tasks.routing import queue_for_node
@@ -136,7 +136,7 @@ def _retry_or_give_up(
     """
     attempt = task.request.retries + 1
     if task.request.retries >= agent.settings.runtime.max_retries:
-        reason = f"gave up after {attempt} attempts: {result.reason}"
+        reason = f"{GAVE_UP} {attempt} attempts: {result.reason}"
         agent.report(replace(result, outcome=Outcome.FAILED, reason=reason))
         raise PullFailedError(reason)
     countdown = schedule_retry(agent, result.image, attempt=attempt, digest=digest)

@@ -17,12 +17,16 @@ A tag whose digest the leader resolved (watcher/digests.py) is pulled by that di
 node gets the same content, and then by its tag: CRI's PullImage of ``name@digest`` (and of
 ``name:tag@digest``, whose tag containerd drops) records no tag, and the kubelet looks images up
 by the reference its pod names. The tag's pull finds every blob local and costs one manifest
-request.
+request. When the manifest of that digest is gone (the tag moved on and the old one was
+deleted), the tag's pull brings the newer one; when the manifest is there but its content is
+broken (a layer the registry lost), the tag names that same content, so the failure stands: a
+broken image costs one attempt per node, not two (a wave's canaries, watcher/waves.py).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +43,10 @@ from .runtime import Credentials, FailureKind, ImageRuntime, PullFailed, Runtime
 CredentialLookup = Callable[[], list[Credentials]]
 
 log = logging.getLogger(__name__)
+
+# How runtimes say a manifest is not there: containerd cannot resolve the reference, Docker's
+# registry client says manifest unknown.
+_MANIFEST_GONE = re.compile(r"resolve reference|manifest unknown", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,7 @@ class Puller:
         try:
             self._pull_with(pinned, candidates)
         except PullFailed as error:
-            if error.kind is FailureKind.TRANSIENT:
+            if error.kind is FailureKind.TRANSIENT or not _MANIFEST_GONE.search(error.reason):
                 raise
             log.info("%s not pulled by digest, pulling its tag: %s", pinned, error.reason)
 

@@ -164,6 +164,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_STARTUP_TAINT_DEADLINE": "600",
         "WARM_STARTUP_GATE_IMAGES": "all",
         "WARM_KUBELET_EVENTS": "true",
+        "WARM_CANARY_NODES": "2",
         "WARM_REWARM_INTERVAL": "1800",
         "WARM_REWARM_WINDOW": "60",
         "WARM_BEAT_LOCK_TTL": "30",

@@ -30,6 +30,8 @@ WORKLOAD_RULES = [
     },
     {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["list", "watch"]},
 ]
+# Waves (config.canaryNodes > 0): a stopped wave's Event on each workload using the image.
+EVENT_RULE = {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
@@ -42,7 +44,7 @@ KUBELET_EVENTS_RULE = {
 # The startup gate's only writes: a Node's taint (patch) and an Event in "default".
 STARTUP_GATE_RULES = {
     "ClusterRole": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
-    "Role": {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    "Role": EVENT_RULE,
 }
 # The parts with users of their own on the bundled NATS and Redis.
 ROLES = ("watcher", "worker", "beat", "client")
@@ -94,6 +96,7 @@ def test_default_rbac_is_the_watcher_cluster_role_only(rendered: dict[str, Rende
         *CLUSTER_RULES,
         KUBELET_EVENTS_RULE,
         *WORKLOAD_RULES,
+        EVENT_RULE,
     ]
     # A single watcher elects no leader, and the worker reads no Secret by default.
     assert not default.of_kind("Role")
@@ -114,7 +117,7 @@ def test_leader_election_lease_rules(rendered: dict[str, Rendered]) -> None:
 
 
 def test_startup_gate_rules_only_when_enabled(rendered: dict[str, Rendered]) -> None:
-    gated = rendered["settings"]
+    gated = rendered["settings"]  # and waves off: no Event on workloads
     assert rules_of(gated, "ClusterRole", "watcher") == [
         *CLUSTER_RULES,
         STARTUP_GATE_RULES["ClusterRole"],
@@ -131,6 +134,7 @@ def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     for namespace in ("team-a", "team-b"):
         assert rules_of(full, "Role", "watcher", namespace) == [
             *WORKLOAD_RULES,
+            EVENT_RULE,  # waves: Events on the workloads, in their own namespaces only
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
@@ -159,10 +163,14 @@ def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
     credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
     copies = f"{PREFIX}-watcher-pull-secrets"
     gate = values.get("startupGate", {}).get("enabled", False)
+    waves = values.get("config", {}).get("canaryNodes", 2) > 0
     for role in result.of_kind("ClusterRole") + result.of_kind("Role"):
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], role["metadata"]["name"]
+            if rule == EVENT_RULE:
+                assert gate or waves, f"{rule} without startupGate.enabled nor waves"
+                continue
             if rule in STARTUP_GATE_RULES.values():
                 assert gate, f"{rule} without startupGate.enabled"
                 continue

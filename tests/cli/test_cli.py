@@ -18,7 +18,7 @@ from cli_testing import BAD, GOOD, answer_rewarm, celery, run
 
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
-from tasks.models import NodeSlice, Outcome, PullResult, SliceImage
+from tasks.models import NodeSlice, Outcome, PullResult, SliceImage, Wave, WaveState
 from tasks.status import StatusStore
 
 
@@ -124,6 +124,30 @@ def test_warm_status_shows_warm_over_expected_missing_and_failed_with_reasons(
     assert "s ago" in row
     assert f"failed   {nodes[0]}  {BAD}: manifest unknown" in table
     assert "0/1 node(s) fully warm" in table
+
+
+def test_warm_status_names_what_a_stopped_wave_holds_back_and_exits_one(
+    env: dict[str, str], bus: NatsBus, nodes: list[str]
+) -> None:
+    canary, held = nodes
+    catalog, status = CatalogStore(bus), StatusStore(bus)
+    catalog.put_slice(NodeSlice(held, (SliceImage(GOOD),), held=(BAD,)))  # as the watcher writes
+    reason = "failed to copy: blob not found"
+    catalog.put_wave(Wave(BAD, "sha256:0b", (canary,), WaveState.STOPPED, 1.0, canary, reason))
+    status.record_rewarm(canary, [GOOD, BAD], revision=3, present=[GOOD])
+    status.record_many(canary, [PullResult(canary, BAD, Outcome.FAILED, reason)])
+    status.record_rewarm(held, [GOOD], revision=3, present=[GOOD])
+
+    code, out, _ = run(env, "warm-status", "--json")
+    code_table, table, _ = run(env, "warm-status")
+
+    assert code == code_table == 1
+    by_node = {item["node"]: item for item in json.loads(out)["nodes"]}
+    stopped = f"wave stopped: canary {canary} failed: {reason}"
+    assert by_node[held]["held"] == {BAD: stopped}
+    assert by_node[held]["missing"] == [] and by_node[held]["expected"] == 1
+    assert by_node[canary]["held"] == {} and by_node[canary]["failed"] == {BAD: reason}
+    assert f"held     {BAD} on 1 node(s) ({held}): {stopped}" in table
 
 
 def test_warm_status_of_an_unknown_node_is_a_usage_error(

@@ -17,9 +17,7 @@ from tasks.catalog import CatalogStore
 from tasks.models import Outcome
 from tasks.names import PULL_IMAGE
 from tasks.routing import queue_for_node
-from tasks.settings import NatsSettings
-
-CAP = 4  # seconds: the retry backoff's cap in the registry drill
+from tasks.settings import NatsSettings, load_settings
 
 
 def test_nats_down_pulls_continue_and_every_component_reconnects(
@@ -72,9 +70,7 @@ def test_registry_down_for_a_while_bounded_retries_then_warm(drill: Drill, workd
     with Registry(workdir / f"flaky-{uuid.uuid4().hex[:4]}") as flaky:
         image = push_image(flaky.host, "fr/app", "v1", size_mib=5)
         flaky.pause()
-        with drill_cluster(
-            workdir, [flaky.host], WARM_PULL_MAX_RETRIES="20", WARM_PULL_RETRY_BACKOFF_MAX=str(CAP)
-        ) as cluster:
+        with drill_cluster(workdir, [flaky.host]) as cluster:
             cluster.deploy("app", image.ref)
             wait_for(
                 lambda: any(e.outcome is Outcome.RETRYING for e in cluster.events.of(image.ref)),
@@ -89,14 +85,14 @@ def test_registry_down_for_a_while_bounded_retries_then_warm(drill: Drill, workd
             cluster.wait_warm(image.ref)
             warm_after = time.monotonic() - back
             attempts = len(cluster.events.of(image.ref))
-    # Full jitter draws each delay from [0, CAP]: a chain averages one attempt per CAP/2 s. The
-    # first re-warm and the pull task may each start a chain; twice that average is the bound,
-    # while a storm (no backoff) would make hundreds of attempts in the same time.
-    bound = 2 * 2 * (down_for + 2) / (CAP / 2)
+    # The first re-warm and the pull task may each start a chain of at most 1 + max_retries
+    # attempts, exponentially spaced; a storm (no backoff) would make hundreds in the same time.
+    retries = load_settings({}).runtime.max_retries
+    bound = 2 * (1 + retries)
     assert attempts <= bound, f"{attempts} attempts in {down_for:.0f}s is a retry storm"
     drill.record("settings changed from the defaults", cluster.settings)
     drill.record("registry down for", f"{down_for:.0f} s (+ the time to the first failure)")
-    drill.record(f"pull attempts in all (backoff capped at {CAP} s, full jitter)", attempts)
+    drill.record(f"pull attempts in all (default backoff, at most {bound})", attempts)
     drill.record("warm after the registry came back", f"{warm_after:.1f} s")
 
 

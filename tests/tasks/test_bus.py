@@ -210,7 +210,6 @@ def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: Nats
         for index in range(3):
             bus.kv_put("warm-test-lost", f"k{index}", b"x")
         before = bus.kv_state("warm-test-lost")
-        assert bus.connects == 1
         private_nats.restart_empty()
 
         def writable() -> bool:
@@ -221,7 +220,6 @@ def test_a_bucket_nats_lost_with_its_storage_is_created_again(private_nats: Nats
 
         wait_for(writable, 20, "a write to the bucket once NATS is back")
         after = bus.kv_state("warm-test-lost")
-        assert bus.connects == 2  # reconnected once: readers know to read back
     assert before.revision == 3 and after.revision == 1
     assert after.created != before.created
 

@@ -7,7 +7,7 @@ import random
 
 from localcluster.harness import wait_for
 from localcluster.services import NatsServer
-from tasks.bus import NatsBus
+from tasks.bus import BusUnavailable, NatsBus
 from tasks.models import Outcome, PullResult
 from tasks.names import STATUS_BUCKET
 from tasks.status import NodeStatus, StatusStore
@@ -112,7 +112,14 @@ def test_a_record_nats_lost_is_written_again_at_the_next_rewarm(
     store, slice_ = StatusStore(private_bus), ["registry.example.com/app:1"]
     store.record_rewarm("n1", slice_, 1, slice_)
     private_nats.restart_empty()  # the chart's NATS keeps no storage by default
-    wait_for(lambda: private_bus.connects == 2, 20, "the bus to reconnect")
+
+    def record_lost() -> bool:
+        try:
+            return private_bus.kv_get(STATUS_BUCKET, "n1") is None
+        except BusUnavailable:
+            return False
+
+    wait_for(record_lost, 20, "the bus to reconnect to the emptied NATS")
 
     store.record_rewarm("n1", slice_, 1, slice_)  # nothing changed on the node
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from celery import Celery
 from kubernetes import client
-from watcher_testing import WatchedCluster, uid, watcher_settings
+from watcher_testing import WatchedCluster, create, uid, watcher_settings
 
 from localcluster import FakeKubeAPI
 from localcluster.services import NatsServer, RedisServer
@@ -30,8 +30,8 @@ def start_watcher(
     nats_server: NatsServer, redis_server: RedisServer
 ) -> Iterator[Callable[..., WatchedCluster]]:
     """``start_watcher(nodes=[...], health_port=0, release_namespace="default",
-    pull_secret_namespace=None, **watch_settings)``: a fresh API double with those nodes, and
-    a watcher on it."""
+    pull_secret_namespace=None, objects=[...], **watch_settings)``: a fresh API double with
+    those nodes (and those objects, there before the watcher starts), and a watcher on it."""
     started: list[WatchedCluster] = []
     buses: list[NatsBus] = []
 
@@ -40,12 +40,15 @@ def start_watcher(
         health_port: int = 0,
         release_namespace: str = "default",
         pull_secret_namespace: str | None = None,
+        objects: list[Any] | None = None,
         **watch: Any,
     ) -> WatchedCluster:
         kube = FakeKubeAPI(bookmark_interval=0.5).start()
         api = kube.api_client()
         for node in nodes or ():
             client.CoreV1Api(api).create_node(node)
+        for obj in objects or ():
+            create(api, obj)
         settings = watcher_settings(
             nats_server,
             redis_server,

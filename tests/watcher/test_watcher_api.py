@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
 
 from localcluster.ports import free_port
+from tasks.bus import NatsBus
 from tasks.names import INVALID_IMAGE_EVENTS, PULL_IMAGE, REWARM_NODE
 from tasks.settings import ExplicitImage
 
@@ -318,18 +319,22 @@ def test_opt_in_mode_counts_only_annotated_workloads(start_watcher: Start) -> No
 
 
 def test_nodes_of_one_class_share_one_slice_and_a_slice_nobody_names_is_deleted(
-    start_watcher: Start,
+    start_watcher: Start, bus: NatsBus
 ) -> None:
     tag = uid()
     names = [f"n-{tag}-{i}" for i in range(3)]
-    cluster = start_watcher(nodes=[node(name) for name in names])
     first, second = ref(f"first-{tag}"), ref(f"second-{tag}")
-    create(cluster.api, workload("Deployment", f"first-{tag}", first))
+    cluster = start_watcher(
+        nodes=[node(name) for name in names],
+        objects=[workload("Deployment", f"first-{tag}", first)],  # in use: sent to all at once
+    )
     wait_for(lambda: all(cluster.slice_images(n) == {first} for n in names), what="the slices")
     (shared,) = {cluster.catalog.get_pointer(name)[0].slice for name in names}
     assert shared in cluster.catalog.class_slices()
 
     create(cluster.api, workload("Deployment", f"second-{tag}", second))
+    wait_for(lambda: cluster.catalog.waves().get(second), what="the new image's wave")
+    cluster.pass_canaries(bus, second)  # a canary holds it: the wave reaches the third node
     wait_for(lambda: all(cluster.slice_images(n) == {first, second} for n in names), what="growth")
     (grown,) = {cluster.catalog.get_pointer(name)[0].slice for name in names}
     assert grown != shared

@@ -16,7 +16,10 @@ from kubernetes import client
 
 from localcluster import FakeKubeAPI
 from localcluster.services import NatsServer, RedisServer
+from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore, UnknownNode
+from tasks.models import Outcome, PullResult
+from tasks.names import pull_events_subject
 from tasks.routing import queue_for_node
 from tasks.settings import NatsSettings, Settings, load_settings
 from watcher.service import Watcher
@@ -73,6 +76,14 @@ class WatchedCluster:
         except UnknownNode:
             return None
         return {item.image for item in node_slice.images}
+
+    def pass_canaries(self, bus: NatsBus, image: str) -> None:
+        """Play the canaries of ``image``'s wave, if it has one: each reports it pulled, as
+        its worker would, so the wave sends it to every node (tests/watcher/test_waves.py)."""
+        wave = self.catalog.waves().get(image)
+        for canary in wave.canaries if wave is not None else ():
+            result = PullResult(canary, image, Outcome.PULLED, digest=wave.digest)
+            bus.publish(pull_events_subject(canary), result.to_json())
 
     def tasks(self, node: str) -> list[tuple[str, dict[str, Any]]]:
         """(task name, kwargs) of every message waiting in the node's queue, oldest first."""

@@ -207,3 +207,43 @@ def test_a_pull_with_its_catalog_entry_follows_the_digest_it_names(
     assert (moved.outcome, unchanged.outcome) == (Outcome.PULLED, Outcome.PRESENT)
     name = APP.rsplit(":", 1)[0]  # each by its digest, then its tag (for the kubelet)
     assert runtime.pulls == [f"{name}@{old}", APP, f"{name}@{new}", APP]
+
+
+def test_a_held_image_is_neither_pulled_by_a_rewarm_nor_by_a_pull_task(
+    agent: NodeAgent, runtime: FakeRuntime, bus: NatsBus
+) -> None:
+    runtime.registry.push(APP)
+    runtime.registry.push(LATEST)
+    # A wave holds LATEST back from this node: its slice names it as held, not as an image.
+    held = NodeSlice(agent.node, (SliceImage(APP),), held=(LATEST,))
+    CatalogStore(bus).put_slice(held)
+
+    report = agent.rewarm(0, [])
+    result = agent.pull(LATEST)  # a pull task sent before the wave began
+
+    assert report.pulled == 1 and runtime.pulls == [APP]
+    assert result.outcome is Outcome.SKIPPED and "canary" in result.reason
+
+
+def test_a_failure_pulled_again_under_a_new_digest_reads_missing_until_its_pull_ends(
+    agent: NodeAgent, runtime: FakeRuntime, bus: NatsBus
+) -> None:
+    old, new = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    CatalogStore(bus).put_slice(NodeSlice(agent.node, (SliceImage(APP, digest=old),)))
+    assert agent.rewarm(0, []).failed  # not in the registry: failed for good
+    status = StatusStore(bus)
+    assert status.get(agent.node).images[APP].outcome == Outcome.FAILED
+    seen: list[str] = []
+    runtime.registry.push(APP)
+    original = runtime.pull
+
+    def pull(*args: object, **kwargs: object) -> str:
+        seen.append(status.get(agent.node).images[APP].outcome)  # the record while pulling
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    runtime.pull = pull  # type: ignore[method-assign]
+    CatalogStore(bus).put_slice(NodeSlice(agent.node, (SliceImage(APP, digest=new),)))
+
+    agent.rewarm(0, [])
+
+    assert seen and seen[0] == "missing"  # not the old digest's failure
