@@ -200,6 +200,7 @@ class RVEmulator(kmock.KubernetesEmulator):
     # "<plural> streamed" (watch events sent, bookmarks aside). Drills and benchmarks report
     # these, not how often they asked for them.
     served: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    events_v1: bool = True  # False: events.k8s.io/v1 answers 404, as before Kubernetes 1.19
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -234,6 +235,8 @@ class RVEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         if request.resource == EVENTS_V1:
+            if not self.events_v1:
+                raise kmock.KubernetesResourceNotFoundError()
             return await self._handle_events_view(request)
         if request.url.path.startswith(kubeopenapi.PREFIX):
             return aiohttp.web.json_response(self._openapi(request.url.path))
@@ -671,9 +674,16 @@ def _api_request(request: rendering.Request) -> ApiRequest:
 class FakeKubeAPI(Service):
     """RVEmulator behind kmock's HTTP server on 127.0.0.1:<random port>, in its own thread."""
 
-    def __init__(self, *, bookmark_interval: float = 1.0, history_limit: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        bookmark_interval: float = 1.0,
+        history_limit: int = 20_000,
+        events_v1: bool = True,
+    ) -> None:
         self.bookmark_interval = bookmark_interval
         self.history_limit = history_limit
+        self.events_v1 = events_v1  # False: events.k8s.io/v1 is not served (before 1.19)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._emulator: RVEmulator | None = None
@@ -796,7 +806,9 @@ class FakeKubeAPI(Service):
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         emulator = RVEmulator(
-            bookmark_interval=self.bookmark_interval, history_limit=self.history_limit
+            bookmark_interval=self.bookmark_interval,
+            history_limit=self.history_limit,
+            events_v1=self.events_v1,
         )
         async with emulator, kmock.Server(emulator) as server:
             self._emulator = emulator

@@ -130,7 +130,7 @@ class KubeletSummary:
                 "classes": {name: counts.to_list() for name, counts in self.classes.items()},
                 "not_in_catalog": {i: c.to_list() for i, c in self.not_in_catalog.items()},
                 "pull_seconds": {image: _s(s) for image, s in self.pull_seconds.items()},
-                "watermark": round(self.watermark, 3),
+                "watermark": self.watermark,  # unrounded: it compares with Event times
             }
         )
 

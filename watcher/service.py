@@ -95,9 +95,14 @@ class Watcher:
                 leading=lambda: self.leading,
                 identity=self.identity,
             )
+        # Set once the first lists are in the catalog: the kubelet's Events are counted from
+        # then on, or an Event read before would count its image as not in the catalog.
+        self.catalog_ready = threading.Event()
         self.kubelet = None  # WARM_KUBELET_EVENTS=false: no Events watch
         if settings.watch.kubelet_events:
-            self.kubelet = KubeletEvents(api, bus, self.state, leading=lambda: self.leading)
+            self.kubelet = KubeletEvents(
+                api, bus, self.state, leading=lambda: self.leading and self.catalog_ready.is_set()
+            )
         self.elector = None
         if settings.leader.enabled:
             self.elector = LeaderElector(api, settings.leader, self.identity)
@@ -182,6 +187,7 @@ class Watcher:
         next_resync = time.monotonic() + self._settings.watch.resync_interval
         while not stop.is_set():
             owed.merge(self.state.apply(self._drain()))
+            self.catalog_ready.set()
             now = self._turned = time.monotonic()
             if now >= next_resync:
                 next_resync = now + self._settings.watch.resync_interval

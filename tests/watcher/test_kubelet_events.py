@@ -107,3 +107,36 @@ def test_only_the_leader_watches_events_and_a_new_leader_carries_on(
             assert (image.hits, image.misses) == (2, 1)
         finally:
             leader.stop()
+
+
+def test_a_cluster_without_events_k8s_io_v1_is_watched_through_core_v1(
+    redis_server: RedisServer, workdir: Path
+) -> None:
+    """Before Kubernetes 1.19 (or where RBAC allows only core/v1), events.k8s.io/v1 answers
+    404: the kubelet's Events are read through core/v1 instead."""
+    tag = uid()
+    with (
+        FakeKubeAPI(bookmark_interval=0.5, events_v1=False) as kube,
+        NatsServer(workdir / f"nats-{tag}") as nats,
+        NatsBus(NatsSettings(url=nats.url)) as bus,
+    ):
+        api = kube.api_client()
+        client.CoreV1Api(api).create_node(node(f"a-{tag}"))
+        client.AppsV1Api(api).create_namespaced_deployment("default", deployment("web", NGINX))
+        pulled(api, "e1", f"a-{tag}", MISS)
+        env = product.product_env(
+            broker_url=f"{redis_server.url}/9",
+            nats_url=nats.url,
+            kubeconfig=kube.write_kubeconfig(workdir / f"kubeconfig-{tag}"),
+            WARM_HEALTH_PORT="0",
+            WARM_METRICS_PORT="0",
+        )
+        argv = [sys.executable, "-m", "watcher"]
+        watcher = product.ProductProcess("watcher", argv, env, workdir / f"core-{tag}")
+        store = KubeletStore(bus)
+        try:
+            watcher.start()
+            wait_for(lambda: store.get_node(f"a-{tag}").misses == 1, 30, "the counts")
+            assert "watching core/v1 Events" in watcher.log_tail()
+        finally:
+            watcher.stop()
