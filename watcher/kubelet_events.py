@@ -1,7 +1,8 @@
 """The leader's watch on the kubelet's ``Pulled`` Events, and what it publishes of them.
 
-Only the leader watches (a standby would hold the same counts for nothing) and, when it
-becomes leader, carries on from the counts and watermark its predecessor published.
+Only the leader watches (a standby would hold the same counts for nothing), from the moment its
+first lists are in the catalog (an Event read before would count its image as not in it), and
+it carries on from the counts and watermark its predecessor published.
 
 Events come in two API versions that are two views of the same objects: the apiserver stores
 one Event and converts it for ``core/v1`` and ``events.k8s.io/v1`` alike, so watching both
@@ -16,7 +17,8 @@ GKE, EKS, AKS, then the instance type), so the counts read like the pools operat
 
 Workers report each pull's duration on NATS (``warm.events.pull.<node>``): the estimate of what
 a hit saved. Every :data:`PUBLISH_INTERVAL` the counts that changed are written to the
-``warm-kubelet`` bucket (tasks/kubelet.py); the Prometheus metrics move at once.
+``warm-kubelet`` bucket (tasks/kubelet.py); a Prometheus scrape reads the counts as they are
+(watcher/metrics.py).
 """
 
 from __future__ import annotations
