@@ -126,7 +126,7 @@ class KubeletTally:
             return
         if pull.hit:
             counts.seconds_saved = new * self._pull_time(image)
-        elif pull.pulled:
+        elif pull.pulled and (image in self._kubelet_pull or len(self._kubelet_pull) < MAX_IMAGES):
             self._kubelet_pull[image] = pull.pulled
         _bounded(self.summary.images, image, MAX_IMAGES)[1].add(counts)
         _bounded(self.summary.classes, self._node_class(event.node), MAX_CLASSES)[1].add(counts)
