@@ -67,7 +67,7 @@ from .slices import SliceIndex
 
 log = logging.getLogger(__name__)
 
-CHECK_INTERVAL = 1.0  # seconds between two looks at the canaries' status records
+CHECK_INTERVAL = 1.0  # seconds between two looks at what the canaries reported
 HEARD_LIMIT = 10_000  # canaries' results kept between two checks (a replica that stopped leading)
 HEALTH_PROBES = 10  # status records read, at most, to find canaries whose worker answers
 EVENT_WORKLOADS = 20  # workloads of a stopped image that get an Event

@@ -426,6 +426,8 @@ def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
         "warm_watcher_node_untaint_seconds_bucket",
         'warm_watcher_kubelet_pulls_total{result="hit"}',
         "warm_watcher_kubelet_wait_seconds_total",
+        "warm_watcher_waves",
+        "warm_watcher_wave_transitions_total",
     ):
         assert any(metric in expr for expr in exprs), metric
     assert not rendered["default"].find("ConfigMap", "dashboard")

@@ -1,8 +1,9 @@
 """Waves on 4 nodes with real containerd, on the product's defaults (2 canaries): a good new
 image reaches its canaries first and then the rest; a broken one (its layer gone from the
 registry) costs the registry one pull per canary and none from the other nodes, through
-periodic re-warms too, is shown stopped by ``warm-status``, and leaves a Warning Event on its
-Deployment; a fixed digest pushed to the same tag starts a new wave that reaches every node.
+periodic re-warms and a held node's reconcile on start too, is shown stopped by
+``warm-status``, and leaves a Warning Event on its Deployment; a fixed digest pushed to the
+same tag starts a new wave that reaches every node.
 
 What a node holds is read from its containerd through CRI; what the registry served, from the
 registry's own access log (each containerd pull attempt fetches the image's manifest once,
@@ -27,7 +28,7 @@ from localcluster import Registry, push_image
 from localcluster.harness import registry_requests
 from localcluster.images import PushedImage
 from localcluster.manifests import deployment
-from localcluster.product import celery
+from localcluster.product import ProductProcess, celery
 from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -63,9 +64,14 @@ def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Ite
         yield running
 
 
+def process(cluster: SimCluster, name: str) -> ProductProcess:
+    return next(p for p in cluster.processes if p.name == name)
+
+
 def canaries_logged(cluster: SimCluster, ref: str) -> list[str]:
     """The canaries the watcher logged for the wave of ``ref`` (the last one)."""
-    found = re.findall(rf"wave of {re.escape(ref)} \(.*?\): canaries \[(.*?)\]", cluster.logs())
+    log = process(cluster, "watcher").log_path.read_text(errors="replace")
+    found = re.findall(rf"wave of {re.escape(ref)} \(.*?\): canaries \[(.*?)\]", log)
     return [name.strip(" '") for name in found[-1].split(",")] if found else []
 
 
@@ -152,8 +158,22 @@ def test_a_broken_image_stops_at_its_canaries_and_a_fixed_digest_reaches_every_n
     stopped = wave_of(cluster, broken.ref)
     assert stopped is not None and stopped.node in stopped.canaries
     time.sleep(2 * INTERVAL + 2)  # two periodic re-warms of every node while it is held
+    # A held node's worker restarts: its reconcile on start diffs the slice, which holds it.
+    (other, *_) = sorted(set(cluster.nodes) - set(stopped.canaries))
+    worker = process(cluster, f"worker-{other}")
+    worker.stop()
+    worker.start()
+    wait_for(
+        lambda: f"reconcile on start of node {other}" in worker.log_path.read_text(),
+        WARM_TIMEOUT,
+        "the restarted worker's reconcile",
+        cluster,
+    )
     attempts, fetches = pull_attempts(registry, broken), layer_fetches(registry, broken, layer)
-    print(f"broken image, 4 nodes, 2 re-warms: {attempts} pulls, {fetches} layer requests")
+    print(
+        f"broken image, 4 nodes, 2 re-warms and a restart: {attempts} pulls, "
+        f"{fetches} layer requests"
+    )
     seen = "\n".join(registry_requests(registry, f"/v2/{repository_of(broken)}/"))
     assert 1 <= attempts <= 2, seen + cluster.logs()  # one per canary, none from the others
     assert fetches <= 2 * attempts, seen  # containerd asks twice for a missing layer

@@ -10,14 +10,26 @@ pull events subject (:func:`report`), or a status record written through
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
+from celery import Celery
 from kubernetes import client
-from watcher_testing import WatchedCluster, create, node, uid, wait_for, workload
+from prometheus_client import REGISTRY
+from watcher_testing import (
+    WatchedCluster,
+    create,
+    node,
+    uid,
+    wait_for,
+    watcher_settings,
+    workload,
+)
 
 from localcluster.images import push_image
 from localcluster.registry import Registry
+from localcluster.services import NatsServer, RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import wave_key
 from tasks.errors import GAVE_UP
@@ -25,6 +37,7 @@ from tasks.models import Outcome, PullResult, Wave, WaveState
 from tasks.names import CATALOG_BUCKET, PULL_IMAGE, REWARM_NODE, pull_events_subject
 from tasks.status import StatusStore
 from watcher.dispatch import Sync
+from watcher.service import Watcher
 from watcher.waves import STOPPED_REASON
 
 Start = Callable[..., WatchedCluster]
@@ -60,6 +73,12 @@ def rewarms_of(cluster: WatchedCluster, name: str) -> list[dict[str, Any]]:
     return [kw for task, kw in cluster.tasks(name) if task == REWARM_NODE]
 
 
+def transitions(outcome: str) -> float:
+    """The watcher's own counter (in this process's registry, as on its /metrics)."""
+    value = REGISTRY.get_sample_value("warm_watcher_wave_transitions_total", {"outcome": outcome})
+    return value or 0.0
+
+
 def started_wave(cluster: WatchedCluster, image: str) -> Wave:
     found: Wave = wait_for(lambda: wave_of(cluster, image), what=f"the wave of {image}")
     return found
@@ -79,6 +98,7 @@ def test_a_new_image_reaches_canaries_spread_over_pools_first_then_every_node(
     )
     wait_for(lambda: pinned in cluster.entries(), what="the image in use at the start")
     image = ref(f"new-{tag}")
+    released = transitions("released")
     create(cluster.api, workload("Deployment", f"new-{tag}", image))
 
     wave = started_wave(cluster, image)
@@ -103,6 +123,7 @@ def test_a_new_image_reaches_canaries_spread_over_pools_first_then_every_node(
     wait_for(lambda: all(image in (cluster.slice_images(n) or ()) for n in pools), what="fleet")
     wait_for(lambda: all(pulls(cluster, name, image) for name in others), what="the fleet's pulls")
     assert all(held_from(cluster, name) == () for name in pools)
+    assert transitions("released") == released + 1
 
 
 def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_digest_restarts_it(
@@ -120,6 +141,7 @@ def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_dige
     )
     first, second = wave.canaries
     others = sorted(set(names) - set(wave.canaries))
+    stops = transitions("stopped")
 
     # A canary that gave up after transient errors is a registry that was down: no verdict.
     report(bus, second, broken.ref, Outcome.FAILED, reason=f"{GAVE_UP} 6 attempts: 503")
@@ -130,6 +152,8 @@ def test_a_canarys_permanent_failure_stops_the_wave_with_an_event_and_a_new_dige
         what="the wave stopped",
     )
     assert (stopped.node, stopped.reason) == (first, "blob unknown: not found")
+    assert transitions("stopped") == stops + 1
+    assert REGISTRY.get_sample_value("warm_watcher_waves", {"state": "stopped"}) == 1
     assert all(held_from(cluster, name) == (broken.ref,) for name in others)
     assert not any(pulls(cluster, name, broken.ref) for name in others)
     uid_of = cluster.apps.read_namespaced_deployment(f"app-{tag}", "default").metadata.uid
@@ -254,3 +278,40 @@ def test_canaries_are_nodes_whose_worker_answers_its_slice_before_any_other(
 
     wave = started_wave(cluster, image)
     assert sorted(wave.canaries) == sorted(by_hash[-2:])
+
+
+def test_a_leader_that_takes_over_carries_the_wave_on(
+    start_watcher: Start, bus: NatsBus, nats_server: NatsServer, redis_server: RedisServer
+) -> None:
+    tag = uid()
+    names = [f"n-{tag}-{i}" for i in range(3)]
+    cluster = start_watcher(nodes=[node(n) for n in names])
+    publishing(cluster, names)
+    image = ref(f"app-{tag}")
+    create(cluster.api, workload("Deployment", f"app-{tag}", image))
+    wave = started_wave(cluster, image)
+    (other,) = set(names) - set(wave.canaries)
+    cluster.stop.set()  # the leader goes; its wave stays in NATS
+    cluster.thread.join(timeout=15)
+
+    settings = watcher_settings(nats_server, redis_server)
+    app = Celery("watcher-tests-successor")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = settings.broker.url
+    stop = threading.Event()
+    with NatsBus(settings.nats) as own_bus:
+        successor = Watcher(settings, cluster.kube.api_client(), app, own_bus, identity=uid())
+        thread = threading.Thread(target=successor.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: successor.dispatcher.revision > 0, what="the successor's first sync")
+            assert wave_of(cluster, image) == wave  # the image in use is no news to it: same wave
+            assert held_from(cluster, other) == (image,)
+
+            report(bus, wave.canaries[0], image, Outcome.PULLED)
+
+            wait_for(lambda: wave_of(cluster, image) is None, what="the successor's release")
+            wait_for(lambda: image in (cluster.slice_images(other) or ()), what="the last node")
+        finally:
+            stop.set()
+            thread.join(timeout=15)
