@@ -42,7 +42,7 @@ from tasks.names import PULL_EVENTS
 from . import metrics
 from .catalog import CatalogState
 from .kubelet_messages import PULLED
-from .kubelet_tally import KubeletTally
+from .kubelet_tally import KubeletTally, PullTimes
 from .reflector import Reflector
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class KubeletEvents:
         self._store = KubeletStore(bus)
         self._state = state
         self._leading = leading
+        self.pull_times = PullTimes(self._in_catalog)
         self.tally: KubeletTally | None = None
         self.reflector: Reflector | None = None
         self._published: tuple[bytes, dict[str, bytes]] = (b"", {})
@@ -120,7 +121,7 @@ class KubeletEvents:
         except BusUnavailable as error:
             log.warning("kubelet events: counts not read (%s): retrying", error)
             return
-        tally = KubeletTally(self._in_catalog, self._node_class, restored=restored)
+        tally = KubeletTally(self._in_catalog, self._node_class, self.pull_times, restored=restored)
         tally.restore_nodes(nodes)
         self._published = (tally.snapshot()[0], {n: c.to_json() for n, c in nodes.items()})
         self.tally = tally
@@ -175,9 +176,8 @@ class KubeletEvents:
 
     def _pull_reported(self, _subject: str, data: bytes) -> None:
         result = PullResult.from_json(data)
-        tally = self.tally
-        if tally is not None and result.outcome == Outcome.PULLED:
-            tally.pulled(result.image, result.seconds)
+        if result.outcome == Outcome.PULLED:
+            self.pull_times.reported(result.image, result.seconds)
 
     def _in_catalog(self, image: str) -> bool:
         return image in self._state.images

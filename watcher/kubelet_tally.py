@@ -52,21 +52,24 @@ TAG_MASK = TAG_BIT - 1
 
 class KubeletTally:
     """Thread-safe: the Events watch calls :meth:`observe`, the publisher :meth:`snapshot`,
-    the pull reports :meth:`pulled`."""
+    a scrape :meth:`figures`."""
 
     def __init__(
         self,
         in_catalog: Callable[[str], bool],
         node_class: Callable[[str], str],
+        pull_times: PullTimes,
         *,
         restored: KubeletSummary | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._in_catalog = in_catalog
         self._node_class = node_class
+        self._pull_times = pull_times
         self._clock = clock
         self._lock = threading.Lock()
         self.summary = restored or KubeletSummary()
+        pull_times.seed(self.summary.pull_seconds)
         self.nodes: dict[str, KubeletCounts] = {}
         self._seen = _Seen(clock, floor=self.summary.watermark)
         self._kubelet_pull: dict[str, float] = {}  # image -> the pull time the kubelet said
@@ -83,16 +86,6 @@ class KubeletTally:
             if new:
                 self._count(event, new)
             self._read["counted" if new else "repeat"] += 1
-
-    def pulled(self, image: str, seconds: float) -> None:
-        """A worker pulled ``image`` (normalized) in ``seconds``: the estimate for its hits."""
-        if seconds <= 0 or not self._in_catalog(image):
-            return
-        with self._lock:
-            known = self.summary.pull_seconds.get(image)
-            estimate = seconds if known is None else known + EWMA * (seconds - known)
-            if known is not None or len(self.summary.pull_seconds) < MAX_IMAGES:
-                self.summary.pull_seconds[image] = estimate
 
     def restore_nodes(self, nodes: dict[str, KubeletCounts]) -> None:
         with self._lock:
@@ -112,8 +105,9 @@ class KubeletTally:
             return copy.deepcopy(self.summary), dict(self._read)
 
     def snapshot(self) -> tuple[bytes, dict[str, bytes]]:
-        """The summary's JSON and each node's, as they are now."""
+        """The summary's JSON (with the pull times, for the next leader) and each node's."""
         with self._lock:
+            self.summary.pull_seconds = self._pull_times.copy()
             return self.summary.to_json(), {n: c.to_json() for n, c in self.nodes.items()}
 
     def _count(self, event: PulledEvent, new: int) -> None:
@@ -135,12 +129,46 @@ class KubeletTally:
         self._advance(event)
 
     def _pull_time(self, image: str) -> float:
-        measured = self.summary.pull_seconds.get(image)
+        measured = self._pull_times.get(image)
         return measured if measured is not None else self._kubelet_pull.get(image, 0.0)
 
     def _advance(self, event: PulledEvent) -> None:
         if event.last is not None and event.last > self.summary.watermark:
             self.summary.watermark = event.last
+
+
+class PullTimes:
+    """Each catalog image's pull time as the workers report it (a moving average), followed on
+    every replica whether leading or not, so a hit counted later finds it."""
+
+    def __init__(self, in_catalog: Callable[[str], bool]) -> None:
+        self._in_catalog = in_catalog
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = {}
+
+    def reported(self, image: str, seconds: float) -> None:
+        """A worker pulled ``image`` (normalized) in ``seconds``."""
+        if seconds <= 0 or not self._in_catalog(image):
+            return
+        with self._lock:
+            known = self._seconds.get(image)
+            if known is None and len(self._seconds) >= MAX_IMAGES:
+                return
+            self._seconds[image] = seconds if known is None else known + EWMA * (seconds - known)
+
+    def seed(self, published: dict[str, float]) -> None:
+        """What a previous leader published, for the images not reported since."""
+        with self._lock:
+            for image, seconds in published.items():
+                if len(self._seconds) < MAX_IMAGES:
+                    self._seconds.setdefault(image, seconds)
+
+    def get(self, image: str) -> float | None:
+        return self._seconds.get(image)
+
+    def copy(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._seconds)
 
 
 class _Seen:

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.kubelet import OTHER, KubeletSummary
 from watcher import kubelet_tally
-from watcher.kubelet_tally import DEDUPE_WINDOW, KubeletTally
+from watcher.kubelet_tally import DEDUPE_WINDOW, KubeletTally, PullTimes
 
 NGINX = "docker.io/library/nginx:1.25"
 NOW = 1_800_000_000.0
@@ -48,9 +48,15 @@ def clock() -> Clock:
     return Clock()
 
 
-def tally_of(clock: Clock, restored: KubeletSummary | None = None) -> KubeletTally:
-    in_catalog, node_class = (lambda image: image == NGINX), (lambda node: "pool-a")
-    return KubeletTally(in_catalog, node_class, restored=restored, clock=clock)
+def in_catalog(image: str) -> bool:
+    return image == NGINX
+
+
+def tally_of(
+    clock: Clock, restored: KubeletSummary | None = None, pull_times: PullTimes | None = None
+) -> KubeletTally:
+    times = pull_times or PullTimes(in_catalog)
+    return KubeletTally(in_catalog, lambda node: "pool-a", times, restored=restored, clock=clock)
 
 
 def test_hits_and_misses_are_counted_per_image_class_and_node(clock: Clock) -> None:
@@ -76,14 +82,18 @@ def test_a_relisted_or_updated_event_counts_only_new_occurrences(clock: Clock) -
 
 
 def test_a_hit_saves_the_workers_pull_time_else_the_kubelets(clock: Clock) -> None:
-    tally = tally_of(clock)
+    times = PullTimes(in_catalog)
+    tally = tally_of(clock, pull_times=times)
 
     tally.observe(pulled("m", MISS))  # the kubelet pulled it in 2 s
     tally.observe(pulled("a", HIT))
-    tally.pulled(NGINX, 4.0)  # then a worker measured 4 s
+    times.reported(NGINX, 4.0)  # then a worker measured 4 s
     tally.observe(pulled("b", HIT, count=2))
+    times.reported("docker.io/library/other:1", 9.0)  # not in the catalog: no estimate
 
     assert tally.summary.images[NGINX].seconds_saved == pytest.approx(2.0 + 2 * 4.0)
+    restored = KubeletSummary.from_json(tally.snapshot()[0])
+    assert restored.pull_seconds == {NGINX: 4.0}  # for the next leader
 
 
 def test_images_not_in_the_catalog_are_counted_apart_and_bounded(
