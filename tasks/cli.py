@@ -290,14 +290,17 @@ class _Kubelet:
 
 
 def _kubelet(bus: NatsBus, statuses: list[NodeStatus]) -> _Kubelet:
-    """The counts, or none when there are none to read: the bucket is made by the watcher's
-    first count, and a client role may read a bucket but not make it."""
+    """The counts, or none when there are none to read: the leading watcher makes the bucket,
+    which a client role may read but not make."""
+    nothing = _Kubelet({status.node: KubeletCounts() for status in statuses}, KubeletSummary())
+    if not load_settings().watch.kubelet_events:  # WARM_KUBELET_EVENTS=false: none are counted
+        return nothing
     store = KubeletStore(bus)
     try:
         nodes = {status.node: store.get_node(status.node) for status in statuses}
         return _Kubelet(nodes, store.get_summary() or KubeletSummary())
     except (BusUnavailable, nats.errors.Error):
-        return _Kubelet({status.node: KubeletCounts() for status in statuses}, KubeletSummary())
+        return nothing
 
 
 # --- rewarm --wait -------------------------------------------------------------------------
