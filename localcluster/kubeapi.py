@@ -21,7 +21,9 @@ own it lacks what a watcher depends on; this module adds that on top of kmock 0.
   to ``as=Table`` (kubetables), strategic-merge PATCH for client-side apply and apply-patch
   for server-side apply (strategicmerge), and no metrics.k8s.io, which only metrics-server has;
 * a request log in Kubernetes verbs (requests()), so a test can prove what a component did
-  *not* ask for, e.g. that no worker read a Secret a task message named.
+  *not* ask for, e.g. that no worker read a Secret a task message named;
+* ServiceAccount tokens bound to pods (issue_token(), what the kubelet mounts) and TokenReview
+  with the apiserver's rules (localcluster/tokenreview.py).
 
 Every other kind, Secrets included, is served by kmock as is: get, list, watch, create, update,
 patch and delete, in namespaces.
@@ -59,7 +61,14 @@ import kubernetes.client
 import yaml
 from kmock._internal import aiobus, parsing, references, rendering
 
-from localcluster import kubeevents, kubeopenapi, kubeproto, kubetables, strategicmerge
+from localcluster import (
+    kubeevents,
+    kubeopenapi,
+    kubeproto,
+    kubetables,
+    strategicmerge,
+    tokenreview,
+)
 from localcluster._lifecycle import Service
 
 T = TypeVar("T")
@@ -201,6 +210,7 @@ class RVEmulator(kmock.KubernetesEmulator):
     # these, not how often they asked for them.
     served: collections.Counter[str] = attrs.field(factory=collections.Counter)
     events_v1: bool = True  # False: events.k8s.io/v1 answers 404, as before Kubernetes 1.19
+    tokens: tokenreview.TokenAuthority = attrs.field(factory=tokenreview.TokenAuthority)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -240,6 +250,9 @@ class RVEmulator(kmock.KubernetesEmulator):
             return await self._handle_events_view(request)
         if request.url.path.startswith(kubeopenapi.PREFIX):
             return aiohttp.web.json_response(self._openapi(request.url.path))
+        if request.url.path == tokenreview.PATH and request.method == kmock.method.POST:
+            review = self.tokens.review(request.data or {}, self.stored)
+            return aiohttp.web.json_response(review, status=201)
         if _is_merging_patch(request):
             await self._merge_patch(request)
         if request.subresource == "scale" and isinstance(request.data, dict):
@@ -271,6 +284,13 @@ class RVEmulator(kmock.KubernetesEmulator):
             return await self._handle(request)
         finally:
             _EVENTS_VIEW.reset(token)
+
+    def stored(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """A core (v1) object as stored now, or None when there is none."""
+        key = (Resource("", "v1", plural), namespace, name)
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return copy.deepcopy(dict(self._objects[key]))
 
     def _openapi(self, path: str) -> dict[str, Any]:
         kinds: dict[tuple[str, str], list[tuple[str, str, bool]]] = {}
@@ -754,6 +774,33 @@ class FakeKubeAPI(Service):
             emulator.expire_next = n
 
         self.call(expire)
+
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        audiences: tuple[str, ...] = (tokenreview.API_AUDIENCE,),
+        pod: str | None = None,
+        expires_in: float = 3600,
+        node_info: bool = True,
+    ) -> str:
+        """A ServiceAccount token, bound to ``pod`` when given (the pod must exist): the token
+        the kubelet projects into that pod. TokenReview authenticates it while it is valid;
+        ``node_info=False`` leaves the node out of it, as apiservers before 1.30 do."""
+
+        def issue(emulator: RVEmulator) -> str:
+            return emulator.tokens.issue(
+                emulator.stored,
+                namespace,
+                service_account,
+                audiences=audiences,
+                pod=pod,
+                expires_in=expires_in,
+                node_info=node_info,
+            )
+
+        return self.call(issue)
 
     def served(self) -> dict[str, int]:
         """What the double has done to its clients so far (see RVEmulator.served)."""

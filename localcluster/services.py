@@ -19,6 +19,7 @@ from localcluster._lifecycle import Service
 from localcluster._process import Daemon, wait_until
 from localcluster.packages import require_binary
 from localcluster.ports import free_port
+from tasks import natsauth
 
 
 class _TcpServer(Service):
@@ -126,6 +127,22 @@ class NatsServer(_TcpServer):
             "-js",
             "-sd", str(self.store),
         ]  # fmt: skip
+
+
+class OperatorNats(NatsServer):
+    """NATS in operator mode with the accounts derived from ``account_key``, as the chart's
+    NATS pod runs it (tasks/natsauth.py): only user JWTs signed with that key get in."""
+
+    def __init__(self, workdir: Path, account_key: str) -> None:
+        self.account_key = account_key
+        config = Path(workdir) / "operator.conf"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(natsauth.server_config(self.keys))
+        super().__init__(workdir, config=config)
+
+    @property
+    def keys(self) -> natsauth.AccountKeys:
+        return natsauth.AccountKeys.from_secret(self.account_key)
 
 
 RABBITMQ = ("127.0.0.1", 5672)

@@ -18,6 +18,11 @@ cause; the next operation tries to connect again, so a component that treats rep
 effort keeps working through an outage and recovers by itself. A bucket whose stream vanished
 (NATS restarted without its storage) is created again on the next access.
 
+With NATS in operator mode (tasks/natsauth.py), each session connects with a user JWT of its
+own (tasks/natscreds.py: signed with the watcher's account key, or got from the watcher's
+credentials exchange) and renews it before it expires, reconnecting with the new one; a call
+made in the instant of that reconnect waits for it.
+
 Errors that nats-py only reports asynchronously (permission violations, slow consumers, lost
 connections, exceptions in subscription callbacks) are logged, one line per kind per interval,
 and counted in ``warm_nats_errors_total{kind}``: none of them is raised to a caller.
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import ssl
 import threading
 import time
@@ -54,6 +60,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
+from .natscreds import Credentials, CredentialsUnavailable, credentials_for
 from .settings import NatsSettings
 
 T = TypeVar("T")
@@ -67,6 +74,10 @@ NATS_ERRORS = Counter(
     ["kind"],
 )
 ERROR_LOG_INTERVAL = 30.0  # seconds between two log lines for one kind of error
+# Seconds before trying again to renew a NATS user JWT: doubling from the first, up to the
+# last (with jitter), so a hiccup of the exchange costs a second, and a fleet waiting for it to
+# come back does not ask in step.
+CREDENTIALS_RETRY = (1.0, 10.0)
 
 STREAM_NOT_FOUND = 10059  # JetStream API error codes
 WRONG_LAST_SEQUENCE = 10071
@@ -149,8 +160,15 @@ def error_kind(error: BaseException) -> str:
 class NatsBus:
     """One NATS connection with JetStream key-value access, usable from synchronous code."""
 
-    def __init__(self, settings: NatsSettings) -> None:
+    def __init__(
+        self,
+        settings: NatsSettings,
+        credentials: Callable[[], Credentials | None] | None = None,
+    ) -> None:
+        """``credentials`` makes each session's operator-mode credentials (tests give a
+        part's own); by default what ``settings`` call for (tasks/natscreds.py)."""
         self._settings = settings
+        self._credentials = credentials or (lambda: credentials_for(settings))
         self._errors = ErrorLog(settings.url)
         self._ttls: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -268,7 +286,9 @@ class NatsBus:
         session receives, it receives before its shutdown, which ends it."""
         with self._lock:
             if self._session is None:
-                self._session = _Session(self._settings, self._errors, self._ttls)
+                self._session = _Session(
+                    self._settings, self._errors, self._ttls, self._credentials()
+                )
             session = self._session
             return asyncio.run_coroutine_threadsafe(operation(session), session.loop)
 
@@ -299,8 +319,13 @@ class _Session:
         settings: NatsSettings,
         errors: ErrorLog,
         ttls: dict[str, float],
+        credentials: Credentials | None,
     ) -> None:
         self._settings = settings
+        self._credentials = credentials
+        self._renewing: asyncio.Task[None] | None = None
+        self._renewal_reconnect_until = 0.0  # loop time until which a reconnect is a renewal's
+        self._credentials_error = ""  # why the last renewal failed, until one succeeds
         self._errors = errors
         self._ttls = ttls
         self._client: Client | None = None
@@ -342,6 +367,8 @@ class _Session:
             options["token"] = settings.token
         if settings.tls_ca_file:
             options["tls"] = ssl.create_default_context(cafile=settings.tls_ca_file)
+        if self._credentials is not None:
+            options.update(await self._with_credentials(self._credentials))
         try:
             client = await nats.connect(**options)
         except Exception as error:
@@ -350,13 +377,54 @@ class _Session:
         client.options["max_reconnect_attempts"] = -1
         return client
 
+    async def _with_credentials(self, credentials: Credentials) -> dict[str, Any]:
+        """nats-py's callbacks for a user JWT, fetched first when there is none yet, and kept
+        renewed before it expires. nats-py asks for the JWT on every reconnect; the server
+        ends a connection whose JWT expires (nats-py then closes it for good), so a renewal
+        reconnects at once, with the new JWT and the subscriptions kept."""
+        if credentials.renew_in() == 0:
+            try:
+                await asyncio.to_thread(credentials.renew)
+            except CredentialsUnavailable as error:
+                raise BusUnavailable(f"no NATS credentials for {self.url}: {error}") from None
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew(credentials))
+        return {"user_jwt_cb": credentials.jwt, "signature_cb": credentials.sign}
+
+    async def _renew(self, credentials: Credentials) -> None:
+        pause, longest = CREDENTIALS_RETRY
+        while True:
+            await asyncio.sleep(credentials.renew_in())
+            try:
+                await asyncio.to_thread(credentials.renew)
+            except CredentialsUnavailable as error:
+                self._errors.report("credentials", error)
+                self._credentials_error = str(error)
+                await asyncio.sleep(random.uniform(pause / 2, pause))
+                pause = min(pause * 2, longest)
+                continue
+            pause, self._credentials_error = CREDENTIALS_RETRY[0], ""
+            if self._client is not None and self._client.is_connected:
+                loop = asyncio.get_running_loop()
+                self._renewal_reconnect_until = loop.time() + self._settings.connect_timeout
+                await self._client.force_reconnect()
+
+    async def _after_renewal(self, client: Client) -> bool:
+        """Whether a reconnect in progress is the one a renewal started, and came back: that
+        one takes an instant, so a call waits for it rather than fail."""
+        loop = asyncio.get_running_loop()
+        while client.is_reconnecting and loop.time() < self._renewal_reconnect_until:
+            await asyncio.sleep(0.02)
+        return client.is_connected
+
     async def bucket(self, name: str) -> KeyValue:
         client = await self.connection()
-        if client.is_reconnecting:
+        if client.is_reconnecting and not await self._after_renewal(client):
             # A KV request cannot succeed before the connection is back; waiting out its
             # timeout would only hold up the caller (a pull looking up its pull secrets).
             # Publishes are different: nats-py buffers them across a reconnect.
-            raise BusUnavailable(f"NATS at {self.url} is unreachable, reconnecting")
+            why = f" ({self._credentials_error})" if self._credentials_error else ""
+            raise BusUnavailable(f"NATS at {self.url} is unreachable, reconnecting{why}")
         if name in self._buckets:
             return self._buckets[name]
         jetstream = client.jetstream(timeout=self._settings.connect_timeout)

@@ -25,9 +25,11 @@ T = TypeVar("T")
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_IDENTITY_TOKEN_FILE = "/var/run/secrets/warm-images/token"  # the chart's projection
 RUNTIME_KINDS = ("auto", "cri", "docker")
 REFRESH_TAGS = ("none", "latest", "all")
 GATE_IMAGES = ("all", "annotated")  # WARM_STARTUP_GATE_IMAGES
+EXCHANGED_ROLES = ("worker", "beat", "client")  # NATS roles the watcher hands out
 
 
 class SettingsError(ValueError):
@@ -49,6 +51,15 @@ class NatsSettings:
     token: str | None = None
     tls_ca_file: str | None = None
     connect_timeout: float = 5.0
+    # Operator mode (tasks/natsauth.py): the watcher signs user JWTs with the account key;
+    # every other part exchanges its ServiceAccount token for one at the watcher's URL.
+    account_key: str | None = None
+    credentials_url: str | None = None
+    identity_token_file: str = DEFAULT_IDENTITY_TOKEN_FILE
+    # The watcher's side of that exchange: its port, and which ServiceAccount of the release
+    # namespace gets which role (never "watcher": only the watcher writes the catalog).
+    credentials_port: int = 8090
+    roles: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,13 @@ def _read(source: _Source) -> Settings:
             token=source.optional("WARM_NATS_TOKEN"),
             tls_ca_file=source.optional("WARM_NATS_TLS_CA_FILE"),
             connect_timeout=source.number("WARM_NATS_CONNECT_TIMEOUT", 5.0, float),
+            account_key=source.secret("WARM_NATS_ACCOUNT_KEY", minimum_length=16),
+            credentials_url=source.optional("WARM_NATS_CREDENTIALS_URL"),
+            identity_token_file=source.text(
+                "WARM_NATS_IDENTITY_TOKEN_FILE", DEFAULT_IDENTITY_TOKEN_FILE
+            ),
+            credentials_port=source.number("WARM_NATS_CREDENTIALS_PORT", 8090, int, minimum=0),
+            roles=source.roles("WARM_NATS_ROLES"),
         ),
         node=NodeSettings(
             name=source.optional("WARM_NODE_NAME") or source.optional("NODE_NAME"),
@@ -324,6 +342,12 @@ class _Source:
     def optional(self, name: str) -> str | None:
         return self._values.get(name) or None
 
+    def secret(self, name: str, *, minimum_length: int) -> str | None:
+        value = self.optional(name)
+        if value is not None and len(value) < minimum_length:
+            raise SettingsError(f"{name} must hold at least {minimum_length} characters")
+        return value
+
     def text(self, name: str, default: str) -> str:
         return self._values.get(name) or default
 
@@ -374,6 +398,24 @@ class _Source:
             raise SettingsError(
                 f'{name} must be a JSON object of registry host to limit, e.g. {{"docker.io": 20}}'
                 " (0: no cap)"
+            )
+        return tuple(sorted(value.items()))
+
+    def roles(self, name: str) -> tuple[tuple[str, str], ...]:
+        """A JSON object of ServiceAccount name to the NATS role its pods get."""
+        raw = self._values.get(name)
+        if not raw:
+            return ()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"{name} is not valid JSON: {error}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(role, str) and role in EXCHANGED_ROLES for role in value.values()
+        ):
+            raise SettingsError(
+                f"{name} must be a JSON object of ServiceAccount name to a role, one of "
+                f'{", ".join(EXCHANGED_ROLES)}, e.g. {{"warm-images-worker": "worker"}}'
             )
         return tuple(sorted(value.items()))
 

@@ -6,6 +6,7 @@ tests never touch the machine's shared Redis and NATS, and fault tests can stop 
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import uuid
@@ -17,7 +18,7 @@ import pytest
 from localcluster import Registry, ensure_system_packages
 from localcluster.demo import KUBECTL
 from localcluster.scratch import scratch_dir
-from localcluster.services import NatsServer, RedisServer
+from localcluster.services import NatsServer, OperatorNats, RedisServer
 from tasks.bus import NatsBus
 from tasks.settings import NatsSettings
 
@@ -84,6 +85,13 @@ def nats_server(workdir: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_nats(workdir: Path) -> Iterator[OperatorNats]:
+    """NATS in operator mode: every client needs a user JWT signed with its account key."""
+    with OperatorNats(workdir / "nats-operator", secrets.token_urlsafe(32)) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from tasks.bus import NatsBus
 from tasks.probes import serve_metrics
 from tasks.settings import SettingsError, load_settings
 
+from .exchange import serve_exchange
 from .service import Watcher
 from .targeting import InvalidSelector
 
@@ -24,7 +25,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings()
-        watcher = Watcher(settings, _api_client(), app, NatsBus(settings.nats))
+        api = _api_client()
+        watcher = Watcher(settings, api, app, NatsBus(settings.nats))
     except (SettingsError, InvalidSelector, config.ConfigException) as error:
         print(f"watcher: {error}", file=sys.stderr)
         return 2
@@ -32,6 +34,11 @@ def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     serve_metrics(settings.probes.metrics_port)
+    try:
+        serve_exchange(settings, api)
+    except OSError as error:
+        print(f"watcher: WARM_NATS_CREDENTIALS_PORT: {error}", file=sys.stderr)
+        return 2
     watcher.run(stop)
     return 0
 

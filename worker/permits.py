@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tasks.bus import BusUnavailable, NatsBus, RevisionMismatch
+from tasks.names import PERMITS_BUCKET
 from tasks.settings import RuntimeSettings
 
 from . import metrics
@@ -40,7 +41,7 @@ from .runtime import FailureKind, PullFailed
 
 log = logging.getLogger(__name__)
 
-BUCKET = "warm-permits"
+BUCKET = PERMITS_BUCKET
 LEASE = 30.0  # seconds a permit outlives its holder's last renewal
 FIRST_PAUSE = 0.5  # seconds; doubles per try up to LONGEST_PAUSE, each drawn in [half, whole]
 LONGEST_PAUSE = 5.0

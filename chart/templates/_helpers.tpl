@@ -141,7 +141,7 @@ A password that is the same on every render: the value given, else the one alrea
 the cluster (lookup), else, on a first install against a cluster, a random one kept from then on.
 Under `helm template` there is nothing to read a generated password back from, so each render
 would make a new one while running pods keep the old: fail instead, naming what to set.
-Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" "nats.auth.passwords.worker" "existing" "nats.auth.existingSecret").
+Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" "redis.auth.passwords.worker" "existing" "redis.auth.existingSecret").
 */}}
 {{- define "warm-images.stableSecretValue" -}}
 {{- if .value }}
@@ -169,10 +169,9 @@ Call with (dict "ctx" $ "name" "secret-name" "key" "password" "value" "" "path" 
 {{- end }}
 {{- end }}
 
-{{/* Whether clients send a NATS user and password. */}}
+{{/* Whether clients send a user and password to an external NATS. */}}
 {{- define "warm-images.nats.auth" -}}
 {{- if .Values.nats.enabled }}
-{{- if .Values.nats.auth.enabled }}true{{ end }}
 {{- else if .Values.externalNats.user }}true
 {{- else if and .Values.externalNats.existingSecret (not .Values.externalNats.existingSecretTokenKey) }}true
 {{- end }}
@@ -253,20 +252,28 @@ watcher worker beat client
 {{- end }}
 
 {{/*
-NATS credentials of one role as env entries, taken from a Secret; call with
-(dict "ctx" $ "role" "worker"). The bundled NATS has one user per role; an external one the
-single user or token of externalNats.
+NATS credentials of one role as env entries; call with (dict "ctx" $ "role" "worker"). On the
+bundled NATS the watcher holds the account key and signs every part's user JWT, the others ask
+it for theirs with their projected ServiceAccount token; an external NATS takes the single user
+or token of externalNats.
 */}}
 {{- define "warm-images.nats.env" -}}
 {{- $ctx := .ctx }}
-{{- if and $ctx.Values.nats.enabled $ctx.Values.nats.auth.enabled }}
-- name: WARM_NATS_USER
-  value: {{ include "warm-images.roleUser" .role | quote }}
-- name: WARM_NATS_PASSWORD
+{{- if and (include "warm-images.nats.operator" $ctx) (eq .role "watcher") }}
+- name: WARM_NATS_ACCOUNT_KEY
   valueFrom:
     secretKeyRef:
       name: {{ include "warm-images.nats.secretName" $ctx }}
-      key: {{ printf "%s-password" .role }}
+      key: account-key
+- name: WARM_NATS_ROLES
+  value: {{ include "warm-images.nats.roles" $ctx | quote }}
+- name: WARM_NATS_CREDENTIALS_PORT
+  value: {{ include "warm-images.nats.exchangePort" $ctx | quote }}
+{{- else if include "warm-images.nats.operator" $ctx }}
+- name: WARM_NATS_CREDENTIALS_URL
+  value: {{ include "warm-images.nats.exchangeUrl" $ctx | quote }}
+- name: WARM_NATS_IDENTITY_TOKEN_FILE
+  value: {{ printf "%s/token" (include "warm-images.nats.identityDir" $ctx) | quote }}
 {{- else if include "warm-images.nats.auth" $ctx }}
 - name: WARM_NATS_USER
   valueFrom:
@@ -289,50 +296,64 @@ single user or token of externalNats.
 {{- end }}
 
 {{/*
-The subjects a role may publish and subscribe to on the bundled NATS, as YAML {publish, subscribe}.
-A KV bucket <b> is the stream KV_<b>: reading it takes the stream's info, direct and message gets,
-and an ephemeral consumer to list keys; writing a key publishes to $KV.<b>.<key>. Replies come
-back on _INBOX. Nothing here lets a node write the catalog, create, purge or delete a stream, or
-publish catalog events; the watcher alone writes the kubelet counts; a worker writes only status keys, node event subjects and the registry
-pull permits (worker/permits.py). The watcher
-may follow the events because the CLI run in its pod (NOTES.txt: rewarm --wait) does.
+Whether the bundled NATS runs in operator mode: every part has a NATS user JWT of its own,
+signed by the watcher (tasks/natsauth.py, watcher/exchange.py).
 */}}
-{{- define "warm-images.nats.permissions" -}}
-{{- $read := dict }}
-{{- range $bucket := list "warm-catalog" "warm-status" "warm-beat" "warm-permits" "warm-kubelet" }}
-{{- $stream := printf "KV_%s" $bucket }}
-{{- $_ := set $read $bucket (list
-  (printf "$JS.API.STREAM.INFO.%s" $stream)
-  (printf "$JS.API.DIRECT.GET.%s" $stream)
-  (printf "$JS.API.DIRECT.GET.%s.>" $stream)
-  (printf "$JS.API.STREAM.MSG.GET.%s" $stream)
-  (printf "$JS.API.CONSUMER.CREATE.%s" $stream)
-  (printf "$JS.API.CONSUMER.CREATE.%s.>" $stream)
-  (printf "$JS.API.CONSUMER.MSG.NEXT.%s.>" $stream)
-  (printf "$JS.API.CONSUMER.INFO.%s.>" $stream)
-  (printf "$JS.API.CONSUMER.DELETE.%s.>" $stream)
-  (printf "$JS.ACK.%s.>" $stream)) }}
+{{- define "warm-images.nats.operator" -}}
+{{- if and .Values.nats.enabled .Values.nats.auth.enabled }}true{{ end }}
 {{- end }}
-{{- $common := list "$JS.API.INFO" }}
-{{- $catalog := concat (get $read "warm-catalog") (list "$JS.API.STREAM.CREATE.KV_warm-catalog" "$KV.warm-catalog.>") }}
-{{- $status := concat (get $read "warm-status") (list "$JS.API.STREAM.CREATE.KV_warm-status" "$KV.warm-status.>") }}
-{{- $kubelet := concat (get $read "warm-kubelet") (list "$JS.API.STREAM.CREATE.KV_warm-kubelet" "$KV.warm-kubelet.>") }}
-{{- $permits := concat (get $read "warm-permits") (list "$JS.API.STREAM.CREATE.KV_warm-permits" "$JS.API.STREAM.UPDATE.KV_warm-permits" "$KV.warm-permits.>") }}
-{{- $lease := concat (get $read "warm-beat") (list "$JS.API.STREAM.CREATE.KV_warm-beat" "$JS.API.STREAM.UPDATE.KV_warm-beat" "$KV.warm-beat.>") }}
-{{- $roles := dict
-  "watcher" (dict
-    "publish" (concat $common $catalog (get $read "warm-status") $kubelet (list "warm.events.catalog" "warm.events.catalog.>"))
-    "subscribe" (list "_INBOX.>" "warm.events.>"))
-  "worker" (dict
-    "publish" (concat $common (get $read "warm-catalog") $status $permits (list "warm.events.pull.>" "warm.events.rewarm.>"))
-    "subscribe" (list "_INBOX.>"))
-  "beat" (dict
-    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") $lease)
-    "subscribe" (list "_INBOX.>"))
-  "client" (dict
-    "publish" (concat $common (get $read "warm-catalog") (get $read "warm-status") (get $read "warm-beat") (get $read "warm-kubelet"))
-    "subscribe" (list "_INBOX.>" "warm.events.>")) }}
-{{- toYaml $roles }}
+
+{{/* The watcher's credentials exchange: its port, Service and URL. */}}
+{{- define "warm-images.nats.exchangePort" -}}
+8090
+{{- end }}
+
+{{- define "warm-images.nats.exchangeUrl" -}}
+{{- printf "http://%s:%s/nats/credentials" (include "warm-images.componentName" (dict "ctx" . "component" "watcher")) (include "warm-images.nats.exchangePort" .) }}
+{{- end }}
+
+{{/* Where the projected ServiceAccount token the parts exchange is mounted. */}}
+{{- define "warm-images.nats.identityDir" -}}
+/var/run/secrets/warm-images
+{{- end }}
+
+{{/*
+WARM_NATS_ROLES: the ServiceAccounts whose pods the watcher hands NATS credentials to, and the
+role of each; the watcher's own is not among them (only it writes the catalog).
+*/}}
+{{- define "warm-images.nats.roles" -}}
+{{- $roles := dict }}
+{{- range $component, $role := dict "worker" "worker" "beat" "beat" "flower" "client" "test" "client" }}
+{{- $_ := set $roles (include "warm-images.componentName" (dict "ctx" $ "component" $component)) $role }}
+{{- end }}
+{{- if not .Values.flower.enabled }}
+{{- $_ := unset $roles (include "warm-images.componentName" (dict "ctx" . "component" "flower")) }}
+{{- end }}
+{{- toJson $roles }}
+{{- end }}
+
+{{/*
+The projected token a part (not the watcher) presents to the exchange: audience warm-images,
+so it opens nothing else, bound to the pod, rotated by the kubelet. Volume and mount.
+*/}}
+{{- define "warm-images.nats.identity.volume" -}}
+{{- if include "warm-images.nats.operator" . }}
+- name: nats-identity
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: warm-images
+          expirationSeconds: 3600
+          path: token
+{{- end }}
+{{- end }}
+
+{{- define "warm-images.nats.identity.mount" -}}
+{{- if include "warm-images.nats.operator" . }}
+- name: nats-identity
+  mountPath: {{ include "warm-images.nats.identityDir" . }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/* ---------------------------------------------------------------- broker */}}

@@ -1,29 +1,38 @@
 """The chart's per-part users, enforced by the real servers with the configuration it renders.
 
 The NATS configuration and the Redis ACL users are taken from `helm template` output, the
-passwords from the rendered Secrets, and loaded into a real nats-server and redis-server: what
-a worker's credentials can and cannot do is observed on the servers, and a real node worker
-(``python -m worker`` with a real containerd) does its whole job with nothing but them.
+keys and passwords from the rendered Secrets, and loaded into a real nats-server (operator mode,
+its accounts written by the NATS pod's init container command) and redis-server. Every part but
+the watcher gets its NATS user from the watcher's credentials exchange, with a token of its
+pod's ServiceAccount (as rendered) from the API double, and the role the rendered
+WARM_NATS_ROLES gives that account: what a worker's credentials can and cannot do is observed on
+the servers, and a real node worker (``python -m worker`` with a real containerd) does its whole
+job with nothing but them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import redis
 import requests
 from celery import Celery
-from chart_helpers import Rendered, secret_data, template
+from chart_helpers import NAMESPACE, REPO, Rendered, env_of, secret_data, template
 from kombu.connection import Connection
+from kubernetes import client
 
 from beat.lease import LEADER_KEY, Lease
-from localcluster import Containerd, Registry, free_port, product, push_image
+from localcluster import Containerd, FakeKubeAPI, Registry, free_port, product, push_image
 from localcluster._process import Daemon, wait_until
 from localcluster.harness import WARM_TIMEOUT, Events, start_worker, wait_for
 from localcluster.services import NatsServer, RedisServer
@@ -40,8 +49,9 @@ from tasks.names import (
     rewarm_events_subject,
 )
 from tasks.routing import queue_for_node
-from tasks.settings import NatsSettings
+from tasks.settings import NatsSettings, load_settings
 from tasks.status import StatusStore
+from watcher.exchange import PATH
 
 # Real nats-server and redis-server processes with the chart's rendered config: the slow tier.
 pytestmark = pytest.mark.slow
@@ -49,9 +59,8 @@ pytestmark = pytest.mark.slow
 ROLES = ("watcher", "worker", "beat", "client")
 
 
-def passwords(rendered: Rendered, component: str) -> dict[str, str]:
-    data = secret_data(rendered.get("Secret", component))
-    return {role: data[f"{role}-password"] for role in ROLES}
+# The parts with credentials of their own, and the component whose pod runs as each.
+PARTS = {"worker": "worker", "beat": "beat", "client": "flower"}
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +68,118 @@ def chart(rendered: dict[str, Rendered]) -> Rendered:
     return rendered["default"]
 
 
+def account_key(chart: Rendered) -> str:
+    return secret_data(chart.get("Secret", "nats"))["account-key"]
+
+
+def nats_server(
+    chart: Rendered, workdir: Path, substitute: dict[str, str] | None = None
+) -> NatsServer:
+    """nats-server as the chart's NATS pod runs it: nats.conf in one folder, and the accounts
+    its init container writes (its own command, with the key of the rendered Secret) in the
+    folder that nats.conf includes; the flags give it a port and a store here."""
+    folder = workdir / f"nats-{uuid.uuid4().hex[:6]}"
+    (folder / "nats-config").mkdir(parents=True)
+    (folder / "nats-auth").mkdir()
+    [init] = chart.pod_spec("nats")["initContainers"]
+    command = [part.replace("/etc/nats-auth/", f"{folder}/nats-auth/") for part in init["command"]]
+    key = {"WARM_NATS_ACCOUNT_KEY": account_key(chart)}
+    subprocess.run(
+        [sys.executable if part == "python" else part for part in command],
+        env={**os.environ, **key, "PYTHONPATH": str(REPO)},
+        check=True,
+        timeout=60,
+    )
+    config = secret_data(chart.get("Secret", "nats-config"))["nats.conf"]
+    for old, new in (substitute or {}).items():
+        config = config.replace(old, new)
+    path = folder / "nats-config" / "nats.conf"
+    path.write_text(re.sub(r"(?m)^(\s*)(port|http_port|store_dir):.*$", "", config))
+    return NatsServer(folder, config=path)
+
+
 @pytest.fixture(scope="module")
 def nats(chart: Rendered, workdir: Path) -> Iterator[NatsServer]:
-    """nats-server with the chart's nats.conf; the flags give it a port and a store here."""
-    config = secret_data(chart.get("Secret", "nats-config"))["nats.conf"]
-    for role, password in passwords(chart, "nats").items():  # the pod has them in its env
-        config = config.replace(f"$NATS_{role.upper()}_PASSWORD", f'"{password}"')
-    path = workdir / f"nats-{uuid.uuid4().hex[:6]}.conf"
-    path.write_text(re.sub(r"(?m)^(\s*)(port|http_port|store_dir):.*$", "", config))
-    with NatsServer(path.with_suffix(""), config=path) as server:
+    with nats_server(chart, workdir) as server:
         yield server
+
+
+@dataclass
+class Exchange:
+    """The watcher's credentials exchange as the chart configures it, on the API double."""
+
+    kube: FakeKubeAPI
+    url: str
+    audience: str
+
+    def token_for(self, chart: Rendered, component: str, node: str, folder: Path) -> Path:
+        """A token of ``component``'s pod (its rendered ServiceAccount), running on ``node``,
+        in the file the kubelet would project it to."""
+        spec = chart.pod_spec(component)
+        pod = f"{component}-{uuid.uuid4().hex[:6]}"
+        body = {
+            "metadata": {"name": pod},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": spec["serviceAccountName"],
+                "containers": [{"name": component, "image": "warm-images:test"}],
+            },
+        }
+        client.CoreV1Api(self.kube.api_client()).create_namespaced_pod(NAMESPACE, body)
+        token = self.kube.issue_token(
+            NAMESPACE, spec["serviceAccountName"], audiences=(self.audience,), pod=pod
+        )
+        path = folder / f"token-{pod}"
+        path.write_text(token)
+        return path
+
+
+@pytest.fixture(scope="module")
+def exchange(
+    chart: Rendered, nats: NatsServer, redis_acl: RedisServer, workdir: Path
+) -> Iterator[Exchange]:
+    """``python -m watcher`` with the watcher's rendered settings (its key, its roles), on the
+    API double: the exchange the other parts reach through the watcher's Service."""
+    env = {name: entry.get("value") for name, entry in env_of(chart.container("watcher")).items()}
+    [identity] = [v for v in chart.pod_spec("worker")["volumes"] if v["name"] == "nats-identity"]
+    audience = identity["projected"]["sources"][0]["serviceAccountToken"]["audience"]
+    port = free_port()
+    kube = FakeKubeAPI().start()
+    settings = {
+        "WARM_NATS_ACCOUNT_KEY": account_key(chart),  # from the Secret, as the kubelet does
+        "WARM_NATS_ROLES": str(env["WARM_NATS_ROLES"]),
+        "WARM_NATS_CREDENTIALS_PORT": str(port),  # the rendered 8090 may be taken here
+        "WARM_POD_NAMESPACE": NAMESPACE,
+        "WARM_HEALTH_PORT": "0",
+        "WARM_METRICS_PORT": "0",
+    }
+    environment = product.product_env(
+        broker_url=broker_url(chart, redis_acl, "watcher"),
+        nats_url=nats.url,
+        kubeconfig=kube.write_kubeconfig(workdir / f"kubeconfig-{uuid.uuid4().hex[:6]}"),
+        **settings,
+    )
+    watcher = product.watcher(environment, workdir / "logs").start()
+    try:
+        wait_for(lambda: _accepts(port), 30, "the watcher's credentials exchange", watcher.log_tail)
+        yield Exchange(kube, f"http://127.0.0.1:{port}{PATH}", audience)
+    finally:
+        watcher.stop()
+        kube.stop()
+
+
+def part_env(
+    chart: Rendered, exchange: Exchange, role: str, node: str, folder: Path
+) -> dict[str, str]:
+    """The NATS settings of ``role``'s pod as rendered, pointed at the test's exchange."""
+    component = PARTS[role]
+    env = env_of(chart.container(component))
+    assert env["WARM_NATS_CREDENTIALS_URL"]["value"].endswith(PATH)
+    token_file = exchange.token_for(chart, component, node, folder)
+    return {
+        "WARM_NATS_CREDENTIALS_URL": exchange.url,
+        "WARM_NATS_IDENTITY_TOKEN_FILE": str(token_file),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +199,22 @@ def redis_acl(chart: Rendered, workdir: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def bus_of(chart: Rendered, nats: NatsServer) -> Iterator[Callable[[str], NatsBus]]:
-    opened: dict[str, NatsBus] = {}
-    secrets = passwords(chart, "nats")
+def bus_of(
+    chart: Rendered, nats: NatsServer, exchange: Exchange, workdir: Path
+) -> Iterator[Callable[..., NatsBus]]:
+    """The bus of ``role``, a worker's on ``node``: the watcher's with the account key, the
+    others' through the exchange, each with its pod's settings."""
+    opened: dict[tuple[str, str], NatsBus] = {}
 
-    def connect(role: str) -> NatsBus:
-        if role not in opened:
-            settings = NatsSettings(
-                url=nats.url, user=f"warm-{role}", password=secrets[role], connect_timeout=2
-            )
-            opened[role] = NatsBus(settings)
-        return opened[role]
+    def connect(role: str, node: str = "node-0") -> NatsBus:
+        if (role, node) not in opened:
+            env = {"WARM_NATS_URL": nats.url, "WARM_NATS_CONNECT_TIMEOUT": "2"}
+            if role == "watcher":
+                env["WARM_NATS_ACCOUNT_KEY"] = account_key(chart)
+            else:
+                env |= part_env(chart, exchange, role, node, workdir)
+            opened[role, node] = NatsBus(load_settings(env).nats)
+        return opened[role, node]
 
     yield connect
     for bus in opened.values():
@@ -111,19 +227,34 @@ def broker_url(chart: Rendered, server: RedisServer, role: str) -> str:
 
 
 def test_every_part_runs_as_its_own_user(chart: Rendered) -> None:
+    """Its own Redis user; on NATS, the role the exchange maps its pod's account to."""
+    roles = json.loads(env_of(chart.container("watcher"))["WARM_NATS_ROLES"]["value"])
+    for component, role in (("worker", "worker"), ("beat", "beat"), ("flower", "client")):
+        account = chart.pod_spec(component)["serviceAccountName"]
+        assert roles[account] == role, component
+    assert roles[chart.pod_spec("test")["serviceAccountName"]] == "client"
+    assert chart.pod_spec("watcher")["serviceAccountName"] not in roles  # nobody gets its role
     for component, role in (("watcher", "watcher"), ("worker", "worker"), ("beat", "beat")):
-        env = {e["name"]: e for e in chart.container(component)["env"]}
-        assert env["WARM_NATS_USER"]["value"] == f"warm-{role}"
-        assert env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{role}-password"
-        broker = env["WARM_BROKER_URL"]["valueFrom"]["secretKeyRef"]["key"]
-        assert broker == f"{role}-broker-url"
-    for component in ("flower", "test"):
-        env = {e["name"]: e for e in chart.container(component)["env"]}
-        assert env["WARM_NATS_USER"]["value"] == "warm-client"
+        broker = env_of(chart.container(component))["WARM_BROKER_URL"]
+        assert broker["valueFrom"]["secretKeyRef"]["key"] == f"{role}-broker-url"
+
+
+def test_a_worker_cannot_write_another_nodes_status(bus_of: Callable[..., NatsBus]) -> None:
+    """Each node's pod gets a user of its own from the exchange: node-a's writes its own
+    status key and is refused node-b's, whose record stays node-b's."""
+    node_a, node_b = f"node-{uuid.uuid4().hex[:6]}", f"node-{uuid.uuid4().hex[:6]}"
+    image = "docker.io/library/a:1"
+    StatusStore(bus_of("worker", node_b)).record_rewarm(node_b, [image], 1)
+    worker_a = StatusStore(bus_of("worker", node_a))
+    worker_a.record_rewarm(node_a, [image], 1, present=[image])
+    with pytest.raises(BusUnavailable):  # the server refuses the publish; no JetStream ack comes
+        worker_a.record_rewarm(node_b, [image], 1, present=[image])
+    reader = StatusStore(bus_of("client"))
+    assert (reader.get(node_a).warm_count, reader.get(node_b).warm_count) == (1, 0)
 
 
 def test_a_worker_cannot_write_the_catalog_nor_announce_changes(
-    bus_of: Callable[[str], NatsBus],
+    bus_of: Callable[..., NatsBus],
 ) -> None:
     watcher, worker, client = bus_of("watcher"), bus_of("worker"), bus_of("client")
     node = f"node-{uuid.uuid4().hex[:6]}"
@@ -149,7 +280,7 @@ def test_a_worker_cannot_write_the_catalog_nor_announce_changes(
     assert CatalogStore(worker).get_slice(node)[0] == node_slice
 
 
-def test_the_client_user_only_reads(bus_of: Callable[[str], NatsBus]) -> None:
+def test_the_client_user_only_reads(bus_of: Callable[..., NatsBus]) -> None:
     client = bus_of("client")
     with pytest.raises(BusUnavailable):
         StatusStore(client).record_rewarm("node-x", ["docker.io/library/a:1"], 1)
@@ -157,7 +288,7 @@ def test_the_client_user_only_reads(bus_of: Callable[[str], NatsBus]) -> None:
         client.kv_delete(CATALOG_BUCKET, "nodes.anything")
 
 
-def test_only_beat_holds_the_beat_lease(bus_of: Callable[[str], NatsBus]) -> None:
+def test_only_beat_holds_the_beat_lease(bus_of: Callable[..., NatsBus]) -> None:
     """The lease that lets one beat dispatch re-warms for every node: beat's user takes it, a
     worker's cannot break it."""
     lease = Lease(bus_of("beat"), ttl=30)
@@ -189,13 +320,14 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
     chart: Rendered,
     redis_acl: RedisServer,
     nats: NatsServer,
-    bus_of: Callable[[str], NatsBus],
+    exchange: Exchange,
+    bus_of: Callable[..., NatsBus],
     registry: Registry,
     workdir: Path,
 ) -> None:
     """Consume its queue, read its slice, pull, publish results, write its status."""
     image = push_image(registry.host, f"lp/app-{uuid.uuid4().hex[:4]}", "v1", size_mib=1)
-    nats_password = passwords(chart, "nats")["worker"]
+    node_name = f"proc-{uuid.uuid4().hex[:6]}"
     with Containerd(
         workdir / f"lp{uuid.uuid4().hex[:4]}", "node", insecure_registries=[registry.host]
     ) as node:
@@ -204,9 +336,9 @@ def test_a_worker_with_its_own_credentials_only_does_its_whole_job(
             redis_acl,
             nats,
             workdir / "logs",
+            node=node_name,
             WARM_BROKER_URL=broker_url(chart, redis_acl, "worker"),
-            WARM_NATS_USER="warm-worker",
-            WARM_NATS_PASSWORD=nats_password,
+            **part_env(chart, exchange, "worker", node_name, workdir),
         )
         try:
             CatalogStore(bus_of("watcher")).put_slice(
@@ -331,30 +463,23 @@ def tls_chart(helm: Path) -> Rendered:
 def test_bundled_nats_over_tls_with_a_certificate_secret(
     tls_chart: Rendered, certificates: Path, workdir: Path
 ) -> None:
-    config = secret_data(tls_chart.get("Secret", "nats-config"))["nats.conf"]
-    config = config.replace("/etc/nats-tls/", f"{certificates}/")
-    for role, password in passwords(tls_chart, "nats").items():
-        config = config.replace(f"$NATS_{role.upper()}_PASSWORD", f'"{password}"')
-    path = workdir / f"nats-tls-{uuid.uuid4().hex[:6]}.conf"
-    path.write_text(re.sub(r"(?m)^(\s*)(port|http_port|store_dir):.*$", "", config))
-    settings = {e["name"]: e.get("value") for e in tls_chart.container("watcher")["env"]}
+    server = nats_server(tls_chart, workdir, {"/etc/nats-tls/": f"{certificates}/"})
     config_map = tls_chart.get("ConfigMap", "config")["data"]
     assert config_map["WARM_NATS_URL"].startswith("tls://")
     ca_file = config_map["WARM_NATS_TLS_CA_FILE"]
     mounts = {m["mountPath"]: m["name"] for m in tls_chart.container("watcher")["volumeMounts"]}
     assert mounts[str(Path(ca_file).parent)] == "nats-ca"
-    with NatsServer(path.with_suffix(""), config=path) as server:
+    with server:
         url = server.url.replace("nats://", "tls://")
         secure = NatsSettings(
             url=url,
-            user=str(settings["WARM_NATS_USER"]),
-            password=passwords(tls_chart, "nats")["watcher"],
+            account_key=account_key(tls_chart),
             tls_ca_file=str(certificates / "ca.crt"),
             connect_timeout=2,
         )
         with NatsBus(secure) as bus:
             CatalogStore(bus).put_slice(NodeSlice("n1", (SliceImage("docker.io/library/a:1"),)))
-        plain = NatsSettings(url=server.url, user="warm-watcher", password="x", connect_timeout=1)
+        plain = replace(secure, url=server.url, tls_ca_file=None, connect_timeout=1)
         with pytest.raises(BusUnavailable), NatsBus(plain) as bus:
             bus.kv_get(CATALOG_BUCKET, "nodes.n1")
 

@@ -227,16 +227,38 @@ def test_bundled_nats_with_jetstream(rendered: dict[str, Rendered]) -> None:
     assert {"-js", "-sd", "/data"} <= set(nats["args"])
     config = default.get("Secret", "nats-config")["stringData"]["nats.conf"]
     assert "jetstream {" in config
-    # One user per part, its password from the server's environment (the credentials Secret).
-    for role in ("watcher", "worker", "beat", "client"):
-        assert f'user: "warm-{role}"' in config
-        assert f"password: $NATS_{role.upper()}_PASSWORD" in config
-        password = env_of(nats)[f"NATS_{role.upper()}_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert password == {"name": f"{PREFIX}-nats", "key": f"{role}-password"}
-    # Authentication off: no authorization block and no credentials anywhere.
+    # Operator mode: the init container derives the accounts into the file nats.conf includes
+    # (relative to /etc/nats-config), from the account key of the credentials Secret.
+    assert "include ../nats-auth/auth.conf" in config
+    spec = default.pod_spec("nats")
+    [init] = spec["initContainers"]
+    assert init["command"] == [
+        "python", "-m", "tasks.natsauth", "server-config", "/etc/nats-auth/auth.conf"
+    ]  # fmt: skip
+    key = {"name": f"{PREFIX}-nats", "key": "account-key"}
+    assert env_of(init)["WARM_NATS_ACCOUNT_KEY"]["valueFrom"]["secretKeyRef"] == key
+    assert not env_of(nats)  # the server itself holds no key
+    mounts = {m["mountPath"]: m["name"] for m in nats["volumeMounts"]}
+    assert mounts["/etc/nats-auth"] == "auth" and mounts["/etc/nats-config"] == "config"
+    # The watcher alone holds the key; the other parts ask its exchange, through its Service.
+    watcher = env_of(default.container("watcher"))
+    assert watcher["WARM_NATS_ACCOUNT_KEY"]["valueFrom"]["secretKeyRef"] == key
+    service = default.get("Service", "watcher")
+    assert service["spec"]["ports"][0]["port"] == int(
+        watcher["WARM_NATS_CREDENTIALS_PORT"]["value"]
+    )
+    url = f"http://{PREFIX}-watcher:8090/nats/credentials"
+    for component in ("worker", "beat", "flower", "test"):
+        env = env_of(default.container(component))
+        assert env["WARM_NATS_CREDENTIALS_URL"]["value"] == url
+        assert "WARM_NATS_ACCOUNT_KEY" not in env and "WARM_NATS_PASSWORD" not in env
+    # Authentication off: no operator, no key, no credentials anywhere.
     minimal = rendered["minimal"]
-    assert "authorization" not in minimal.get("Secret", "nats-config")["stringData"]["nats.conf"]
-    assert "WARM_NATS_PASSWORD" not in env_of(minimal.container("watcher"))
+    assert "include" not in minimal.get("Secret", "nats-config")["stringData"]["nats.conf"]
+    assert "initContainers" not in minimal.pod_spec("nats")
+    assert not {"WARM_NATS_PASSWORD", "WARM_NATS_ACCOUNT_KEY", "WARM_NATS_CREDENTIALS_URL"} & set(
+        env_of(minimal.container("watcher")) | env_of(minimal.container("worker"))
+    )
 
 
 def test_bundled_redis(rendered: dict[str, Rendered]) -> None:
@@ -479,9 +501,16 @@ def test_network_policies(rendered: dict[str, Rendered]) -> None:
 
     clients = {"nats", "redis", (53, "UDP"), (53, "TCP")}
     api = {(443, "TCP"), (6443, "TCP")}
-    assert reached("watcher") == clients | api
-    assert reached("worker") == clients  # reads no Secret by default: no API server
-    assert reached("beat") == reached("flower") == reached("test") == clients
+    assert reached("watcher") == clients | api  # its TokenReviews included
+    # The other parts ask the watcher's exchange for their NATS credentials; the worker
+    # reads no Secret by default: no API server.
+    assert reached("worker") == clients | {"watcher"}
+    assert reached("beat") == reached("flower") == reached("test") == clients | {"watcher"}
+    exchange = policies["watcher"]["ingress"][-1]
+    assert exchange == {
+        "from": [{"podSelector": {"matchLabels": release}}],
+        "ports": [{"port": 8090, "protocol": "TCP"}],
+    }
     with_credentials = {
         p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
         for p in rendered["credentials"].of_kind("NetworkPolicy")
@@ -574,10 +603,10 @@ def test_notes(helm: Path, args: list[str], expected: list[str]) -> None:
 
 def test_health_probes(rendered: dict[str, Rendered], helm: Path) -> None:
     """watcher and worker are probed on /healthz at WARM_HEALTH_PORT; the probes can be off."""
-    for component in ("watcher", "worker"):
+    for component, extra in (("watcher", {"nats-exchange": 8090}), ("worker", {})):
         container = rendered["default"].container(component)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"metrics": 9808, "health": 8080}
+        assert ports == {"metrics": 9808, "health": 8080, **extra}
         for probe in ("livenessProbe", "readinessProbe"):
             assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     result = template(helm, "--set", "probes.enabled=false")

@@ -66,7 +66,7 @@ WRONG_VALUES = [
         "at '/config/maxConcurrentPulls': got string, want integer",
     ),
     (["--set", "config.namespaces=default"], "at '/config/namespaces': got string, want array"),
-    (["--set", "nats.auth.passwords.worker=pa$$word"], "at '/nats/auth/passwords/worker'"),
+    (["--set", "nats.auth.accountKey=short"], "at '/nats/auth/accountKey'"),
     (["--set", "externalBroker.url=http://broker"], "at '/externalBroker/url'"),
     (["--set", "externalNats.url=nats://user:pw@nats:4222"], "at '/externalNats/url'"),
     (["--set", "worker.tolerations[0].operator=Maybe"], "at '/worker/tolerations/0/operator'"),

@@ -41,6 +41,16 @@ KUBELET_EVENTS_RULE = {
     "resources": ["events"],
     "verbs": ["list", "watch"],
 }
+# The NATS credentials exchange (bundled NATS with auth): TokenReviews, and `get` on the Pods
+# of the release namespace, to check a worker's pod.
+EXCHANGE_RULES = {
+    "ClusterRole": {
+        "apiGroups": ["authentication.k8s.io"],
+        "resources": ["tokenreviews"],
+        "verbs": ["create"],
+    },
+    "Role": {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+}
 # The startup gate's only writes: a Node's taint (patch) and an Event in "default".
 STARTUP_GATE_RULES = {
     "ClusterRole": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
@@ -67,9 +77,11 @@ IMAGE_FILESYSTEMS = {
     "settings": "/data/containerd",
 }
 # Env variables that carry a credential and must come from a Secret.
-CREDENTIAL_ENV = re.compile(r"PASSWORD|BASIC_AUTH|TOKEN|SECRET|^WARM_NATS_USER$|AUTH$")
+CREDENTIAL_ENV = re.compile(
+    r"PASSWORD|BASIC_AUTH|TOKEN(?!_FILE$)|SECRET|^WARM_NATS_USER$|AUTH$|_KEY$"
+)
 # Secret keys whose values are credentials (user names are not secret, and may be short words).
-CREDENTIAL_KEY = re.compile(r"password|auth|url|token")
+CREDENTIAL_KEY = re.compile(r"password|auth|url|token|key")
 
 
 def rules_of(result: Rendered, kind: str, name: str, namespace: str | None = None) -> list[Doc]:
@@ -95,12 +107,20 @@ def test_default_rbac_is_the_watcher_cluster_role_only(rendered: dict[str, Rende
     assert rules_of(default, "ClusterRole", "watcher") == [
         *CLUSTER_RULES,
         KUBELET_EVENTS_RULE,
+        EXCHANGE_RULES["ClusterRole"],
         *WORKLOAD_RULES,
         EVENT_RULE,
     ]
-    # A single watcher elects no leader, and the worker reads no Secret by default.
-    assert not default.of_kind("Role")
-    assert not default.of_kind("RoleBinding")
+    # A single watcher elects no leader, and the worker reads no Secret by default: the one
+    # Role is the exchange's, in the release namespace, bound to the watcher alone.
+    (role,) = default.of_kind("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [EXCHANGE_RULES["Role"]]
+    (binding,) = default.of_kind("RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{PREFIX}-watcher", "namespace": NAMESPACE}
+    ]
 
 
 def test_leader_election_lease_rules(rendered: dict[str, Rendered]) -> None:
@@ -121,6 +141,7 @@ def test_startup_gate_rules_only_when_enabled(rendered: dict[str, Rendered]) -> 
     assert rules_of(gated, "ClusterRole", "watcher") == [
         *CLUSTER_RULES,
         STARTUP_GATE_RULES["ClusterRole"],
+        EXCHANGE_RULES["ClusterRole"],
         *WORKLOAD_RULES,
     ]
     assert rules_of(gated, "Role", "watcher-node-events", "default") == [STARTUP_GATE_RULES["Role"]]
@@ -130,7 +151,11 @@ def test_startup_gate_rules_only_when_enabled(rendered: dict[str, Rendered]) -> 
 
 def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     full = rendered["full"]
-    assert rules_of(full, "ClusterRole", "watcher") == [*CLUSTER_RULES, KUBELET_EVENTS_RULE]
+    assert rules_of(full, "ClusterRole", "watcher") == [
+        *CLUSTER_RULES,
+        KUBELET_EVENTS_RULE,
+        EXCHANGE_RULES["ClusterRole"],
+    ]
     for namespace in ("team-a", "team-b"):
         assert rules_of(full, "Role", "watcher", namespace) == [
             *WORKLOAD_RULES,
@@ -163,6 +188,7 @@ def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
     credentials = values.get("worker", {}).get("credentials", {}).get("enabled", False)
     copies = f"{PREFIX}-watcher-pull-secrets"
     gate = values.get("startupGate", {}).get("enabled", False)
+    exchange = values.get("nats", {}).get("auth", {}).get("enabled", True)
     waves = values.get("config", {}).get("canaryNodes", 2) > 0
     for role in result.of_kind("ClusterRole") + result.of_kind("Role"):
         for rule in role["rules"]:
@@ -173,6 +199,9 @@ def test_no_broad_rbac(rendered: dict[str, Rendered], value_set: str) -> None:
                 continue
             if rule in STARTUP_GATE_RULES.values():
                 assert gate, f"{rule} without startupGate.enabled"
+                continue
+            if rule in EXCHANGE_RULES.values():
+                assert exchange, f"{rule} without the NATS credentials exchange"
                 continue
             writes = {"create", "update", "delete"} & set(rule["verbs"])
             assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update", "delete"}
@@ -390,6 +419,7 @@ def credentials_of(result: Rendered, value_set: str) -> set[str]:
     for section in ("nats", "redis", "flower"):
         auth = values.get(section, {}).get("auth", {})
         found.add(auth.get("password", ""))
+        found.add(auth.get("accountKey", ""))
         found.update(auth.get("passwords", {}).values())
     found.add(values.get("externalNats", {}).get("password", ""))
     found.add(values.get("externalNats", {}).get("token", ""))
@@ -411,7 +441,7 @@ def test_credentials_only_in_secrets(rendered: dict[str, Rendered], value_set: s
 def test_given_passwords_reach_their_secrets(rendered: dict[str, Rendered]) -> None:
     """The leak test is meaningful: the passwords of the value set are in the Secrets."""
     result = rendered["credentials"]
-    assert secret_data(result.get("Secret", "nats"))["worker-password"] == "natsWorkerPassw0rd"
+    assert secret_data(result.get("Secret", "nats"))["account-key"] == "natsAccountKeyValue0"
     redis = secret_data(result.get("Secret", "redis"))
     assert redis["redis-password"] == "redisValuesPassw0rd"
     assert redis["worker-broker-url"] == (
@@ -441,9 +471,9 @@ def test_existing_secrets_are_referenced(rendered: dict[str, Rendered]) -> None:
     # The chart creates no credential Secret of its own, only the NATS config.
     assert [s["metadata"]["name"] for s in result.of_kind("Secret")] == [f"{PREFIX}-nats-config"]
     env = env_of(result.container("watcher"))
-    assert env["WARM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+    assert env["WARM_NATS_ACCOUNT_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-nats-creds",
-        "key": "watcher-password",
+        "key": "account-key",
     }
     assert env["WARM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "warm-redis-creds",
@@ -461,7 +491,7 @@ def test_existing_secrets_are_referenced(rendered: dict[str, Rendered]) -> None:
 
 def test_generated_passwords_are_strong(rendered: dict[str, Rendered]) -> None:
     default = rendered["default"]
-    keys = [("nats", f"{role}-password") for role in ROLES]
+    keys = [("nats", "account-key")]
     keys += [("redis", f"{role}-password") for role in ROLES]
     for name, key in [*keys, ("redis", "redis-password"), ("flower", "password")]:
         password = secret_data(default.get("Secret", name))[key]
@@ -488,7 +518,7 @@ def test_helm_template_gives_the_same_secrets_every_time(helm: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "nats.auth.passwords.watcher is empty"),
+        ([], "nats.auth.accountKey is empty"),
         (["--set", "nats.auth.existingSecret=nats-creds"], "redis.auth.password is empty"),
         (
             ["--set", "nats.auth.existingSecret=n", "--set", "redis.auth.existingSecret=r"],

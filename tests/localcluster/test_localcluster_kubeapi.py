@@ -352,3 +352,35 @@ def test_events_are_one_store_served_as_core_v1_and_events_k8s_io_v1(
         "kubelet",
     )
     assert {e.metadata.name for e in as_core} == {"kubelet.1", "recorder.1"}
+
+
+def _review(kube: FakeKubeAPI, token: str, audiences: list[str] | None) -> client.V1TokenReview:
+    spec = client.V1TokenReviewSpec(token=token, audiences=audiences)
+    api = client.AuthenticationV1Api(kube.api_client())
+    return api.create_token_review(client.V1TokenReview(spec=spec))
+
+
+def test_token_review_of_a_pod_bound_token(kube: FakeKubeAPI, core: client.CoreV1Api) -> None:
+    """As the apiserver: the ServiceAccount's user, the pod and its node in ``extra``, only for
+    the token's audiences, and only while that pod exists."""
+    core.create_node(node("n1"))
+    pod = {"metadata": {"name": "w-1"}, "spec": {"nodeName": "n1", "containers": []}}
+    uid = core.create_namespaced_pod("ns", pod).metadata.uid
+    token = kube.issue_token("ns", "worker", audiences=("warm-images",), pod="w-1")
+
+    status = _review(kube, token, ["warm-images", "other"]).status
+    assert status.authenticated and status.audiences == ["warm-images"]
+    assert status.user.username == "system:serviceaccount:ns:worker"
+    assert "system:serviceaccounts:ns" in status.user.groups
+    extra = {key.split("/")[1]: value for key, value in status.user.extra.items()}
+    assert extra["pod-name"] == ["w-1"] and extra["pod-uid"] == [uid]
+    assert extra["node-name"] == ["n1"] and extra["node-uid"][0]
+
+    for audiences in (None, ["other"]):  # None: the API's own audience
+        assert not _review(kube, token, audiences).status.authenticated
+    assert "lookup failed" in _review(kube, "forged", ["warm-images"]).status.error
+    core.delete_namespaced_pod("w-1", "ns")
+    refused = _review(kube, token, ["warm-images"]).status
+    assert not refused.authenticated and "not found" in refused.error
+    with pytest.raises(LookupError):
+        kube.issue_token("ns", "worker", pod="w-1")
