@@ -122,6 +122,9 @@ class WatchSettings:
     startup_taint: str = ""
     startup_taint_deadline: float = 600.0
     startup_gate_images: str = "all"  # "all" of the slice, or only "annotated" workloads'
+    # The leader counts the kubelet's Pulled Events (hits, misses, seconds waited): the proof
+    # of what warming saved. Needs list and watch on Events (watcher/kubelet_events.py).
+    kubelet_events: bool = True
     # Waves (watcher/waves.py): a new image, or a new digest, goes to this many canary nodes
     # first and to the rest once a canary holds it; 0 sends it everywhere at once.
     canary_nodes: int = 2
@@ -285,6 +288,7 @@ def _read(source: _Source) -> Settings:
             startup_taint=source.text("WARM_STARTUP_TAINT", "").strip(),
             startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
             startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
+            kubelet_events=source.flag("WARM_KUBELET_EVENTS", True),
             canary_nodes=source.number("WARM_CANARY_NODES", 2, int, minimum=0),
         ),
         rewarm=RewarmSettings(

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from kubernetes import client
 from localcluster import Containerd, FakeKubeAPI, Registry, harness, product
 from localcluster.harness import unavailable
 from localcluster.manifests import create_nodes
+from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -174,3 +176,24 @@ def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60
 def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> float:
     """harness.wait_for, with the cluster's process logs in a timeout's message."""
     return harness.wait_for(check, timeout, what, cluster.logs)
+
+
+def lists_done(watcher: product.ProductProcess) -> bool:
+    return "initial lists done" in watcher.log_tail()
+
+
+def start_watcher(sim: SimCluster, attempts: int = 3) -> int:
+    """The watcher, serving /metrics on a free port; another on a port another process took
+    between the pick and the bind (other suites run on this machine), so that what the tests
+    read there is this watcher's."""
+    for _ in range(attempts):
+        port = free_port()
+        watcher = product.watcher({**sim.env, "WARM_METRICS_PORT": str(port)}, sim.logdir)
+        sim.start(watcher)
+        # It binds /metrics before its first lists: once they are done, its log says whether.
+        wait_for(partial(lists_done, watcher), 30, "the watcher", sim)
+        if "metrics not served" not in watcher.log_tail():
+            return port
+        watcher.stop()
+        sim.processes.remove(watcher)
+    raise AssertionError(f"no free port for the watcher's /metrics in {attempts} attempts")

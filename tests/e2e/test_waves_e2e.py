@@ -180,7 +180,7 @@ def test_a_broken_image_stops_at_its_canaries_and_a_fixed_digest_reaches_every_n
 
     shown = cluster.cli("warm-status", "--json")
     assert shown.returncode == 1, shown.stderr
-    statuses = {status["node"]: status for status in json.loads(shown.stdout)}
+    statuses = {status["node"]: status for status in json.loads(shown.stdout)["nodes"]}
     held = sorted(node for node, status in statuses.items() if broken.ref in status["held"])
     assert held == sorted(set(cluster.nodes) - set(stopped.canaries))
     assert statuses[held[0]]["held"][broken.ref].startswith(f"wave stopped: canary {stopped.node}")
