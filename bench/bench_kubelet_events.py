@@ -202,7 +202,7 @@ class Bench:
         entered = self.emit(self.args.burst, reason="Benchmark")
         finished = float(reader.stdout.readline().strip())
         reader.wait(timeout=30)
-        return self.args.burst / (finished - entered)
+        return float(self.args.burst) / (finished - entered)
 
     def _served(self) -> int:
         return self.double.api.served().get("events streamed", 0)
