@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import urllib3
@@ -38,6 +37,7 @@ from prometheus_client import Counter
 
 from tasks import natsauth
 from tasks.natscreds import USER_JWT_TTL
+from tasks.probes import BackgroundServer
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,27 +163,11 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-class ExchangeServer:
+class ExchangeServer(BackgroundServer):
     """Serves :class:`Exchange` at ``POST /nats/credentials`` on ``port``."""
 
     def __init__(self, exchange: Exchange, port: int, host: str = "") -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(exchange))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="nats-exchange", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> ExchangeServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(exchange), port, host, "nats-exchange")
 
 
 def serve_exchange(settings: Settings, api: client.ApiClient) -> ExchangeServer | None:

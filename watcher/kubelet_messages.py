@@ -18,10 +18,11 @@ is read from either API: core/v1 (``message``, ``source.host``, ``count``) or ev
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from .targeting import parse_timestamp
 
 PULLED = "Pulled"  # the reason of both message forms (kubelet events.PulledImage)
 
@@ -103,17 +104,7 @@ def read_event(obj: dict[str, Any]) -> PulledEvent | None:
         uid=str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"),
         node=str(node),
         occurrences=max(int(series.get("count") or 0), int(count), 1),
-        first=_timestamp(first or created),
-        last=_timestamp(last or first or created),
+        first=parse_timestamp(first or created),
+        last=parse_timestamp(last or first or created),
         pull=pull,
     )
-
-
-def _timestamp(value: object) -> float | None:
-    """An RFC 3339 time (with or without microseconds), or None when absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
