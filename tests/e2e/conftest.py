@@ -82,6 +82,15 @@ class SimCluster:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.processes)
 
+    def stop(self) -> None:
+        """Stop the product's processes, then the probes and runtimes they used."""
+        for process in self.processes:
+            process.stop()
+        for probe in self.probes.values():
+            probe.close()
+        for runtime in self.nodes.values():
+            runtime.stop()
+
 
 @pytest.fixture(scope="module")
 def sim_cluster(
@@ -153,13 +162,33 @@ def run_cluster(
         _wait_until_watching(cluster, nats_url)
         yield cluster
     finally:
-        for process in cluster.processes:
-            process.stop()
-        for probe in cluster.probes.values():
-            probe.close()
-        for node in runtimes.values():
-            node.stop()
+        cluster.stop()
         kube.stop()
+
+
+@contextlib.contextmanager
+def run_rewarming_cluster(
+    workdir: Path, registry: Registry, broker_url: str, nodes: int, interval: float
+) -> Iterator[SimCluster]:
+    """A cluster on a NATS of its own with beat running, re-warming every ``interval`` seconds
+    at once (no window, no grace period): what a periodic re-warm changes is seen in seconds."""
+    with (
+        NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as nats,
+        run_cluster(
+            workdir,
+            registry,
+            broker_url,
+            nats.url,
+            nodes=nodes,
+            WARM_REWARM_INTERVAL=str(interval),
+            WARM_REWARM_WINDOW="0",
+            WARM_CATALOG_GRACE_PERIOD="0",
+        ) as running,
+    ):
+        running.start(
+            product.celery("beat", ["beat", "--loglevel=INFO"], running.env, running.logdir)
+        )
+        yield running
 
 
 def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60) -> None:

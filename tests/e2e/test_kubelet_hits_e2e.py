@@ -87,7 +87,7 @@ def hits(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterat
             WARM_HEALTH_PORT="0",
         )
         sim = SimCluster(kube, kube.api_client(), {}, {}, env, base / "logs")
-        stack.callback(_stop, sim)
+        stack.callback(sim.stop)
         for index, name in enumerate(names):
             client.CoreV1Api(sim.api).create_node(node(name, {POOL: f"pool-{index}"}))
             runtime = Containerd(base, name[-6:] + str(index), insecure_registries=[registry.host])
@@ -104,15 +104,6 @@ def hits(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterat
         )
         pulled = _pull_seconds(reports, image, len(names), sim)
         yield HitsCluster(sim, port, names, image, pulled)
-
-
-def _stop(sim: SimCluster) -> None:
-    for process in sim.processes:
-        process.stop()
-    for probe in sim.probes.values():
-        probe.close()
-    for runtime in sim.nodes.values():
-        runtime.stop()
 
 
 def _pull_seconds(

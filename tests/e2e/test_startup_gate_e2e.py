@@ -96,12 +96,7 @@ def gate(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterat
             cluster.metrics_port = start_watcher(sim)
             yield cluster
         finally:
-            for process in sim.processes:
-                process.stop()
-            for probe in sim.probes.values():
-                probe.close()
-            for runtime in sim.nodes.values():
-                runtime.stop()
+            sim.stop()
 
 
 def test_a_tainted_node_is_untainted_once_its_three_images_are_in_the_runtime(
