@@ -45,7 +45,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_watcher import Double, peak_rss_mb, rewarms_sent, wait_until, watcher_metrics
+from bench_watcher import (
+    RAW_CONSUMER,
+    Double,
+    peak_rss_mb,
+    rewarms_sent,
+    wait_until,
+    watcher_metrics,
+)
 
 from localcluster import FakeKubeAPI, ensure_system_packages, free_port, product
 from localcluster.manifests import deployment, kubelet_event
@@ -140,22 +147,6 @@ class Naive:
         self.process.wait(timeout=10)
 
 
-RAW_READER = r"""
-import sys, time, urllib.request
-url, count = sys.argv[1], int(sys.argv[2])
-with urllib.request.urlopen(url, timeout=600) as stream:
-    print("open", flush=True)
-    seen = 0
-    for line in stream:
-        if b'"BOOKMARK"' in line:
-            continue
-        seen += 1
-        if seen >= count:
-            print(time.time(), flush=True)
-            break
-"""
-
-
 class Bench:
     def __init__(self, double: Double, port: int, args: argparse.Namespace) -> None:
         self.double = double
@@ -191,7 +182,7 @@ class Bench:
             "&fieldSelector=reason%3DBenchmark"
         )
         reader = subprocess.Popen(
-            [sys.executable, "-c", RAW_READER, url, str(self.args.burst)],
+            [sys.executable, "-c", RAW_CONSUMER, url, str(self.args.burst)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -81,14 +81,19 @@ def _handler(check: Check) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             healthy, details = check()
-            body = json.dumps({"healthy": healthy, **details}, sort_keys=True).encode()
-            self.send_response(200 if healthy else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, 200 if healthy else 503, {"healthy": healthy, **details})
 
         def log_message(self, format: str, *args: Any) -> None:
             """Probes every few seconds would drown the component's log."""
 
     return Handler
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+    """Answer the request ``handler`` serves with ``payload`` as a JSON document."""
+    body = json.dumps(payload, sort_keys=True).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
