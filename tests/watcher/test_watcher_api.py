@@ -146,9 +146,14 @@ def test_targeting_and_nodes_joining_changing_and_leaving(start_watcher: Start) 
         return {name: cluster.slice_images(name) for name in expected}
 
     wait_for(lambda: slices() == expected, what=f"slices {expected}, have {slices()}")
-    assert cluster.entries()[arm_only].target_nodes == 1
-    assert cluster.entries()[big].target_nodes == 0  # tolerates no taint: not on the gpu node
-    assert cluster.entries()[agent].workloads == ("explicit (WARM_EXPLICIT_IMAGES)",)
+    # Entries are written just after the slices (nodes first): wait for them as well.
+    entries = wait_for(
+        lambda: (found := cluster.entries()) and {arm_only, big, agent} <= found.keys() and found,
+        what="the catalog entries",
+    )
+    assert entries[arm_only].target_nodes == 1
+    assert entries[big].target_nodes == 0  # tolerates no taint: not on the gpu node
+    assert entries[agent].workloads == ("explicit (WARM_EXPLICIT_IMAGES)",)
 
     joined = f"arm2-{tag}"
     cluster.broker.delete(f"warm.node.{arm}")
