@@ -160,6 +160,8 @@ class RegistryPermits:
             pause = min(LONGEST_PAUSE, FIRST_PAUSE * 2**tries)
             freed = notices.wait(min(random.uniform(pause / 2, pause), self._max_wait - waited))
             tries += 1
+            # Woken, it may still wait for a slot of its own node: the permit is anyone's
+            # meanwhile, a new pull's or a pausing waiter's.
             if (permit := self._try_with_slot(registry, slots, freed)) is not None:
                 return permit
 

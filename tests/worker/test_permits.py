@@ -31,6 +31,7 @@ from worker.permits import (
     LONGEST_PAUSE,
     RegistryLimits,
     RegistryPermits,
+    freed_subject,
     permit_prefix,
 )
 from worker.runtime import FailureKind, PullFailed
@@ -216,6 +217,34 @@ def test_a_waiter_takes_a_permit_freed_without_notice_at_its_next_try(
     waiter.bus.close()
     assert waiter.key == key
     assert waiter.done - freed < LONGEST_PAUSE + 2
+
+
+def test_a_waiter_passes_on_the_notice_it_did_not_use(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    """Two permits given back while one waiter listens: it takes one and, leaving, passes the
+    other's notice on to whoever waits next, rather than let it go unheard."""
+    registry = "two.example"
+    heard: list[str] = []
+    private_bus.subscribe(freed_subject(registry), lambda _s, data: heard.append(data.decode()))
+    other = RegistryPermits(private_bus, RegistryLimits(2), "other", max_wait=5)
+    held = [other.acquire(registry, threading.Semaphore(2)) for _ in range(2)]
+    waiter = RegistryPermits(private_bus, RegistryLimits(2), "waiter", max_wait=30)
+    slot = threading.Semaphore(1)
+    taken: list[str | None] = []
+    thread = threading.Thread(target=lambda: taken.append(waiter.acquire(registry, slot).key))
+    thread.start()
+    time.sleep(4)  # it waits, both permits held, in pauses of 2 s or more
+    slot.acquire()  # its node's one slot is busy: woken, it waits for it
+    for permit in held:
+        permit.release()
+    wait_for(lambda: len(heard) == 2, 5, "both notices")
+    slot.release()
+    thread.join(timeout=10)
+    notices = [json.loads(data)["key"] for data in heard]
+    wait_for(lambda: len(heard) == 3, 5, "the unused notice passed on")
+    assert taken[0] in notices
+    assert json.loads(heard[2])["key"] == next(key for key in notices if key != taken[0])
 
 
 def test_nats_unreachable_lets_pulls_go_uncapped_logged_once(
