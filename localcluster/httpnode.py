@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -31,6 +30,7 @@ from worker.runtime.base import (
     PullFailed,
     RuntimeImage,
 )
+from worker.runtime.fake import HeldImage
 
 AGENT = "warm-fleet-node"
 ACCEPT = ", ".join(
@@ -45,19 +45,6 @@ _INDEXES = ("index", "manifest.list")
 _CHUNK = 1024 * 1024
 
 
-@dataclass
-class _Image:
-    id: str
-    size: int
-    tags: set[str] = field(default_factory=set)
-    digests: set[str] = field(default_factory=set)
-
-    def as_runtime_image(self) -> RuntimeImage:
-        return RuntimeImage(
-            self.id, tuple(sorted(self.tags)), tuple(sorted(self.digests)), self.size
-        )
-
-
 class HttpNodeRuntime:
     """One simulated node's runtime: its images and its content store, in memory."""
 
@@ -69,7 +56,7 @@ class HttpNodeRuntime:
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"{AGENT}/{node}"
         self._blobs: dict[str, int] = {}  # digest -> size: the content store
-        self._images: dict[str, _Image] = {}  # by id
+        self._images: dict[str, HeldImage] = {}  # by id
         self._lock = threading.Lock()
 
     def version(self, timeout: float | None = None) -> str:
@@ -158,7 +145,7 @@ class HttpNodeRuntime:
     ) -> str:
         image_id = str(blobs[0]["digest"])  # the config's digest, as CRI names an image
         with self._lock:
-            held = self._images.setdefault(image_id, _Image(image_id, size))
+            held = self._images.setdefault(image_id, HeldImage(image_id, size))
             held.digests.add(f"{name}@{digest}")
             if tag:
                 named = f"{name}:{tag}"
@@ -167,7 +154,7 @@ class HttpNodeRuntime:
                 held.tags.add(named)
         return image_id
 
-    def _find(self, reference: str) -> _Image | None:
+    def _find(self, reference: str) -> HeldImage | None:
         return next(
             (i for i in self._images.values() if reference in i.tags or reference in i.digests),
             None,

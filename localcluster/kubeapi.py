@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import copy
 import datetime
 import gzip
@@ -60,7 +61,14 @@ import kubernetes.client
 import yaml
 from kmock._internal import aiobus, parsing, references, rendering
 
-from localcluster import kubeopenapi, kubeproto, kubetables, strategicmerge, tokenreview
+from localcluster import (
+    kubeevents,
+    kubeopenapi,
+    kubeproto,
+    kubetables,
+    strategicmerge,
+    tokenreview,
+)
 from localcluster._lifecycle import Service
 
 T = TypeVar("T")
@@ -71,6 +79,12 @@ Resource = references.resource
 # without bound, so keep only the recent ones.
 _KEEP_REQUESTS = 1000
 _STOP_GRACE = 0.05
+
+# Events are stored once, as core/v1; a request to events.k8s.io/v1 is served from the same
+# objects, converted (localcluster/kubeevents.py), as the apiserver does.
+CORE_EVENTS = Resource("", "v1", "events")
+EVENTS_V1 = Resource("events.k8s.io", "v1", "events")
+_EVENTS_VIEW: contextvars.ContextVar[bool] = contextvars.ContextVar("events_view", default=False)
 
 
 # --- kmock 0.8 path fix: Namespace objects --------------------------------------------------
@@ -124,19 +138,23 @@ def match_labels(obj: Mapping[str, Any], selector: str | None) -> bool:
 
 
 def match_fields(obj: Mapping[str, Any], selector: str | None) -> bool:
-    """The field selectors the project uses: metadata.name, metadata.namespace, spec.nodeName."""
-    meta = obj.get("metadata") or {}
-    fields = {
-        "metadata.name": meta.get("name"),
-        "metadata.namespace": meta.get("namespace"),
-        "spec.nodeName": (obj.get("spec") or {}).get("nodeName"),
-    }
+    """Field selectors on dotted paths (metadata.name, spec.nodeName, reason,
+    involvedObject.name, ...) and the core/v1 Events' ``source`` (its component)."""
     for term in _terms(selector):
         negated = "!=" in term
         key, value = term.split("!=" if negated else "=", 1)
-        if (fields.get(key.strip().rstrip("=")) == value.strip().lstrip("=")) == negated:
+        if (_field(obj, key.strip().rstrip("=")) == value.strip().lstrip("=")) == negated:
             return False
     return True
+
+
+def _field(obj: Mapping[str, Any], path: str) -> Any:
+    if path == "source":  # the apiserver's name for core/v1 Events' source.component
+        return (obj.get("source") or {}).get("component")
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 # --- the emulator ---------------------------------------------------------------------------
@@ -187,9 +205,11 @@ class RVEmulator(kmock.KubernetesEmulator):
     # are dropped, and watches from before them get 410: memory stays bounded in long runs.
     history_limit: int = 20_000
     # What the double did to its clients, counted as it happened: "410 Gone" (a watch ended
-    # with an Expired ERROR event) and "watch dropped" (a live stream ended by kick()). Drills
-    # report these, not how often they asked for them.
+    # with an Expired ERROR event), "watch dropped" (a live stream ended by kick()) and
+    # "<plural> streamed" (watch events sent, bookmarks aside). Drills and benchmarks report
+    # these, not how often they asked for them.
     served: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    events_v1: bool = True  # False: events.k8s.io/v1 answers 404, as before Kubernetes 1.19
     tokens: tokenreview.TokenAuthority = attrs.field(factory=tokenreview.TokenAuthority)
 
     def __attrs_post_init__(self) -> None:
@@ -224,6 +244,10 @@ class RVEmulator(kmock.KubernetesEmulator):
         return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource == EVENTS_V1:
+            if not self.events_v1:
+                raise kmock.KubernetesResourceNotFoundError()
+            return await self._handle_events_view(request)
         if request.url.path.startswith(kubeopenapi.PREFIX):
             return aiohttp.web.json_response(self._openapi(request.url.path))
         if request.url.path == tokenreview.PATH and request.method == kmock.method.POST:
@@ -248,6 +272,18 @@ class RVEmulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(422, "Invalid", f"JSON patch failed: {error}") from error
         finally:
             self._trim_records()
+
+    async def _handle_events_view(self, request: rendering.Request) -> Any:
+        """An events.k8s.io/v1 request, served from (and to) the core/v1 Events: the body is
+        converted here, the answers by :func:`_viewed` while this request is handled."""
+        object.__setattr__(request, "resource", CORE_EVENTS)  # Request is frozen
+        if isinstance(request.data, dict) and request.data:
+            object.__setattr__(request, "data", kubeevents.to_core(request.data))
+        token = _EVENTS_VIEW.set(True)
+        try:
+            return await self._handle(request)
+        finally:
+            _EVENTS_VIEW.reset(token)
 
     def stored(self, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """A core (v1) object as stored now, or None when there is none."""
@@ -319,20 +355,22 @@ class RVEmulator(kmock.KubernetesEmulator):
             (request.namespace is None or meta.get("namespace") == request.namespace)
             and (request.name is None or meta.get("name") == request.name)
             and match_labels(obj, request.params.get("labelSelector"))
-            and match_fields(obj, request.params.get("fieldSelector"))
+            and match_fields(obj, _field_selector(request))
         )
 
     def _type_meta(self, resource: Resource | None) -> tuple[str | None, str]:
         """(kind, apiVersion) of a resource, from kmock's bundled discovery data."""
         if resource is None:
             return None, "v1"
+        if _EVENTS_VIEW.get():
+            return "Event", kubeevents.GROUP_VERSION
         api_version = f"{resource.group}/{resource.version}" if resource.group else "v1"
         return self.resources[resource].kind, api_version
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         data = cast(dict[str, Any], await super()._serve_list(request))
         data["metadata"]["resourceVersion"] = str(self.rv)
-        data["items"] = [obj for obj in data["items"] if self._visible(request, obj)]
+        data["items"] = [_viewed(obj) for obj in data["items"] if self._visible(request, obj)]
         kind, api_version = self._type_meta(request.resource)
         if kubetables.wants_table(_header(request, "Accept")):
             return self._table(request, data["items"], kind)
@@ -356,8 +394,14 @@ class RVEmulator(kmock.KubernetesEmulator):
                 resource.update(group="autoscaling", version="v1", kind="Scale")
         return data
 
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        return _viewed(cast(dict[str, Any], await super()._serve_create(request)))
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        return _viewed(cast(dict[str, Any], await super()._serve_delete(request)))
+
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
-        obj = cast(dict[str, Any], await super()._serve_fetch(request))
+        obj = _viewed(cast(dict[str, Any], await super()._serve_fetch(request)))
         if request.subresource == "scale":
             return _scale(obj)
         if kubetables.wants_table(_header(request, "Accept")):
@@ -367,7 +411,7 @@ class RVEmulator(kmock.KubernetesEmulator):
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         # kmock applies a .../scale PATCH ({"spec": {"replicas": N}}) to the object itself,
         # which is where the replicas live; the client expects the Scale back.
-        obj = cast(dict[str, Any], await super()._serve_update(request))
+        obj = _viewed(cast(dict[str, Any], await super()._serve_update(request)))
         return _scale(obj) if request.subresource == "scale" else obj
 
     def _table(
@@ -393,11 +437,15 @@ class RVEmulator(kmock.KubernetesEmulator):
         pump = asyncio.create_task(_pump(bus, marker, queue))
         self.live.add(queue)
         try:
+            streamed = f"{request.resource.plural} streamed"
             for event in backlog:
                 if self._visible(request, event["object"]):
-                    yield event
+                    self.served[streamed] += 1
+                    yield _viewed_event(event)
             async for event in self._follow(request, queue):
-                yield event
+                if event["type"] != "BOOKMARK":
+                    self.served[streamed] += 1
+                yield _viewed_event(event)
         finally:
             pump.cancel()
             self.live.discard(queue)
@@ -449,6 +497,24 @@ class RVEmulator(kmock.KubernetesEmulator):
                 "metadata": {"resourceVersion": str(self.rv)},
             },
         }
+
+
+def _viewed(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as the API version asked for serves it: converted for events.k8s.io/v1."""
+    return kubeevents.to_events_v1(obj) if _EVENTS_VIEW.get() else obj
+
+
+def _viewed_event(event: Event) -> Event:
+    if not _EVENTS_VIEW.get() or event["type"] == "BOOKMARK":
+        return event
+    return {**event, "object": kubeevents.to_events_v1(event["object"])}
+
+
+def _field_selector(request: rendering.Request) -> str | None:
+    selector = request.params.get("fieldSelector")
+    if not selector or not _EVENTS_VIEW.get():
+        return selector
+    return ",".join(kubeevents.core_field(term.strip()) for term in selector.split(","))
 
 
 def _bundled_resources() -> bytes:
@@ -628,9 +694,16 @@ def _api_request(request: rendering.Request) -> ApiRequest:
 class FakeKubeAPI(Service):
     """RVEmulator behind kmock's HTTP server on 127.0.0.1:<random port>, in its own thread."""
 
-    def __init__(self, *, bookmark_interval: float = 1.0, history_limit: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        bookmark_interval: float = 1.0,
+        history_limit: int = 20_000,
+        events_v1: bool = True,
+    ) -> None:
         self.bookmark_interval = bookmark_interval
         self.history_limit = history_limit
+        self.events_v1 = events_v1  # False: events.k8s.io/v1 is not served (before 1.19)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._emulator: RVEmulator | None = None
@@ -780,7 +853,9 @@ class FakeKubeAPI(Service):
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         emulator = RVEmulator(
-            bookmark_interval=self.bookmark_interval, history_limit=self.history_limit
+            bookmark_interval=self.bookmark_interval,
+            history_limit=self.history_limit,
+            events_v1=self.events_v1,
         )
         async with emulator, kmock.Server(emulator) as server:
             self._emulator = emulator

@@ -57,3 +57,59 @@ def create_nodes(api: client.ApiClient, names: list[str] | tuple[str, ...]) -> N
     core = client.CoreV1Api(api)
     for name in names:
         core.create_node(node(name))
+
+
+def kubelet_event(
+    name: str,
+    node_name: str,
+    message: str,
+    *,
+    pod_name: str,
+    at: str,
+    count: int = 1,
+    api: str = "core/v1",
+    reason: str = "Pulled",
+    namespace: str = "default",
+) -> Any:
+    """An Event as the kubelet records it on a pod (``Pulled`` by default), for the Events API:
+    ``core/v1`` (what the kubelet's recorder writes) or ``events.k8s.io/v1`` (what newer
+    recorders write, with a series for repeats). ``at`` is an RFC 3339 time."""
+    regarding = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod_name,
+        "namespace": namespace,
+        "fieldPath": "spec.containers{main}",
+    }
+    meta = {"name": name, "namespace": namespace}
+    if api == "core/v1":
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": meta,
+            "involvedObject": regarding,
+            "reason": reason,
+            "message": message,
+            "type": "Normal",
+            "source": {"component": "kubelet", "host": node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node_name,
+            "firstTimestamp": at,
+            "lastTimestamp": at,
+            "count": count,
+        }
+    series = {"series": {"count": count, "lastObservedTime": at}} if count > 1 else {}
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": meta,
+        "regarding": regarding,
+        "reason": reason,
+        "note": message,
+        "type": "Normal",
+        "action": "Pulled",
+        "eventTime": at,
+        "reportingController": "kubelet",
+        "reportingInstance": node_name,
+        **series,
+    }

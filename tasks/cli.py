@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import nats.errors
 from celery import Celery
 from celery.bin.base import CeleryCommand, CLIContext
 from kombu.exceptions import KombuError
@@ -30,6 +31,7 @@ from kombu.exceptions import KombuError
 from .bus import BusUnavailable, NatsBus
 from .catalog import CatalogStore, UnknownImage, UnknownNode
 from .images import InvalidImageReference
+from .kubelet import KubeletCounts, KubeletStore, KubeletSummary
 from .models import CatalogEntry, Wave
 from .names import REWARM_EVENTS
 from .rewarm import RewarmSent, dispatch_rewarm
@@ -137,7 +139,8 @@ def warm_status(
     require: str,
 ) -> None:
     """Per node: images warm / expected, missing, failed with the reason, as of its last report;
-    images a wave holds back (waiting for a canary, or stopped by a canary's failure).
+    images a wave holds back (waiting for a canary, or stopped by a canary's failure); and the
+    kubelets' own word: warm hits and cold pulls, and the images pods still wait for.
 
     Exit code: 0 every node holds every image, 1 something is missing, failed or held back (or
     no node has reported), 2 the broker or NATS cannot be reached.
@@ -147,10 +150,13 @@ def warm_status(
     with _bus() as bus:
         late = _refresh(cli.app, bus, nodes, timeout) if refresh else []
         statuses = _statuses(bus, nodes)
+        kubelet = _kubelet(bus, statuses)
     if as_json:
-        click.echo(json.dumps([status.summary() for status in statuses], indent=2))
+        entries = [{**s.summary(), "kubelet": kubelet.nodes[s.node].node_json()} for s in statuses]
+        report = {"nodes": entries, "kubelet": kubelet.summary.report()}
+        click.echo(json.dumps(report, indent=2))
     else:
-        _print_status(statuses)
+        _print_status(statuses, kubelet)
     if late:
         click.secho(
             f"{len(late)} node(s) did not report within {timeout:g}s, shown as of their last "
@@ -273,6 +279,28 @@ def _statuses(bus: NatsBus, nodes: Sequence[str]) -> list[NodeStatus]:
     if unknown:
         raise click.UsageError(f"unknown node(s): {', '.join(unknown)}")
     return statuses
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kubelet:
+    """What the kubelets reported, as the watcher counted it: per node, and overall."""
+
+    nodes: dict[str, KubeletCounts]
+    summary: KubeletSummary
+
+
+def _kubelet(bus: NatsBus, statuses: list[NodeStatus]) -> _Kubelet:
+    """The counts, or none when there are none to read: the leading watcher makes the bucket,
+    which a client role may read but not make."""
+    nothing = _Kubelet({status.node: KubeletCounts() for status in statuses}, KubeletSummary())
+    if not load_settings().watch.kubelet_events:  # WARM_KUBELET_EVENTS=false: none are counted
+        return nothing
+    store = KubeletStore(bus)
+    try:
+        nodes = {status.node: store.get_node(status.node) for status in statuses}
+        return _Kubelet(nodes, store.get_summary() or KubeletSummary())
+    except (BusUnavailable, nats.errors.Error):
+        return nothing
 
 
 # --- rewarm --wait -------------------------------------------------------------------------
@@ -405,7 +433,7 @@ def _wave_state(wave: Wave | None) -> str:
     return wave.describe() if wave is not None else "held back by a wave"
 
 
-def _print_status(statuses: list[NodeStatus]) -> None:
+def _print_status(statuses: list[NodeStatus], kubelet: _Kubelet) -> None:
     click.echo(_as_of(statuses))
     rows = [
         [
@@ -414,16 +442,23 @@ def _print_status(statuses: list[NodeStatus]) -> None:
             str(len(status.missing)),
             str(len(status.failed)),
             _ago(_changed_at(status)),
+            _hits(kubelet.nodes[status.node]),
         ]
         for status in statuses
     ]
-    _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED"], rows)  # a no-op re-warm writes none
+    # A no-op re-warm writes no record: CHANGED is its last change.
+    _table(["NODE", "WARM", "MISSING", "FAILED", "CHANGED", "KUBELET HITS"], rows)
     warm = sum(1 for status in statuses if not status.missing)
     click.echo(f"{warm}/{len(statuses)} node(s) fully warm")
     _print_held(statuses)
     if len(statuses) > MAX_ROWS:  # image by image for thousands of nodes is a wall of text
         click.echo("per image: --node NAME, or --json")
-        return
+    else:
+        _print_not_warm(statuses)
+    _print_kubelet(kubelet.summary)
+
+
+def _print_not_warm(statuses: list[NodeStatus]) -> None:
     for status in statuses:
         for image, reason in sorted(status.failed.items()):
             click.secho(f"failed   {status.node}  {image}: {reason}", fg="red")
@@ -432,6 +467,37 @@ def _print_status(statuses: list[NodeStatus]) -> None:
             click.echo(f"missing  {status.node}  {image}")
         if len(missing) > MAX_LISTED:
             click.echo(f"missing  {status.node}  ... and {len(missing) - MAX_LISTED} more (--json)")
+
+
+def _hits(counts: KubeletCounts) -> str:
+    """``hits/pulls (ratio)``, or ``-`` before the kubelet reported any pull."""
+    if counts.ratio is None:
+        return "-"
+    return f"{counts.hits}/{counts.hits + counts.misses} ({counts.ratio:.0%})"
+
+
+def _print_kubelet(summary: KubeletSummary) -> None:
+    """The warm-hit ratio, in the kubelets' own words, and what cold pulls still cost."""
+    totals, apart = summary.totals, summary.not_in_catalog_totals
+    if totals.ratio is None and apart.ratio is None:
+        click.echo("kubelet: no image pull reported yet")
+        return
+    if totals.ratio is not None:
+        click.echo(
+            f"kubelet: warm-hit ratio {totals.ratio:.1%} ({totals.hits} hits, {totals.misses} "
+            f"cold pulls); pods waited {totals.seconds_waited:.1f}s on cold pulls, warm images "
+            f"saved them about {totals.seconds_saved:.1f}s"
+        )
+    lost = summary.top_lost(MAX_LISTED)
+    if lost:
+        click.echo("time still lost to cold pulls, by image:")
+        rows = [[image, str(c.misses), f"{c.seconds_waited:.1f}s"] for image, c in lost]
+        _table(["IMAGE", "COLD PULLS", "WAITED"], rows)
+    if apart.ratio is not None:
+        click.echo(
+            f"not in the catalog: {apart.hits} hits, {apart.misses} cold pulls, pods waited "
+            f"{apart.seconds_waited:.1f}s (images the selection leaves out; --json lists them)"
+        )
 
 
 def _print_held(statuses: list[NodeStatus]) -> None:

@@ -29,6 +29,8 @@ PERMITS_FREED = "warm.permits.freed"
 CATALOG_BUCKET = "warm-catalog"
 STATUS_BUCKET = "warm-status"  # <node> -> NodeStatus
 BEAT_BUCKET = "warm-beat"  # leader -> the beat that may dispatch (expires unless renewed)
+# summary -> KubeletSummary, nodes.<node> -> KubeletCounts (the kubelet's own Pulled Events)
+KUBELET_BUCKET = "warm-kubelet"
 PERMITS_BUCKET = "warm-permits"  # permits.<registry>.<n> -> its holder (worker/permits.py)
 
 

@@ -45,6 +45,7 @@ from .names import (
     BEAT_BUCKET,
     CATALOG_BUCKET,
     CATALOG_EVENTS,
+    KUBELET_BUCKET,
     PERMITS_BUCKET,
     PERMITS_FREED,
     STATUS_BUCKET,
@@ -114,14 +115,15 @@ def _write(
 
 
 def permissions(role: str, node: str | None = None) -> Permissions:
-    """What ``role`` may do. Nothing here lets a node write the catalog, create, purge or
-    delete the catalog's stream, or announce catalog changes; a worker (``node`` required)
-    writes only its own status key, its own event subjects and the registry pull permits (and
-    says, and hears, that one was given back). The watcher may follow the events because the
-    CLI run in its pod (``rewarm --wait``) does."""
+    """What ``role`` may do. Nothing here lets a node write the catalog or the kubelet counts,
+    create, purge or delete the catalog's stream, or announce catalog changes; a worker
+    (``node`` required) writes only its own status key, its own event subjects and the
+    registry pull permits (and says, and hears, that one was given back). The watcher may
+    follow the events because the CLI run in its pod (``rewarm --wait``) does."""
     common = ["$JS.API.INFO"]
     if role == "watcher":
         publish = [*common, *_write(CATALOG_BUCKET), *_read(STATUS_BUCKET)]
+        publish += _write(KUBELET_BUCKET)  # the kubelet's Pulled Events, counted by the leader
         publish += [CATALOG_EVENTS, f"{CATALOG_EVENTS}.>"]
         return Permissions(tuple(publish), ("_INBOX.>", "warm.events.>"))
     if role == "worker":
@@ -141,6 +143,7 @@ def permissions(role: str, node: str | None = None) -> Permissions:
         return Permissions(tuple(publish), ("_INBOX.>",))
     if role == "client":
         publish = [*common, *_read(CATALOG_BUCKET), *_read(STATUS_BUCKET), *_read(BEAT_BUCKET)]
+        publish += _read(KUBELET_BUCKET)  # warm-status shows the kubelet counts
         return Permissions(tuple(publish), ("_INBOX.>", "warm.events.>"))
     raise NatsAuthError(f"unknown NATS role {role!r}: one of {', '.join(ROLES)}")
 

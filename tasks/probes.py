@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from prometheus_client import start_http_server
 
@@ -22,27 +22,35 @@ log = logging.getLogger(__name__)
 Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-class HealthServer:
-    """Answers ``/healthz`` (and ``/readyz``) with 200 or 503 and the check's details as JSON."""
+class BackgroundServer:
+    """A threaded HTTP server on its own daemon thread: the component's work never waits on
+    a slow client, and the process exits without shutting it down."""
 
-    def __init__(self, port: int, check: Check, host: str = "") -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(check))
+    def __init__(
+        self, handler: type[BaseHTTPRequestHandler], port: int, host: str, name: str
+    ) -> None:
+        self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="health", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def start(self) -> HealthServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class HealthServer(BackgroundServer):
+    """Answers ``/healthz`` (and ``/readyz``) with 200 or 503 and the check's details as JSON."""
+
+    def __init__(self, port: int, check: Check, host: str = "") -> None:
+        super().__init__(_handler(check), port, host, "health")
 
 
 def serve_health(port: int, check: Check) -> HealthServer | None:
@@ -73,14 +81,19 @@ def _handler(check: Check) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             healthy, details = check()
-            body = json.dumps({"healthy": healthy, **details}, sort_keys=True).encode()
-            self.send_response(200 if healthy else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, 200 if healthy else 503, {"healthy": healthy, **details})
 
         def log_message(self, format: str, *args: Any) -> None:
             """Probes every few seconds would drown the component's log."""
 
     return Handler
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+    """Answer the request ``handler`` serves with ``payload`` as a JSON document."""
+    body = json.dumps(payload, sort_keys=True).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -122,6 +122,9 @@ class WatchSettings:
     startup_taint: str = ""
     startup_taint_deadline: float = 600.0
     startup_gate_images: str = "all"  # "all" of the slice, or only "annotated" workloads'
+    # The leader counts the kubelet's Pulled Events (hits, misses, seconds waited): the proof
+    # of what warming saved. Needs list and watch on Events (watcher/kubelet_events.py).
+    kubelet_events: bool = True
     # Waves (watcher/waves.py): a new image, or a new digest, goes to this many canary nodes
     # first and to the rest once a canary holds it; 0 sends it everywhere at once.
     canary_nodes: int = 2
@@ -285,6 +288,7 @@ def _read(source: _Source) -> Settings:
             startup_taint=source.text("WARM_STARTUP_TAINT", "").strip(),
             startup_taint_deadline=source.number("WARM_STARTUP_TAINT_DEADLINE", 600.0, float),
             startup_gate_images=source.choice("WARM_STARTUP_GATE_IMAGES", "all", GATE_IMAGES),
+            kubelet_events=source.flag("WARM_KUBELET_EVENTS", True),
             canary_nodes=source.number("WARM_CANARY_NODES", 2, int, minimum=0),
         ),
         rewarm=RewarmSettings(
@@ -381,24 +385,25 @@ class _Source:
 
     def limits(self, name: str) -> tuple[tuple[str, int], ...]:
         """A JSON object of registry host to a whole number at least 0."""
-        raw = self._values.get(name)
-        if not raw:
-            return ()
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise SettingsError(f"{name} is not valid JSON: {error}") from None
-        if not isinstance(value, dict) or not all(
-            type(limit) is int and limit >= 0 for limit in value.values()
-        ):
-            raise SettingsError(
-                f'{name} must be a JSON object of registry host to limit, e.g. {{"docker.io": 20}}'
-                " (0: no cap)"
-            )
-        return tuple(sorted(value.items()))
+        return self._json_object(
+            name,
+            lambda limit: type(limit) is int and limit >= 0,
+            'a JSON object of registry host to limit, e.g. {"docker.io": 20} (0: no cap)',
+        )
 
     def roles(self, name: str) -> tuple[tuple[str, str], ...]:
         """A JSON object of ServiceAccount name to the NATS role its pods get."""
+        return self._json_object(
+            name,
+            lambda role: isinstance(role, str) and role in EXCHANGED_ROLES,
+            f"a JSON object of ServiceAccount name to a role, one of {', '.join(EXCHANGED_ROLES)}, "
+            'e.g. {"warm-images-worker": "worker"}',
+        )
+
+    def _json_object(
+        self, name: str, valid: Callable[[Any], bool], expected: str
+    ) -> tuple[tuple[str, Any], ...]:
+        """A JSON object whose every value passes ``valid``, as sorted pairs; () when unset."""
         raw = self._values.get(name)
         if not raw:
             return ()
@@ -406,13 +411,8 @@ class _Source:
             value = json.loads(raw)
         except json.JSONDecodeError as error:
             raise SettingsError(f"{name} is not valid JSON: {error}") from None
-        if not isinstance(value, dict) or not all(
-            isinstance(role, str) and role in EXCHANGED_ROLES for role in value.values()
-        ):
-            raise SettingsError(
-                f"{name} must be a JSON object of ServiceAccount name to a role, one of "
-                f'{", ".join(EXCHANGED_ROLES)}, e.g. {{"warm-images-worker": "worker"}}'
-            )
+        if not isinstance(value, dict) or not all(valid(item) for item in value.values()):
+            raise SettingsError(f"{name} must be {expected}")
         return tuple(sorted(value.items()))
 
     def explicit_images(self, name: str) -> tuple[ExplicitImage, ...]:

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import urllib3
@@ -38,6 +37,7 @@ from prometheus_client import Counter
 
 from tasks import natsauth
 from tasks.natscreds import USER_JWT_TTL
+from tasks.probes import BackgroundServer, send_json
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,27 +163,11 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-class ExchangeServer:
+class ExchangeServer(BackgroundServer):
     """Serves :class:`Exchange` at ``POST /nats/credentials`` on ``port``."""
 
     def __init__(self, exchange: Exchange, port: int, host: str = "") -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(exchange))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="nats-exchange", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> ExchangeServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(exchange), port, host, "nats-exchange")
 
 
 def serve_exchange(settings: Settings, api: client.ApiClient) -> ExchangeServer | None:
@@ -204,7 +188,7 @@ def _handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             if self.path != PATH:
-                self._answer(404, {"error": f"not found; POST {PATH}"})
+                send_json(self, 404, {"error": f"not found; POST {PATH}"})
                 return
             try:
                 token, public_key = self._request()
@@ -212,16 +196,16 @@ def _handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
             except Refused as refused:
                 GRANTED.labels("refused").inc()
                 log.warning("NATS credentials refused (%d): %s", refused.status, refused)
-                self._answer(refused.status, {"error": str(refused)})
+                send_json(self, refused.status, {"error": str(refused)})
                 return
             except Exception as error:  # a bug, or an API answer the client could not read
                 GRANTED.labels("refused").inc()
                 log.exception("NATS credentials exchange failed")
-                self._answer(500, {"error": f"the exchange failed: {error!r}"})
+                send_json(self, 500, {"error": f"the exchange failed: {error!r}"})
                 return
             GRANTED.labels(who.split(":")[0]).inc()
             log.debug("NATS credentials for %s", who)
-            self._answer(200, {"jwt": jwt})
+            send_json(self, 200, {"jwt": jwt})
 
         def _request(self) -> tuple[str, str]:
             length = int(self.headers.get("Content-Length") or 0)
@@ -236,14 +220,6 @@ def _handler(exchange: Exchange) -> type[BaseHTTPRequestHandler]:
             ):
                 raise Refused(400, 'expected {"token": "...", "publicKey": "U..."}')
             return body["token"], body["publicKey"]
-
-        def _answer(self, status: int, payload: dict[str, str]) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Each exchange is logged above, with who asked."""

@@ -6,7 +6,16 @@ Module-level, as prometheus_client expects: one registry per process, shared by 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tasks.kubelet import KubeletCounts, KubeletSummary
+
+# A copy of the leader's counts, and how many Pulled Events it read by outcome.
+KubeletFigures = tuple[KubeletSummary, dict[str, int]]
 
 WATCH_EVENTS = Counter("warm_watcher_events", "Watch events and listed objects received", ["kind"])
 RELISTS = Counter(
@@ -65,3 +74,73 @@ WAVE_CANARY_SECONDS = Histogram(
     "Seconds from a wave's start until a canary held the image and the other nodes were sent it",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
 )
+
+
+class KubeletCollector(Collector):
+    """The kubelet's Pulled Events as counted by the leader (watcher/kubelet_tally.py), read at
+    scrape time from its counts: counting an Event updates no metric, at thousands a second.
+
+    Images of the catalog by image (bounded: past the bound, image="(other)") and by node
+    class, not by both (2,000 images times 50 classes would make megabyte scrapes); images
+    not in the catalog apart. A replica that is not leading counts nothing and shows none.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], KubeletFigures | None] = lambda: None
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.source()
+        if figures is None:
+            return
+        summary, events = figures
+        prefix = "warm_watcher_kubelet_"
+        read = CounterMetricFamily(
+            prefix + "events",
+            "Pulled Events read (outcome: counted, repeat: an occurrence counted already, "
+            "ignored: not an image decision the tally can read)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(events.items()):
+            read.add_metric([outcome], count)
+        yield read
+        catalog = "images of the catalog"
+        yield from _kubelet_families(prefix, ["image"], summary.images, catalog)
+        yield from _kubelet_families(
+            prefix + "class_", ["node_class"], summary.classes, catalog + " by node class"
+        )
+        apart = {"": summary.not_in_catalog_totals}
+        yield from _kubelet_families(prefix + "uncataloged_", [], apart, "images not in catalog")
+
+
+def _kubelet_families(
+    prefix: str, labels: list[str], counts: Mapping[str, KubeletCounts], what: str
+) -> Iterator[Metric]:
+    """pulls, wait_seconds and saved_seconds (counted for images of the catalog only) of
+    ``counts``, labelled with their key when ``labels`` names it."""
+    pulls = CounterMetricFamily(
+        f"{prefix}pulls",
+        f"Image decisions the kubelet reported for {what} (result: hit, miss)",
+        labels=[*labels, "result"],
+    )
+    waited = CounterMetricFamily(
+        f"{prefix}wait_seconds",
+        f"Seconds pods waited on cold pulls of {what}, as the kubelet said",
+        labels=labels,
+    )
+    saved = CounterMetricFamily(
+        f"{prefix}saved_seconds",
+        f"Estimated seconds warm images spared pods, {what}: each hit at the image's measured "
+        "pull time",
+        labels=labels,
+    )
+    for key, count in sorted(counts.items()):
+        values = [key] if labels else []
+        pulls.add_metric([*values, "hit"], count.hits)
+        pulls.add_metric([*values, "miss"], count.misses)
+        waited.add_metric(values, count.seconds_waited)
+        saved.add_metric(values, count.seconds_saved)
+    yield from (pulls, waited, saved) if labels else (pulls, waited)
+
+
+KUBELET = KubeletCollector()
+REGISTRY.register(KUBELET)

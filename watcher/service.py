@@ -4,6 +4,7 @@ Reflector threads only parse and summarize; this loop alone owns the catalog, so
 locks. It waits for every reflector's first list before the first flush, so a restart does not
 publish a half-empty catalog. Every replica keeps the catalog; only the leader dispatches (and
 mirrors pull secrets, see :mod:`watcher.mirror`; removes startup taints, see :mod:`watcher.gate`;
+counts the kubelet's Pulled Events, see :mod:`watcher.kubelet_events`;
 resolves tags to digests once per re-warm interval on a thread of its own, see
 :mod:`watcher.digests`; sends new images and digests in waves, see :mod:`watcher.waves`), and a
 replica that becomes leader starts with a full sync. A periodic
@@ -36,6 +37,7 @@ from .digests import DigestResolver
 from .dispatch import Dispatcher, Sync
 from .events import EventRecorder
 from .gate import StartupGate
+from .kubelet_events import KubeletEvents
 from .leader import LeaderElector
 from .mirror import SecretMirror
 from .queue_depth import QueueDepthSampler
@@ -93,6 +95,14 @@ class Watcher:
                 leading=lambda: self.leading,
                 identity=self.identity,
             )
+        # Set once the first lists are in the catalog: the kubelet's Events are counted from
+        # then on, or an Event read before would count its image as not in the catalog.
+        self.catalog_ready = threading.Event()
+        self.kubelet = None  # WARM_KUBELET_EVENTS=false: no Events watch
+        if settings.watch.kubelet_events:
+            self.kubelet = KubeletEvents(
+                api, bus, self.state, leading=lambda: self.leading and self.catalog_ready.is_set()
+            )
         self.elector = None
         if settings.leader.enabled:
             self.elector = LeaderElector(api, settings.leader, self.identity)
@@ -115,6 +125,10 @@ class Watcher:
             target=self.queue_depths.run, args=(stop,), name="queue-depth", daemon=True
         ).start()
         threading.Thread(target=self.digests.run, args=(stop,), name="digests", daemon=True).start()
+        if self.kubelet is not None:
+            threading.Thread(
+                target=self.kubelet.run, args=(stop,), name="kubelet-events", daemon=True
+            ).start()
         try:
             self._wait_for_first_lists(stop)
             self._loop(stop)
@@ -173,6 +187,7 @@ class Watcher:
         next_resync = time.monotonic() + self._settings.watch.resync_interval
         while not stop.is_set():
             owed.merge(self.state.apply(self._drain()))
+            self.catalog_ready.set()
             now = self._turned = time.monotonic()
             if now >= next_resync:
                 next_resync = now + self._settings.watch.resync_interval

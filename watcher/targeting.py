@@ -196,11 +196,11 @@ def node_facts(obj: Mapping[str, Any], startup_taint: str = "") -> NodeFacts:
         labels,
         tuple(sorted(taints)),
         gated,
-        _timestamp(meta.get("creationTimestamp")),
+        parse_timestamp(meta.get("creationTimestamp")),
     )
 
 
-def _timestamp(value: object) -> float | None:
+def parse_timestamp(value: object) -> float | None:
     """An RFC 3339 timestamp as the apiserver writes it, or None when absent or unreadable."""
     if not isinstance(value, str):
         return None

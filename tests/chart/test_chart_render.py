@@ -163,6 +163,7 @@ def test_config_map_environment(rendered: dict[str, Rendered]) -> None:
         "WARM_STARTUP_TAINT": "",  # the gate is off unless startupGate.enabled
         "WARM_STARTUP_TAINT_DEADLINE": "600",
         "WARM_STARTUP_GATE_IMAGES": "all",
+        "WARM_KUBELET_EVENTS": "true",
         "WARM_CANARY_NODES": "2",
         "WARM_REWARM_INTERVAL": "1800",
         "WARM_REWARM_WINDOW": "60",
@@ -445,6 +446,8 @@ def test_grafana_dashboard(rendered: dict[str, Rendered]) -> None:
         "warm_pull_duration_seconds_bucket",
         "warm_queue_depth",
         "warm_watcher_node_untaint_seconds_bucket",
+        'warm_watcher_kubelet_pulls_total{result="hit"}',
+        "warm_watcher_kubelet_wait_seconds_total",
         "warm_watcher_waves",
         "warm_watcher_wave_transitions_total",
     ):

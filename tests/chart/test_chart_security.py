@@ -35,6 +35,12 @@ EVENT_RULE = {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]}
 ]
+# The kubelet's Pulled Events (kubeletEvents.enabled, the default), through either API version.
+KUBELET_EVENTS_RULE = {
+    "apiGroups": ["", "events.k8s.io"],
+    "resources": ["events"],
+    "verbs": ["list", "watch"],
+}
 # The NATS credentials exchange (bundled NATS with auth): TokenReviews, and `get` on the Pods
 # of the release namespace, to check a worker's pod.
 EXCHANGE_RULES = {
@@ -100,6 +106,7 @@ def test_default_rbac_is_the_watcher_cluster_role_only(rendered: dict[str, Rende
     assert [r["metadata"]["name"] for r in default.of_kind("ClusterRole")] == [f"{PREFIX}-watcher"]
     assert rules_of(default, "ClusterRole", "watcher") == [
         *CLUSTER_RULES,
+        KUBELET_EVENTS_RULE,
         EXCHANGE_RULES["ClusterRole"],
         *WORKLOAD_RULES,
         EVENT_RULE,
@@ -146,6 +153,7 @@ def test_namespaced_watch_uses_roles(rendered: dict[str, Rendered]) -> None:
     full = rendered["full"]
     assert rules_of(full, "ClusterRole", "watcher") == [
         *CLUSTER_RULES,
+        KUBELET_EVENTS_RULE,
         EXCHANGE_RULES["ClusterRole"],
     ]
     for namespace in ("team-a", "team-b"):

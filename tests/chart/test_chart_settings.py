@@ -116,6 +116,7 @@ def test_settings_value_set(rendered: dict[str, Rendered], settings_module: Modu
         "WARM_STARTUP_TAINT": "startup-taint.cluster-autoscaler.kubernetes.io/warm-images",
         "WARM_STARTUP_TAINT_DEADLINE": "300.5",
         "WARM_STARTUP_GATE_IMAGES": "annotated",
+        "WARM_KUBELET_EVENTS": "false",
         "WARM_CANARY_NODES": "0",
         # 1e+06 if rendered with quote alone.
         "WARM_REWARM_INTERVAL": "1000000",

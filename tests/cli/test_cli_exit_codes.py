@@ -185,7 +185,7 @@ def test_warm_status_says_its_figures_are_as_of_each_nodes_last_report(
     assert header.startswith("as of each node's last re-warm or pull; last change 20")
     assert " UTC (" in header and header.endswith("--refresh asks now")
     assert single.splitlines()[0].startswith(f"as of {nodes[0]}'s last re-warm or pull; ")
-    assert table.splitlines()[1].split()[-1] == "CHANGED"
+    assert table.splitlines()[1].split()[4] == "CHANGED"
 
 
 def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
@@ -206,7 +206,7 @@ def test_warm_status_refresh_asks_each_node_to_check_and_shows_its_fresh_report(
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, err  # BAD is missing on nodes[0] now
-    by_node = {item["node"]: item for item in json.loads(out)}
+    by_node = {item["node"]: item for item in json.loads(out)["nodes"]}
     assert by_node[nodes[0]]["missing"] == [BAD] and by_node[nodes[1]]["missing"] == []
 
 

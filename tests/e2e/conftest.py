@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from kubernetes import client
 from localcluster import Containerd, FakeKubeAPI, Registry, harness, product
 from localcluster.harness import unavailable
 from localcluster.manifests import create_nodes
+from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer, rabbitmq_answers, rabbitmq_vhost
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
@@ -79,6 +81,15 @@ class SimCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in self.processes)
+
+    def stop(self) -> None:
+        """Stop the product's processes, then the probes and runtimes they used."""
+        for process in self.processes:
+            process.stop()
+        for probe in self.probes.values():
+            probe.close()
+        for runtime in self.nodes.values():
+            runtime.stop()
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +162,33 @@ def run_cluster(
         _wait_until_watching(cluster, nats_url)
         yield cluster
     finally:
-        for process in cluster.processes:
-            process.stop()
-        for probe in cluster.probes.values():
-            probe.close()
-        for node in runtimes.values():
-            node.stop()
+        cluster.stop()
         kube.stop()
+
+
+@contextlib.contextmanager
+def run_rewarming_cluster(
+    workdir: Path, registry: Registry, broker_url: str, nodes: int, interval: float
+) -> Iterator[SimCluster]:
+    """A cluster on a NATS of its own with beat running, re-warming every ``interval`` seconds
+    at once (no window, no grace period): what a periodic re-warm changes is seen in seconds."""
+    with (
+        NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as nats,
+        run_cluster(
+            workdir,
+            registry,
+            broker_url,
+            nats.url,
+            nodes=nodes,
+            WARM_REWARM_INTERVAL=str(interval),
+            WARM_REWARM_WINDOW="0",
+            WARM_CATALOG_GRACE_PERIOD="0",
+        ) as running,
+    ):
+        running.start(
+            product.celery("beat", ["beat", "--loglevel=INFO"], running.env, running.logdir)
+        )
+        yield running
 
 
 def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60) -> None:
@@ -174,3 +205,24 @@ def _wait_until_watching(cluster: SimCluster, nats_url: str, timeout: float = 60
 def wait_for(check: Callable[[], bool], timeout: float, what: str, cluster: SimCluster) -> float:
     """harness.wait_for, with the cluster's process logs in a timeout's message."""
     return harness.wait_for(check, timeout, what, cluster.logs)
+
+
+def lists_done(watcher: product.ProductProcess) -> bool:
+    return "initial lists done" in watcher.log_tail()
+
+
+def start_watcher(sim: SimCluster, attempts: int = 3) -> int:
+    """The watcher, serving /metrics on a free port; another on a port another process took
+    between the pick and the bind (other suites run on this machine), so that what the tests
+    read there is this watcher's."""
+    for _ in range(attempts):
+        port = free_port()
+        watcher = product.watcher({**sim.env, "WARM_METRICS_PORT": str(port)}, sim.logdir)
+        sim.start(watcher)
+        # It binds /metrics before its first lists: once they are done, its log says whether.
+        wait_for(partial(lists_done, watcher), 30, "the watcher", sim)
+        if "metrics not served" not in watcher.log_tail():
+            return port
+        watcher.stop()
+        sim.processes.remove(watcher)
+    raise AssertionError(f"no free port for the watcher's /metrics in {attempts} attempts")

@@ -20,14 +20,13 @@ from kubernetes import client
 from localcluster import Registry, push_image
 from localcluster.harness import registry_requests
 from localcluster.manifests import deployment
-from localcluster.product import celery
-from localcluster.services import NatsServer, RedisServer
+from localcluster.services import RedisServer
 from tasks.bus import NatsBus
 from tasks.names import REWARM_EVENTS
 from tasks.settings import NatsSettings
 from watcher.digests import USER_AGENT
 
-from .conftest import SimCluster, run_cluster, wait_for
+from .conftest import SimCluster, run_rewarming_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,20 +36,7 @@ WARM_TIMEOUT = 60.0
 
 @pytest.fixture(scope="module")
 def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterator[SimCluster]:
-    with (
-        NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as nats,
-        run_cluster(
-            workdir,
-            registry,
-            f"{redis_server.url}/9",
-            nats.url,
-            nodes=3,
-            WARM_REWARM_INTERVAL=str(INTERVAL),
-            WARM_REWARM_WINDOW="0",
-            WARM_CATALOG_GRACE_PERIOD="0",
-        ) as running,
-    ):
-        running.start(celery("beat", ["beat", "--loglevel=INFO"], running.env, running.logdir))
+    with run_rewarming_cluster(workdir, registry, f"{redis_server.url}/9", 3, INTERVAL) as running:
         yield running
 
 

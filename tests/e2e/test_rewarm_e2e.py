@@ -100,7 +100,7 @@ def test_warm_status_json_matches_what_the_runtimes_hold(
     shown = broker_cluster.cli("warm-status", "--json")
 
     assert shown.returncode == 1, shown.stderr  # the broken image is missing: exit code 1
-    statuses = {status["node"]: status for status in json.loads(shown.stdout)}
+    statuses = {status["node"]: status for status in json.loads(shown.stdout)["nodes"]}
     assert set(statuses) == set(broker_cluster.nodes)
     for node, probe in broker_cluster.probes.items():
         status, held = statuses[node], probe.tags()

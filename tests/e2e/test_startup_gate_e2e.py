@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from localcluster.manifests import deployment, node
 from localcluster.ports import free_port
 from localcluster.services import NatsServer, RedisServer
 
-from .conftest import CriProbe, SimCluster, wait_for
+from .conftest import CriProbe, SimCluster, start_watcher, wait_for
 
 TAINT = "warm-images.io/warming"
 # The setting under test for the node whose registry is down; a node whose images are warm is
@@ -97,33 +96,7 @@ def gate(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterat
             cluster.metrics_port = start_watcher(sim)
             yield cluster
         finally:
-            for process in sim.processes:
-                process.stop()
-            for probe in sim.probes.values():
-                probe.close()
-            for runtime in sim.nodes.values():
-                runtime.stop()
-
-
-def lists_done(watcher: product.ProductProcess) -> bool:
-    return "initial lists done" in watcher.log_tail()
-
-
-def start_watcher(sim: SimCluster, attempts: int = 3) -> int:
-    """The watcher, serving /metrics on a free port; another on a port another process took
-    between the pick and the bind (other suites run on this machine), so that what the tests
-    read there is this watcher's."""
-    for _ in range(attempts):
-        port = free_port()
-        watcher = product.watcher({**sim.env, "WARM_METRICS_PORT": str(port)}, sim.logdir)
-        sim.start(watcher)
-        # It binds /metrics before its first lists: once they are done, its log says whether.
-        wait_for(partial(lists_done, watcher), 30, "the watcher", sim)
-        if "metrics not served" not in watcher.log_tail():
-            return port
-        watcher.stop()
-        sim.processes.remove(watcher)
-    raise AssertionError(f"no free port for the watcher's /metrics in {attempts} attempts")
+            sim.stop()
 
 
 def test_a_tainted_node_is_untainted_once_its_three_images_are_in_the_runtime(

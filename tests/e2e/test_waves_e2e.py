@@ -28,15 +28,15 @@ from localcluster import Registry, push_image
 from localcluster.harness import registry_requests
 from localcluster.images import PushedImage
 from localcluster.manifests import deployment
-from localcluster.product import ProductProcess, celery
-from localcluster.services import NatsServer, RedisServer
+from localcluster.product import ProductProcess
+from localcluster.services import RedisServer
 from tasks.bus import NatsBus
 from tasks.catalog import CatalogStore
 from tasks.models import Wave, WaveState
 from tasks.settings import NatsSettings
 from watcher.waves import STOPPED_REASON
 
-from .conftest import SimCluster, run_cluster, wait_for
+from .conftest import SimCluster, run_rewarming_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,20 +47,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 @pytest.fixture(scope="module")
 def cluster(workdir: Path, redis_server: RedisServer, registry: Registry) -> Iterator[SimCluster]:
-    with (
-        NatsServer(workdir / f"nats-{uuid.uuid4().hex[:6]}") as nats,
-        run_cluster(
-            workdir,
-            registry,
-            f"{redis_server.url}/10",
-            nats.url,
-            nodes=4,
-            WARM_REWARM_INTERVAL=str(INTERVAL),
-            WARM_REWARM_WINDOW="0",
-            WARM_CATALOG_GRACE_PERIOD="0",
-        ) as running,
-    ):
-        running.start(celery("beat", ["beat", "--loglevel=INFO"], running.env, running.logdir))
+    with run_rewarming_cluster(workdir, registry, f"{redis_server.url}/10", 4, INTERVAL) as running:
         yield running
 
 
@@ -180,7 +167,7 @@ def test_a_broken_image_stops_at_its_canaries_and_a_fixed_digest_reaches_every_n
 
     shown = cluster.cli("warm-status", "--json")
     assert shown.returncode == 1, shown.stderr
-    statuses = {status["node"]: status for status in json.loads(shown.stdout)}
+    statuses = {status["node"]: status for status in json.loads(shown.stdout)["nodes"]}
     held = sorted(node for node, status in statuses.items() if broken.ref in status["held"])
     assert held == sorted(set(cluster.nodes) - set(stopped.canaries))
     assert statuses[held[0]]["held"][broken.ref].startswith(f"wave stopped: canary {stopped.node}")

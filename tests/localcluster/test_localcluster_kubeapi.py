@@ -282,6 +282,78 @@ def test_json_patch_guarded_by_resource_version(core: client.CoreV1Api) -> None:
     assert int(node.metadata.resource_version) > int(version)
 
 
+def test_events_are_one_store_served_as_core_v1_and_events_k8s_io_v1(
+    kube: FakeKubeAPI, core: client.CoreV1Api
+) -> None:
+    """As in the apiserver: an Event written through either API version is read through the
+    other, converted, with the same uid and resourceVersion, in lists, gets and watches, and
+    ``reason`` selects in both."""
+    events = client.EventsV1Api(kube.api_client())
+    at = "2026-01-01T00:00:00Z"
+    core.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"name": "kubelet.1"},
+            "involvedObject": {"kind": "Pod", "name": "web"},
+            "reason": "Pulled",
+            "message": 'Container image "nginx" already present on machine',
+            "source": {"component": "kubelet", "host": "node-1"},
+            "count": 2,
+            "lastTimestamp": at,
+        },
+    )
+    listed = json.loads(events.list_event_for_all_namespaces(_preload_content=False).data)
+    stream = events.list_event_for_all_namespaces(
+        watch=True,
+        resource_version=listed["metadata"]["resourceVersion"],
+        field_selector="reason=Pulled",
+        timeout_seconds=3,
+        _preload_content=False,
+    )
+    events.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"name": "recorder.1"},
+            "regarding": {"kind": "Pod", "name": "db"},
+            "reason": "Pulled",
+            "note": 'Successfully pulled image "redis" in 1s (2s including waiting)',
+            "reportingController": "kubelet",
+            "reportingInstance": "node-2",
+            "action": "Pulled",
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        },
+        _preload_content=False,
+    )
+    other = {"kind": "Pod", "name": "web"}
+    core.create_namespaced_event(
+        "default",
+        {"metadata": {"name": "other.1"}, "involvedObject": other, "reason": "Started"},
+    )
+    watched = [json.loads(line) for line in watch.watch.iter_resp_lines(stream) if line]
+
+    (first,) = listed["items"]
+    assert listed["apiVersion"] == "events.k8s.io/v1"
+    assert (first["note"], first["deprecatedCount"], first["deprecatedSource"]["host"]) == (
+        'Container image "nginx" already present on machine',
+        2,
+        "node-1",
+    )
+    stored = core.read_namespaced_event("kubelet.1", "default")
+    assert first["metadata"]["uid"] == stored.metadata.uid
+    assert first["metadata"]["resourceVersion"] == stored.metadata.resource_version
+    added = [e["object"] for e in watched if e["type"] == "ADDED"]  # no Started: selected out
+    assert [(e["apiVersion"], e["metadata"]["name"]) for e in added] == [
+        ("events.k8s.io/v1", "recorder.1")
+    ]
+    as_core = core.list_event_for_all_namespaces(field_selector="reason=Pulled").items
+    recorded = next(e for e in as_core if e.metadata.name == "recorder.1")
+    assert (recorded.message, recorded.reporting_component) == (
+        'Successfully pulled image "redis" in 1s (2s including waiting)',
+        "kubelet",
+    )
+    assert {e.metadata.name for e in as_core} == {"kubelet.1", "recorder.1"}
+
+
 def _review(kube: FakeKubeAPI, token: str, audiences: list[str] | None) -> client.V1TokenReview:
     spec = client.V1TokenReviewSpec(token=token, audiences=audiences)
     api = client.AuthenticationV1Api(kube.api_client())

@@ -28,6 +28,7 @@ from localcluster.services import OperatorNats
 from tasks import natsauth
 from tasks.bus import BusUnavailable, NatsBus
 from tasks.catalog import CatalogStore
+from tasks.kubelet import KubeletCounts, KubeletStore
 from tasks.models import CatalogEntry, NodeSlice, SliceImage
 from tasks.names import BEAT_BUCKET, CATALOG_BUCKET, CATALOG_EVENTS, pull_events_subject
 from tasks.natscreds import MintedCredentials, credentials_for
@@ -124,6 +125,16 @@ def test_the_other_parts_keep_their_rights(connect: Connect) -> None:
         StatusStore(client).record_rewarm(node_name(), [IMAGE], 1)
     with pytest.raises(BusUnavailable):
         CatalogStore(connect("beat")).put_entry(CatalogEntry(image="evil.example/x:1"))
+
+
+def test_only_the_watcher_writes_the_kubelet_counts_and_a_client_reads_them(
+    connect: Connect,
+) -> None:
+    node = node_name()
+    KubeletStore(connect("watcher")).put_node(node, KubeletCounts(hits=3).to_json())
+    with pytest.raises(BusUnavailable):
+        KubeletStore(connect("worker", node)).put_node(node, KubeletCounts(hits=99).to_json())
+    assert KubeletStore(connect("client")).get_node(node).hits == 3
 
 
 def test_a_node_gives_back_a_registry_permit_at_once(connect: Connect) -> None:

@@ -69,6 +69,17 @@ def publishing(cluster: WatchedCluster, names: list[str]) -> None:
     wait_for(lambda: all(cluster.slice_images(n) is not None for n in names), what="a publish")
 
 
+def publishing_fleet(
+    start_watcher: Start, tag: str, size: int, **options: Any
+) -> tuple[WatchedCluster, list[str], str]:
+    """``size`` nodes under a watcher that has published, and the image ``app-<tag>`` that is
+    new to it."""
+    names = [f"n-{tag}-{i}" for i in range(size)]
+    cluster = start_watcher(nodes=[node(n) for n in names], **options)
+    publishing(cluster, names)
+    return cluster, names, ref(f"app-{tag}")
+
+
 def rewarms_of(cluster: WatchedCluster, name: str) -> list[dict[str, Any]]:
     return [kw for task, kw in cluster.tasks(name) if task == REWARM_NODE]
 
@@ -189,10 +200,7 @@ def test_a_canary_that_leaves_is_replaced_and_a_status_record_answering_its_slic
     start_watcher: Start, bus: NatsBus
 ) -> None:
     tag = uid()
-    names = [f"n-{tag}-{i}" for i in range(4)]
-    cluster = start_watcher(nodes=[node(n) for n in names])
-    publishing(cluster, names)
-    image = ref(f"app-{tag}")
+    cluster, names, image = publishing_fleet(start_watcher, tag, 4)
     create(cluster.api, workload("Deployment", f"app-{tag}", image))
     wave = started_wave(cluster, image)
 
@@ -221,10 +229,7 @@ def test_zero_canaries_turn_waves_off(
     start_watcher: Start,
 ) -> None:
     tag = uid()
-    names = [f"n-{tag}-{i}" for i in range(3)]
-    cluster = start_watcher(nodes=[node(n) for n in names], canary_nodes=0)
-    publishing(cluster, names)
-    image = ref(f"app-{tag}")
+    cluster, names, image = publishing_fleet(start_watcher, tag, 3, canary_nodes=0)
     create(cluster.api, workload("Deployment", f"app-{tag}", image))
 
     wait_for(lambda: all(pulls(cluster, n, image) for n in names), what="every node's pull")
@@ -236,10 +241,7 @@ def test_a_stopped_wave_outlives_a_full_sync_that_finds_it_gone_from_nats(
     start_watcher: Start, bus: NatsBus
 ) -> None:
     tag = uid()
-    names = [f"n-{tag}-{i}" for i in range(3)]
-    cluster = start_watcher(nodes=[node(n) for n in names])
-    publishing(cluster, names)
-    image = ref(f"app-{tag}")
+    cluster, names, image = publishing_fleet(start_watcher, tag, 3)
     create(cluster.api, workload("Deployment", f"app-{tag}", image))
     wave = started_wave(cluster, image)
     report(bus, wave.canaries[0], image, Outcome.FAILED, reason="manifest unknown")
@@ -263,10 +265,7 @@ def test_canaries_are_nodes_whose_worker_answers_its_slice_before_any_other(
     start_watcher: Start, bus: NatsBus
 ) -> None:
     tag = uid()
-    names = [f"n-{tag}-{i}" for i in range(6)]
-    cluster = start_watcher(nodes=[node(n) for n in names])
-    publishing(cluster, names)
-    image = ref(f"app-{tag}")
+    cluster, names, image = publishing_fleet(start_watcher, tag, 6)
     # The two nodes the hash order puts last answer their slices (their workers re-warmed);
     # the others never reported.
     by_hash = sorted(names, key=lambda n: hashlib.sha256(f"{image}\0{n}".encode()).digest())
@@ -284,10 +283,7 @@ def test_a_leader_that_takes_over_carries_the_wave_on(
     start_watcher: Start, bus: NatsBus, nats_server: NatsServer, redis_server: RedisServer
 ) -> None:
     tag = uid()
-    names = [f"n-{tag}-{i}" for i in range(3)]
-    cluster = start_watcher(nodes=[node(n) for n in names])
-    publishing(cluster, names)
-    image = ref(f"app-{tag}")
+    cluster, names, image = publishing_fleet(start_watcher, tag, 3)
     create(cluster.api, workload("Deployment", f"app-{tag}", image))
     wave = started_wave(cluster, image)
     (other,) = set(names) - set(wave.canaries)

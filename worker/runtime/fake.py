@@ -36,7 +36,9 @@ MIB = 1024 * 1024
 
 
 @dataclass
-class _Held:
+class HeldImage:
+    """An image a simulated runtime holds; its tags and digests gather as pulls name them."""
+
     id: str
     size: int
     tags: set[str] = field(default_factory=set)
@@ -126,7 +128,7 @@ class FakeRuntime:
         self.credentials_seen: list[Credentials | None] = []
         self.active = 0
         self.max_active = 0
-        self._held: dict[str, _Held] = {}  # by image id
+        self._held: dict[str, HeldImage] = {}  # by image id
         # Reentrant, so that a wait_for check may read the runtime while the wait holds it.
         self._lock = threading.Condition(threading.RLock())
 
@@ -201,7 +203,7 @@ class FakeRuntime:
     def _land(self, reference: str, name: str, digest: str, size: int) -> str:
         image_id = "sha256:" + hashlib.sha256(digest.encode()).hexdigest()
         with self._lock:
-            held = self._held.setdefault(image_id, _Held(image_id, size))
+            held = self._held.setdefault(image_id, HeldImage(image_id, size))
             held.digests.add(f"{name}@{digest}")
             image = parse_image(reference)
             if image.tag:
@@ -211,7 +213,7 @@ class FakeRuntime:
                 held.tags.add(tag)
         return image_id
 
-    def _find(self, reference: str) -> _Held | None:
+    def _find(self, reference: str) -> HeldImage | None:
         return next(
             (h for h in self._held.values() if reference in h.tags or reference in h.digests),
             None,
