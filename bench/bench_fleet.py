@@ -2,6 +2,7 @@
 
     python bench/bench_fleet.py [--nodes 200] [--images 10] [--rounds 15] [--size-mib 1]
                                 [--bandwidth-mib 100] [--blob-delay 0.2] [--small-limit 20]
+                                [--sides today,cap,small-cap,waves,defaults]
 
 Why (issue 15): at thousands of nodes the registry, not the node, is the bottleneck and the
 victim. Before the issue every node decided alone: a ``:latest`` tag cost one manifest request
@@ -10,7 +11,8 @@ leading watcher resolve each tag once (watcher/digests.py), caps the pulls from 
 across the cluster (worker/permits.py, ``WARM_REGISTRY_PULL_LIMIT``, default 100), and sends a
 new image to a few canary nodes before the rest (watcher/waves.py, ``WARM_CANARY_NODES``,
 default 2). Sides: today's, the cap alone (at its default and at ``--small-limit``: 200 nodes
-on 2 cores never have 100 downloads in flight), waves alone, and both (every default).
+on 2 cores never have 100 downloads in flight), waves alone, and both (every default);
+``--sides`` runs some of them (today's, the baseline, always), e.g. to re-measure one.
 
 Setup, all real and on loopback: the registry (docker-registry) behind localcluster's
 CountingProxy, which holds each blob download ``--blob-delay`` s before its first byte and
@@ -99,6 +101,7 @@ log = logging.getLogger("bench_fleet")
 MIB = 2**20
 DEFAULT_LIMIT = load_settings({}).runtime.registry_pull_limit
 DEFAULT_CANARIES = load_settings({}).watch.canary_nodes
+SIDES = ("today", "cap", "small-cap", "waves", "defaults")  # make_sides's, in its order
 TODAY_TAGS = "today: every node asks for its tags"
 
 
@@ -491,7 +494,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         ) as proxy,
         NatsBus(NatsSettings(url=nats.url, connect_timeout=30)) as bus,
     ):
-        sides = make_sides(nats.url, args.small_limit)
+        chosen = {"today", *args.sides.split(",")}
+        sides = [
+            side
+            for key, side in zip(SIDES, make_sides(nats.url, args.small_limit), strict=True)
+            if key in chosen
+        ]
         fleet = Fleet(registry, proxy, bus, args.nodes)
         for side in sides:
             side.agents = fleet.agents(side.env)
@@ -540,7 +548,11 @@ def options() -> argparse.Namespace:
     parser.add_argument("--bandwidth-mib", type=float, default=100.0)
     parser.add_argument("--blob-delay", type=float, default=0.2)
     parser.add_argument("--small-limit", type=int, default=20)
-    return parser.parse_args()
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"of {', '.join(SIDES)}")
+    args = parser.parse_args()
+    if unknown := set(args.sides.split(",")) - set(SIDES):
+        parser.error(f"--sides: no side {', '.join(sorted(unknown))}; one of {', '.join(SIDES)}")
+    return args
 
 
 def main() -> int:

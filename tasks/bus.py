@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import (
@@ -236,8 +237,12 @@ class NatsBus:
         (else :class:`RevisionMismatch`)."""
         self._run(lambda s: s.on_bucket(bucket, lambda kv: _cas(kv.delete(key, last_revision))))
 
-    def subscribe(self, subject: str, callback: Callable[[str, bytes], None]) -> None:
-        """Call ``callback(subject, data)`` on the bus thread for every message on ``subject``.
+    def subscribe(
+        self, subject: str, callback: Callable[[str, bytes], None], *, queue: str = ""
+    ) -> Callable[[], None]:
+        """Call ``callback(subject, data)`` on the bus thread for every message on ``subject``
+        (with ``queue``, for those of them that NATS hands to this member of the queue group:
+        each message goes to one member). Returns a function that ends the subscription.
 
         An exception in ``callback`` is logged and counted (kind ``callback``), not raised.
         """
@@ -248,7 +253,10 @@ class NatsBus:
             except Exception as error:
                 self._errors.report("callback", error, traceback=True)
 
-        self._run(lambda session: session.subscribe(subject, handler))
+        session, subscription = self._run(
+            lambda session: session.subscribe(subject, handler, queue)
+        )
+        return lambda: session.unsubscribe(subscription)
 
     def flush(self, timeout: float = 5.0) -> None:
         self._run(lambda session: session.flush(timeout))
@@ -465,10 +473,23 @@ class _Session:
     async def flush(self, timeout: float) -> None:
         await (await self.connection()).flush(timeout=int(max(1, timeout)))
 
-    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
+    async def subscribe(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]], queue: str
+    ) -> tuple[_Session, Subscription]:
         client = await self.connection()
-        await client.subscribe(subject, cb=handler)
+        subscription = await client.subscribe(subject, queue=queue, cb=handler)
         await client.flush()
+        return self, subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """End ``subscription``, from any thread; a closed session ended it already."""
+        if not self.closed:
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                asyncio.run_coroutine_threadsafe(self._unsubscribe(subscription), self.loop)
+
+    async def _unsubscribe(self, subscription: Subscription) -> None:
+        with contextlib.suppress(nats.errors.Error):  # its connection is gone: so is it
+            await subscription.unsubscribe()
 
     async def keys(self, bucket: str, prefix: str) -> list[str]:
         # Not KeyValue.keys(): its push consumer may signal "no more keys" before the first

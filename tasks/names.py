@@ -20,6 +20,9 @@ PULL_EVENTS = "warm.events.pull"  # .<node>: one PullResult per finished pull at
 CATALOG_EVENTS = "warm.events.catalog"  # one CatalogChange per change of the catalog
 INVALID_IMAGE_EVENTS = "warm.events.catalog.invalid"  # one per malformed reference in a workload
 REWARM_EVENTS = "warm.events.rewarm"  # .<node>: a node started / finished a re-warm
+# .<registry token>: a pull permit of that registry was given back (worker/permits.py); pulls
+# waiting for one listen in a queue group, so each notice wakes one of them.
+PERMITS_FREED = "warm.permits.freed"
 
 # NATS JetStream key-value buckets.
 # images.<key> -> CatalogEntry, slices.<hash> -> ClassSlice, nodes.<node> -> SlicePointer

@@ -47,6 +47,7 @@ from .names import (
     CATALOG_EVENTS,
     KUBELET_BUCKET,
     PERMITS_BUCKET,
+    PERMITS_FREED,
     STATUS_BUCKET,
     pull_events_subject,
     rewarm_events_subject,
@@ -117,8 +118,8 @@ def permissions(role: str, node: str | None = None) -> Permissions:
     """What ``role`` may do. Nothing here lets a node write the catalog or the kubelet counts,
     create, purge or delete the catalog's stream, or announce catalog changes; a worker
     (``node`` required) writes only its own status key, its own event subjects and the
-    registry pull permits. The watcher may follow the events because the CLI run in its pod
-    (``rewarm --wait``) does."""
+    registry pull permits (and says, and hears, that one was given back). The watcher may
+    follow the events because the CLI run in its pod (``rewarm --wait``) does."""
     common = ["$JS.API.INFO"]
     if role == "watcher":
         publish = [*common, *_write(CATALOG_BUCKET), *_read(STATUS_BUCKET)]
@@ -130,10 +131,12 @@ def permissions(role: str, node: str | None = None) -> Permissions:
             raise NatsAuthError("a worker's NATS user needs its node's name")
         publish = [*common, *_read(CATALOG_BUCKET), *_write(STATUS_BUCKET, [node])]
         # The permits are shared by every node by design (a cluster-wide cap): a node's user
-        # can take, renew and give back (purge) any of them.
+        # can take, renew and give back (purge) any of them, and tell the nodes waiting for
+        # one that it gave one back.
         publish += _write(PERMITS_BUCKET, update=True, purge=True)
         publish += [pull_events_subject(node), rewarm_events_subject(node)]
-        return Permissions(tuple(publish), ("_INBOX.>",))
+        publish += [f"{PERMITS_FREED}.>"]
+        return Permissions(tuple(publish), ("_INBOX.>", f"{PERMITS_FREED}.>"))
     if role == "beat":
         publish = [*common, *_read(CATALOG_BUCKET), *_read(STATUS_BUCKET)]
         publish += _write(BEAT_BUCKET, update=True)

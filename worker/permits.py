@@ -12,9 +12,16 @@ by the revision it last wrote: a worker that dies (SIGKILL, node lost) stops ren
 permits come back within ``LEASE``.
 
 A pull waits for a permit without holding one of its node's own slots (``WARM_MAX_CONCURRENT_
-PULLS``): it takes a slot, tries for a permit, and gives the slot back while it pauses, with a
-jittered, growing pause so thousands of waiting nodes do not hammer NATS in step. The wait is
-bounded by the pull timeout; after it the pull fails as transient and Celery retries it later.
+PULLS``): it takes a slot, tries for a permit, and gives the slot back while it waits. A holder
+that gives a permit back says so on ``warm.permits.freed.<registry>``, where the pulls waiting
+for one listen in one queue group: NATS hands each notice to one of them, which tries at once,
+so a freed permit is taken within milliseconds and the other waiters, however many, are not
+woken to rush it. A notice can be missed (published in the instant before a waiter listens,
+sent to a waiter that is leaving, or never sent: a dead holder's lease expires silently), so a
+waiter also tries after a jittered, growing pause, as thousands of waiting nodes can afford
+without hammering NATS in step. A waiter that leaves passes on the notices it did not use. The
+wait is bounded by the pull timeout; after it the pull fails as transient and Celery retries it
+later.
 NATS unreachable must not stop warming: after one short pause a pull goes ahead without a
 permit, logged once per outage, and so do the pulls after it without asking NATS for a while.
 """
@@ -25,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import random
 import re
 import threading
@@ -33,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tasks.bus import BusUnavailable, NatsBus, RevisionMismatch
-from tasks.names import PERMITS_BUCKET
+from tasks.names import PERMITS_BUCKET, PERMITS_FREED
 from tasks.settings import RuntimeSettings
 
 from . import metrics
@@ -47,6 +55,7 @@ FIRST_PAUSE = 0.5  # seconds; doubles per try up to LONGEST_PAUSE, each drawn in
 LONGEST_PAUSE = 5.0
 OUTAGE_RECHECK = 30.0  # seconds between two tries of an unreachable NATS
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]")  # NATS key tokens: a host's dots and colon are escaped
+WAITERS = "waiters"  # the queue group of the pulls waiting for a freed permit
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,16 @@ def node_permits(bus: NatsBus, settings: RuntimeSettings, node: str) -> Registry
 def permit_prefix(registry: str) -> str:
     """The keys of ``registry``'s permits start with this; one token per host, so that
     ``a.io`` and ``a.io.b`` never share a prefix."""
-    token = _UNSAFE.sub(lambda match: f"_{ord(match.group()):02x}", registry)
-    return f"permits.{token}."
+    return f"permits.{_token(registry)}."
+
+
+def freed_subject(registry: str) -> str:
+    """Where a holder says it gave back a permit of ``registry``."""
+    return f"{PERMITS_FREED}.{_token(registry)}"
+
+
+def _token(registry: str) -> str:
+    return _UNSAFE.sub(lambda match: f"_{ord(match.group()):02x}", registry)
 
 
 class Permit:
@@ -115,24 +132,24 @@ class RegistryPermits:
         """Return with a permit of ``registry`` held and one of ``slots`` taken; while waiting,
         hold neither. Raises a transient :class:`PullFailed` after ``max_wait`` seconds."""
         started = time.monotonic()
+        if (permit := self._try_with_slot(registry, slots)) is not None:
+            return permit
+        metrics.PERMIT_WAITS.labels(registry).inc()
+        notices = _FreedNotices(self._bus, registry)
+        try:
+            return self._wait(registry, slots, notices, started)
+        finally:
+            notices.stop()
+            metrics.PERMIT_WAIT_SECONDS.labels(registry).observe(time.monotonic() - started)
+
+    def _wait(
+        self, registry: str, slots: threading.Semaphore, notices: _FreedNotices, started: float
+    ) -> Permit:
+        """Try again on each notice heard, else after each pause, until the wait is over."""
         tries = 0
         while True:
-            slots.acquire()
-            try:
-                permit = self._try_take(registry)
-            except BaseException:
-                slots.release()
-                raise
-            if permit is not None:
-                if tries:
-                    metrics.PERMIT_WAIT_SECONDS.labels(registry).observe(time.monotonic() - started)
-                return permit
-            slots.release()
-            if tries == 0:
-                metrics.PERMIT_WAITS.labels(registry).inc()
             waited = time.monotonic() - started
             if waited >= self._max_wait:
-                metrics.PERMIT_WAIT_SECONDS.labels(registry).observe(waited)
                 limit = self._limits.of(registry)
                 raise PullFailed(
                     registry,
@@ -141,8 +158,26 @@ class RegistryPermits:
                     f"(WARM_REGISTRY_PULL_LIMIT/S) came free in {waited:.0f}s",
                 )
             pause = min(LONGEST_PAUSE, FIRST_PAUSE * 2**tries)
-            self._sleep(min(random.uniform(pause / 2, pause), self._max_wait - waited))
+            freed = notices.wait(min(random.uniform(pause / 2, pause), self._max_wait - waited))
             tries += 1
+            # Woken, it may still wait for a slot of its own node: the permit is anyone's
+            # meanwhile, a new pull's or a pausing waiter's.
+            if (permit := self._try_with_slot(registry, slots, freed)) is not None:
+                return permit
+
+    def _try_with_slot(
+        self, registry: str, slots: threading.Semaphore, freed: str | None = None
+    ) -> Permit | None:
+        """A permit and one of ``slots``, or neither."""
+        slots.acquire()
+        try:
+            permit = self._try_take(registry, freed)
+        except BaseException:
+            slots.release()
+            raise
+        if permit is None:
+            slots.release()
+        return permit
 
     def release(self, permit: Permit) -> None:
         assert permit.key is not None
@@ -155,18 +190,22 @@ class RegistryPermits:
             # NATS unreachable: the lease ends it.
             # Purged, not deleted: a delete marker would look like a permit held to the
             # listing in _take until it expired.
-            with contextlib.suppress(BusUnavailable):
+            try:
                 self._bus.kv_purge(BUCKET, permit.key, up_to_revision=held[0])
+            except BusUnavailable:
+                return
+        _tell_freed(self._bus, permit.registry, permit.key)
 
-    def _try_take(self, registry: str) -> Permit | None:
-        """A permit, or None when all are taken; an uncapped one when there is no cap or NATS
-        cannot be reached. In an outage NATS is asked again only every ``OUTAGE_RECHECK``
-        seconds, so that pulls meanwhile do not each wait for a connection to time out."""
+    def _try_take(self, registry: str, freed: str | None = None) -> Permit | None:
+        """A permit (``freed`` first, a key a notice said was given back), or None when all
+        are taken; an uncapped one when there is no cap or NATS cannot be reached. In an
+        outage NATS is asked again only every ``OUTAGE_RECHECK`` seconds, so that pulls
+        meanwhile do not each wait for a connection to time out."""
         limit = self._limits.of(registry)
         if limit == 0 or time.monotonic() < self._uncapped_until:
             return Permit(None, registry, None)
         try:
-            permit = self._take_or_pause(registry, limit)
+            permit = self._take_or_pause(registry, limit, freed)
         except BusUnavailable as error:
             with self._lock:
                 first = self._uncapped_until == 0
@@ -180,28 +219,29 @@ class RegistryPermits:
             log.info("NATS is back: pulls are capped per registry again")
         return permit
 
-    def _take_or_pause(self, registry: str, limit: int) -> Permit | None:
+    def _take_or_pause(self, registry: str, limit: int, freed: str | None) -> Permit | None:
         """:meth:`_take`, once more after a short pause if NATS is not there (a restart takes
         about that), unless it is known to be down."""
         try:
-            return self._take(registry, limit)
+            return self._take(registry, limit, freed)
         except BusUnavailable:
             if self._uncapped_until:
                 raise
             self._sleep(random.uniform(FIRST_PAUSE, 2 * FIRST_PAUSE))
-            return self._take(registry, limit)
+            return self._take(registry, limit, freed)
 
-    def _take(self, registry: str, limit: int) -> Permit | None:
+    def _take(self, registry: str, limit: int, freed: str | None) -> Permit | None:
         prefix = permit_prefix(registry)
         # One blind try first (no listing: a free cap costs one request), then the free ones.
-        first = random.randrange(limit)
-        if (permit := self._create(registry, f"{prefix}{first}")) is not None:
+        keys = [f"{prefix}{n}" for n in range(limit)]
+        first = freed if freed in keys else random.choice(keys)
+        if (permit := self._create(registry, first)) is not None:
             return permit
         taken = set(self._bus.kv_subjects(BUCKET, prefix))
-        free = [n for n in range(limit) if n != first and f"{prefix}{n}" not in taken]
+        free = [key for key in keys if key != first and key not in taken]
         random.shuffle(free)
-        for n in free:
-            if (permit := self._create(registry, f"{prefix}{n}")) is not None:
+        for key in free:
+            if (permit := self._create(registry, key)) is not None:
                 return permit
         return None
 
@@ -250,3 +290,48 @@ class RegistryPermits:
                     continue
                 with self._lock:
                     self._held[key] = (renewed, value)
+
+
+class _FreedNotices:
+    """What one waiting pull hears of permits of its registry given back: it listens as a
+    member of the registry's queue group of waiters, so each notice reaches one waiter in the
+    cluster. Notices it heard and did not use, it passes on when it stops listening."""
+
+    def __init__(self, bus: NatsBus, registry: str) -> None:
+        self._bus = bus
+        self._registry = registry
+        self._heard: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._end: Callable[[], None] | None = None
+        with contextlib.suppress(BusUnavailable):  # NATS unreachable: the pauses alone
+            self._end = bus.subscribe(freed_subject(registry), self._hear, queue=WAITERS)
+
+    def wait(self, seconds: float) -> str | None:
+        """The key of a permit given back, heard within ``seconds``; None if none was."""
+        try:
+            return self._heard.get(timeout=seconds)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        if self._end is not None:
+            self._end()
+        while True:
+            try:
+                key = self._heard.get_nowait()
+            except queue.Empty:
+                return
+            _tell_freed(self._bus, self._registry, key)
+
+    def _hear(self, _subject: str, data: bytes) -> None:
+        try:
+            key = str(json.loads(data)["key"])
+        except (ValueError, TypeError, KeyError):
+            key = ""  # not from a worker of this version: a wake-up all the same
+        self._heard.put(key)
+
+
+def _tell_freed(bus: NatsBus, registry: str, key: str) -> None:
+    """Tell one waiter (if any) that ``key`` was given back; NATS unreachable, the waiters'
+    pauses find it."""
+    with contextlib.suppress(BusUnavailable):
+        bus.publish(freed_subject(registry), json.dumps({"key": key}).encode())

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from beat.lease import LEADER_KEY, Lease
 from localcluster.harness import wait_for
@@ -57,6 +58,10 @@ def connect(operator_nats: OperatorNats) -> Iterator[Connect]:
     yield open_bus
     for bus in opened:
         bus.close()
+
+
+def errors_counted(kind: str) -> float:
+    return REGISTRY.get_sample_value("warm_nats_errors_total", {"kind": kind}) or 0.0
 
 
 def node_name() -> str:
@@ -146,6 +151,32 @@ def test_a_node_gives_back_a_registry_permit_at_once(connect: Connect) -> None:
     second = permits.acquire(registry, threading.Semaphore(1))
     assert second.key == first.key and time.monotonic() - started < 1.5
     second.release()
+
+
+def test_a_node_waiting_for_a_permit_hears_another_node_give_it_back(connect: Connect) -> None:
+    """Node b waits for the one permit node a holds: a's notice that it gave it back reaches b
+    (a's user may publish it, b's may listen), so b takes it at once, and the server refuses
+    nothing on the way."""
+    registry = f"registry-{uuid.uuid4().hex[:6]}.example"
+    holder = RegistryPermits(connect("worker", node_name()), RegistryLimits(1), "a", max_wait=3)
+    held = holder.acquire(registry, threading.Semaphore(1))
+    waiting = RegistryPermits(connect("worker", node_name()), RegistryLimits(1), "b", max_wait=30)
+    refused = errors_counted("permission")
+    taken: list[tuple[str | None, float]] = []
+
+    def wait() -> None:
+        taken.append((waiting.acquire(registry, threading.Semaphore(1)).key, time.monotonic()))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(4)  # its pauses between tries are 2 s or more by now
+    released = time.monotonic()
+    held.release()
+    waiter.join(timeout=30)
+    assert errors_counted("permission") == refused
+    ((key, when),) = taken
+    assert key == held.key
+    assert when - released < 1.0
 
 
 def test_the_watcher_mints_its_own_from_the_account_key(operator_nats: OperatorNats) -> None:

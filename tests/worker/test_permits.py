@@ -1,9 +1,11 @@
 """The cluster-wide cap per registry against a real nats-server: never more than K holders
 from several processes and threads, a SIGKILLed holder's permit back within its lease, a wait
-that holds no node slot and ends, and NATS unreachable not stopping a pull."""
+that holds no node slot and ends, a permit given back taken at once by a waiter (and, its
+notice missed, at the waiter's next try), and NATS unreachable not stopping a pull."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,16 +13,27 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from localcluster.harness import wait_for
 from localcluster.ports import free_port
 from localcluster.services import NatsServer
 from tasks.bus import NatsBus
 from tasks.settings import NatsSettings
-from worker.permits import BUCKET, LEASE, RegistryLimits, RegistryPermits, permit_prefix
+from worker.permits import (
+    BUCKET,
+    LEASE,
+    LONGEST_PAUSE,
+    RegistryLimits,
+    RegistryPermits,
+    freed_subject,
+    permit_prefix,
+)
 from worker.runtime import FailureKind, PullFailed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +47,38 @@ def holder(nats: NatsServer, mode: str, *args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+@pytest.fixture
+def monitored_nats(workdir: Path) -> Iterator[NatsServer]:
+    with NatsServer(workdir / f"nats-m-{uuid.uuid4().hex[:6]}", monitor=True) as server:
+        yield server
+
+
+def messages_in(server: NatsServer) -> dict[int, int]:
+    """Messages the server received from each client connection, by connection id."""
+    with urllib.request.urlopen(f"{server.monitor_url}/connz", timeout=5) as response:
+        return {c["cid"]: c["in_msgs"] for c in json.load(response).get("connections") or []}
+
+
+class Waiter(threading.Thread):
+    """One node's pull waiting for a permit of ``registry``, on a NATS connection of its own;
+    ``done`` is when it got the permit (or failed)."""
+
+    def __init__(self, nats: NatsServer, registry: str, max_wait: float) -> None:
+        super().__init__()
+        self.bus = NatsBus(NatsSettings(url=nats.url))
+        self.name = f"waiter-{uuid.uuid4().hex[:6]}"
+        self.permits = RegistryPermits(self.bus, RegistryLimits(1), self.name, max_wait=max_wait)
+        self.registry = registry
+        self.key: str | None = None
+        self.done = 0.0
+
+    def run(self) -> None:
+        try:
+            self.key = self.permits.acquire(self.registry, threading.Semaphore(1)).key
+        finally:
+            self.done = time.monotonic()
 
 
 @pytest.fixture
@@ -65,6 +110,9 @@ def test_k_permits_at_most_under_many_acquirers_from_several_processes(
     while any(process.poll() is None for process in stop_all):
         keys_seen = max(keys_seen, len(private_bus.kv_subjects(BUCKET, prefix)))
         inside_seen = max(inside_seen, len(list(inside.iterdir())))
+        # A hold lasts 0.2 s: a look every 10 ms sees it, and leaves the holders a core and
+        # their NATS server, which looking without a pause took (1,500 requests a second).
+        time.sleep(0.01)
     assert [process.returncode for process in stop_all] == [0, 0, 0]
     # 12 acquirers, 36 holds of 0.2 s: the cap is reached and never passed.
     assert keys_seen == limit
@@ -120,6 +168,86 @@ def test_a_waiting_pull_holds_no_node_slot_and_its_wait_ends(private_bus: NatsBu
     assert "registry busy.example busy: none of its 1 pull permits" in str(failure[0])
     held.release()
     assert permits.acquire("busy.example", slots).key == f"{permit_prefix('busy.example')}0"
+
+
+def test_a_permit_given_back_goes_to_a_waiter_at_once_not_at_its_next_try(
+    monitored_nats: NatsServer,
+) -> None:
+    """The waiter has waited long enough for its pauses between tries to be 2 s or more; the
+    permit is given back just after one of its tries (seen at the server: its connection's
+    messages), so trying after pauses alone would take it no sooner than 2 s later."""
+    registry = "busy.example"
+    holders = NatsBus(NatsSettings(url=monitored_nats.url))
+    held = RegistryPermits(holders, RegistryLimits(1), "holder", max_wait=5).acquire(
+        registry, threading.Semaphore(1)
+    )
+    before = set(messages_in(monitored_nats))
+    waiter = Waiter(monitored_nats, registry, max_wait=60)
+    waiter.start()
+    wait_for(lambda: len(set(messages_in(monitored_nats)) - before) == 1, 10, "its connection")
+    (cid,) = set(messages_in(monitored_nats)) - before
+    time.sleep(4)  # past 0.5 + 1 + 2 s: its pauses are now 2 to 5 s long
+    tried = messages_in(monitored_nats)[cid]
+    wait_for(lambda: messages_in(monitored_nats)[cid] > tried, 10, "its next try")
+    time.sleep(0.2)  # the try's last request answered
+    released = time.monotonic()
+    held.release()
+    waiter.join(timeout=10)
+    holders.close()
+    waiter.bus.close()
+    assert waiter.key == f"{permit_prefix(registry)}0"
+    print(f"\nwaiter took the permit {waiter.done - released:.3f}s after its release")
+    assert waiter.done - released < 1.0  # polling alone: 2 s at the least
+
+
+def test_a_waiter_takes_a_permit_freed_without_notice_at_its_next_try(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    """A notice can be missed (a dead holder's lease expires without one): the waiter still
+    tries after each pause, so the permit is taken within the longest pause, not the wait."""
+    registry = "quiet.example"
+    other = RegistryPermits(private_bus, RegistryLimits(1), "other", max_wait=5)
+    other.acquire(registry, threading.Semaphore(1))
+    waiter = Waiter(private_nats, registry, max_wait=60)
+    waiter.start()
+    time.sleep(2)
+    key = f"{permit_prefix(registry)}0"
+    entry = private_bus.kv_get(BUCKET, key)
+    assert entry is not None
+    freed = time.monotonic()
+    private_bus.kv_purge(BUCKET, key, up_to_revision=entry[1])  # gone, and no notice said so
+    waiter.join(timeout=60)
+    waiter.bus.close()
+    assert waiter.key == key
+    assert waiter.done - freed < LONGEST_PAUSE + 2
+
+
+def test_a_waiter_passes_on_the_notice_it_did_not_use(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    """Two permits given back while one waiter listens: it takes one and, leaving, passes the
+    other's notice on to whoever waits next, rather than let it go unheard."""
+    registry = "two.example"
+    heard: list[str] = []
+    private_bus.subscribe(freed_subject(registry), lambda _s, data: heard.append(data.decode()))
+    other = RegistryPermits(private_bus, RegistryLimits(2), "other", max_wait=5)
+    held = [other.acquire(registry, threading.Semaphore(2)) for _ in range(2)]
+    waiter = RegistryPermits(private_bus, RegistryLimits(2), "waiter", max_wait=30)
+    slot = threading.Semaphore(1)
+    taken: list[str | None] = []
+    thread = threading.Thread(target=lambda: taken.append(waiter.acquire(registry, slot).key))
+    thread.start()
+    time.sleep(4)  # it waits, both permits held, in pauses of 2 s or more
+    slot.acquire()  # its node's one slot is busy: woken, it waits for it
+    for permit in held:
+        permit.release()
+    wait_for(lambda: len(heard) == 2, 5, "both notices")
+    slot.release()
+    thread.join(timeout=10)
+    notices = [json.loads(data)["key"] for data in heard]
+    wait_for(lambda: len(heard) == 3, 5, "the unused notice passed on")
+    assert taken[0] in notices
+    assert json.loads(heard[2])["key"] == next(key for key in notices if key != taken[0])
 
 
 def test_nats_unreachable_lets_pulls_go_uncapped_logged_once(
