@@ -286,7 +286,8 @@ class RegistryPermits:
                 except RevisionMismatch:
                     log.warning("pull permit %s expired before its renewal: NATS unreachable?", key)
                     with self._lock:
-                        self._held.pop(key, None)
+                        if self._held.get(key) == held:  # not taken again meanwhile, by a pull
+                            del self._held[key]
                     continue
                 with self._lock:
                     self._held[key] = (renewed, value)

@@ -269,3 +269,34 @@ def test_nats_unreachable_lets_pulls_go_uncapped_logged_once(
         "pulls go uncapped until NATS is back: ca"
     ]
     bus.close()
+
+
+class RetakingBus(NatsBus):
+    """The bus of a worker one of whose permits expired (NATS was away longer than a lease)
+    and whose pull took that same key again just as its renewer went to renew the old one."""
+
+    retake: RegistryPermits | None = None
+
+    def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> int:
+        permits, self.retake = self.retake, None
+        if permits is not None:
+            self.kv_purge(bucket, key, up_to_revision=revision)  # the lease ran out
+            assert permits.acquire("quay.io", threading.Semaphore(1)).key == key
+        return super().kv_update(bucket, key, value, revision)
+
+
+def test_a_permit_taken_again_while_its_expired_lease_was_renewed_stays_renewed(
+    private_nats: NatsServer, private_bus: NatsBus
+) -> None:
+    with RetakingBus(NatsSettings(url=private_nats.url)) as bus:
+        permits = RegistryPermits(bus, RegistryLimits(1), "retaker", max_wait=5)
+        key = permits.acquire("quay.io", threading.Semaphore(1)).key
+        bus.retake = permits
+        permits.renew()  # the old lease's renewal fails; the new holding must survive it
+        assert bus.retake is None, "the renewal never ran"
+
+        taken_again = private_bus.kv_get(BUCKET, str(key))
+        permits.renew()
+        renewed = private_bus.kv_get(BUCKET, str(key))
+        assert taken_again is not None and renewed is not None
+        assert renewed[1] > taken_again[1], "the permit taken again is no longer renewed"
