@@ -318,6 +318,15 @@ def _forget_sessions_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_sessions_after_fork)
 
 
+# What a request cut off by a reconnect raises: no answer, or the connection gone under it.
+_CUT_OFF = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+)
+
+
 class _Session:
     """One event loop thread and the connection on it. Apart from ``loop``, everything here is
     used on that thread only, so it needs no locks."""
@@ -333,6 +342,7 @@ class _Session:
         self._credentials = credentials
         self._renewing: asyncio.Task[None] | None = None
         self._renewal_reconnect_until = 0.0  # loop time until which a reconnect is a renewal's
+        self._renewals = 0  # reconnects a renewal started: a request cut off by one is retried
         self._credentials_error = ""  # why the last renewal failed, until one succeeds
         self._errors = errors
         self._ttls = ttls
@@ -415,6 +425,7 @@ class _Session:
             if self._client is not None and self._client.is_connected:
                 loop = asyncio.get_running_loop()
                 self._renewal_reconnect_until = loop.time() + self._settings.connect_timeout
+                self._renewals += 1
                 await self._client.force_reconnect()
 
     async def _after_renewal(self, client: Client) -> bool:
@@ -454,10 +465,17 @@ class _Session:
         return bucket
 
     async def on_bucket(self, name: str, operation: Callable[[KeyValue], Awaitable[T]]) -> T:
-        """Run ``operation`` on the bucket; once more on a new one if its stream is gone."""
+        """Run ``operation`` on the bucket; once more on a new one if its stream is gone, or
+        once the connection is back if a renewal's reconnect cut it off."""
         bucket = await self.bucket(name)
+        renewals = self._renewals
         try:
             return await operation(bucket)
+        except _CUT_OFF:
+            if self._renewals == renewals:
+                raise
+            # A renewal's reconnect cut the request off: once the connection is back, again.
+            return await operation(await self.bucket(name))
         except (NoStreamResponseError, APIError) as error:
             if isinstance(error, APIError) and getattr(error, "err_code", None) != STREAM_NOT_FOUND:
                 raise
