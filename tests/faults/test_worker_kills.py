@@ -45,14 +45,21 @@ def test_worker_killed_mid_download_is_warm_within_30s_of_its_restart(
         ref, written, total = _wait_mid_download(cluster.containerd, {})
         _kill(cluster)
         assert not cluster.holds(image.ref), "the pull finished before the kill"
-        layer = _digest(ref)
-        served_before = len(registry_requests(registry, f"/v2/{repository}/blobs/{layer}"))
+        # The registry logs a request when it ends: the interrupted download's line may come
+        # a moment after the kill, and must not be taken for one after the restart.
+        layer_get = f"GET /v2/{repository}/blobs/{_digest(ref)}"
+        wait_for(
+            lambda: len(registry_requests(registry, layer_get)) == 1,
+            10,
+            "the registry to log the interrupted download",
+        )
+        served_before = len(registry_requests(registry, layer_get))
         cluster.worker.start()
         restarted = time.time()
         warm = cluster.wait_warm(image.ref, timeout=RESTART_BOUND)
         back = cluster.first_pulled(image.ref, after=restarted)
         time.sleep(1)  # a redelivered pull, if any, has had time to cost something
-        downloads = len(registry_requests(registry, f"/v2/{repository}/blobs/{layer}"))
+        downloads = len(registry_requests(registry, layer_get))
         reports = [e for e in cluster.events.of(image.ref) if e.at > restarted]
     # Redis keeps a dead worker's message for its visibility timeout (1 h): only the reconcile
     # can be in time. RabbitMQ requeues it at once, so the redelivered pull may lead; either
